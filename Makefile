@@ -1,0 +1,35 @@
+# lungclam: the two commands are `make demo` and `make test`; both set themselves up.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.lungclam-installed
+CORES ?= all
+
+.PHONY: setup demo test test-all lint dryrun clean
+
+setup: $(STAMP)
+
+# Reuses .venv when it exists; reinstalls only when pyproject.toml changed.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test]'
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/snakemake --cores $(CORES)
+	@echo ""
+	@echo "lungclam demo finished: outputs are in $(CURDIR)/results/"
+	@echo "  registered scans:   results/registered/   model inputs: results/downsampled/"
+	@echo "  study template:     results/template/     logs: results/logs/"
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/snakemake --lint
+
+dryrun: setup
+	$(BIN)/snakemake -n
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,44 @@
+"""Reading and writing images on disk.
+
+Convention used across lungclam: images live in memory as ``SimpleITK.Image`` in ITK's
+physical LPS space (x to the patient's left, y to posterior, z to superior, millimetres).
+``sitk.GetArrayFromImage`` gives numpy arrays in (z, y, x) index order. On disk, images are
+NIfTI (``.nii.gz``) written by SimpleITK, which converts LPS to the RAS affine NIfTI uses,
+so any viewer overlays them correctly.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import SimpleITK as sitk
+
+
+def read_image(path: str | Path) -> sitk.Image:
+    """Read a NIfTI (or any ITK-readable) image."""
+    return sitk.ReadImage(str(path))
+
+
+def write_image(image: sitk.Image, path: str | Path) -> None:
+    """Write ``image`` atomically: to a temporary name first, then rename.
+
+    A job killed mid-write therefore never leaves a truncated file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes) or ".nii.gz"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        sitk.WriteImage(image, tmp, useCompression=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def to_lps(image: sitk.Image) -> sitk.Image:
+    """Reorient to identity direction (LPS), so array axes are (z=S, y=P, x=L)."""
+    return sitk.DICOMOrient(image, "LPS")

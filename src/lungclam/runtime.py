@@ -1,0 +1,64 @@
+"""Process set-up shared by the workflow scripts: threads, logging, clear failures."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from lungclam.errors import LungclamError
+
+
+def set_threads(n: int) -> None:
+    """Cap ITK/ANTs, BLAS and torch at ``n`` threads (the job's ``threads:``).
+
+    Must run before ``ants`` or ``SimpleITK`` start their thread pools; we set both the
+    environment (for libraries not yet imported) and SimpleITK's global default.
+    """
+    n = max(1, int(n))
+    for var in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
+
+
+def setup_logging(log_file: str | Path | None, level: int = logging.INFO) -> None:
+    """Log to the rule's ``log:`` file and to stderr, with timestamps."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    # Third-party chatter (dicom2nifti, matplotlib) only when it matters.
+    for noisy in ("dicom2nifti", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_job(name: str, job: Callable[[], None], log_file: str | Path | None, threads: int = 1) -> None:
+    """Run one workflow step: set threads and logging, time it, turn errors into one line.
+
+    A :class:`LungclamError` (bad input) ends the job with its message alone, which names
+    the subject and cause; anything else keeps its traceback in the log for debugging.
+    """
+    set_threads(threads)
+    setup_logging(log_file)
+    log = logging.getLogger(f"lungclam.{name}")
+    started = time.time()
+    try:
+        job()
+    except LungclamError as exc:
+        log.error("%s failed: %s", name, exc)
+        sys.exit(1)
+    except Exception:
+        log.exception("%s failed with an unexpected error", name)
+        raise
+    log.info("%s done in %.1f s", name, time.time() - started)
