@@ -1,0 +1,22 @@
+# lungclam: unsupervised subtyping of lung disease in chest CT, with cluster activation maps.
+# Usage: snakemake --cores all            (demo cohort, config/config.yaml)
+#        snakemake --cores all --config samples=path/to/samples.tsv clinical=path/to/clinical.tsv
+#        snakemake -n                     (show the jobs without running them)
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: os.path.join(workflow.basedir, "config/config.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/template.smk"
+
+
+rule all:
+    input:
+        preprocess_targets(),
+    default_target: True

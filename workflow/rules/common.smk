@@ -1,0 +1,85 @@
+# Shared set-up: config and sheet validation, the subject list, input functions.
+# Runs at parse time, so keep it cheap: one read of each sheet, no per-subject I/O
+# beyond checking that each DICOM folder exists.
+
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from lungclam.errors import SheetError
+from lungclam.phantom import demo_subject_ids
+from lungclam.sheets import read_clinical, read_samples
+
+validate(config, schema="../../config/schema.yaml")
+
+# Subject IDs are plain names (no '/'), so per-subject outputs cannot leave their folder
+# and "registered/lungmask/x" never matches a subject called "lungmask/x".
+wildcard_constraints:
+    subject=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+
+
+DEMO = not config["samples"]
+DEMO_DIR = "results/demo"
+
+
+def _fail(message):
+    sys.exit(f"lungclam: configuration error: {message}")
+
+
+if DEMO:
+    SUBJECTS = demo_subject_ids(int(config["demo"]["n_subjects"]))
+    SAMPLES = None
+else:
+    try:
+        SAMPLES = read_samples(config["samples"])
+    except SheetError as exc:
+        _fail(exc)
+    validate(SAMPLES, schema="../../config/samples.schema.yaml")
+    SUBJECTS = SAMPLES["subject"].tolist()
+
+CLINICAL_COLUMNS = list(config.get("covariates", [])) + list(config.get("outcomes", []))
+if config.get("comparator"):
+    CLINICAL_COLUMNS.append(config["comparator"])
+if config["clinical"]:
+    try:
+        CLINICAL = read_clinical(config["clinical"], CLINICAL_COLUMNS)
+    except SheetError as exc:
+        _fail(exc)
+    validate(CLINICAL, schema="../../config/clinical.schema.yaml")
+
+
+def clinical_table():
+    """Path of the clinical table the statistics use: the configured one, or the demo's."""
+    if config["clinical"]:
+        return config["clinical"]
+    return f"{DEMO_DIR}/clinical.tsv" if DEMO else None
+
+
+def dicom_input(wildcards):
+    """The subject's DICOM folder (for the demo, the cohort folder the demo rule makes)."""
+    if DEMO:
+        return f"{DEMO_DIR}/dicom"
+    return SAMPLES.loc[wildcards.subject, "dicom"]
+
+
+def dicom_folder(wildcards):
+    """The folder holding this subject's DICOM files."""
+    if DEMO:
+        return f"{DEMO_DIR}/dicom/{wildcards.subject}"
+    return SAMPLES.loc[wildcards.subject, "dicom"]
+
+
+def template_subjects():
+    """The seeded sample of subjects the template is built from (fixed at parse time)."""
+    from lungclam.template import sample_subjects
+
+    t = config["template"]
+    return sample_subjects(SUBJECTS, t["fraction"], t["min_subjects"], config["seed"])
+
+
+def preprocess_targets():
+    """Everything the imaging chain makes, for `rule all`."""
+    targets = expand("results/downsampled/{subject}.nii.gz", subject=SUBJECTS)
+    targets += ["results/template/iterations.tsv", "results/template/grid_mask.nii.gz"]
+    return targets

@@ -1,0 +1,24 @@
+# The built-in synthetic demo cohort, written as real DICOM (only when no samples are set).
+
+
+rule demo:
+    output:
+        dicom=directory(f"{DEMO_DIR}/dicom"),
+        samples=f"{DEMO_DIR}/samples.tsv",
+        clinical=f"{DEMO_DIR}/clinical.tsv",
+        truth=f"{DEMO_DIR}/truth.tsv",
+        truth_masks=directory(f"{DEMO_DIR}/truth"),
+    params:
+        n_subjects=config["demo"]["n_subjects"],
+        seed=config["seed"],
+        out_dir=DEMO_DIR,
+        phantom=config["demo"].get("phantom", {}),
+    log:
+        "results/logs/demo.log",
+    benchmark:
+        "results/benchmarks/demo.tsv"
+    threads: 1
+    conda:
+        "../../envs/imaging.yaml"
+    script:
+        "../scripts/make_demo.py"

@@ -1,0 +1,60 @@
+# Per-subject imaging chain: DICOM -> NIfTI -> 1 mm (config) -> lung labels.
+
+
+rule convert:
+    input:
+        dicom_input,
+    output:
+        nifti="results/nifti/{subject}.nii.gz",
+        sidecar="results/nifti/{subject}.json",
+    params:
+        folder=dicom_folder,
+    log:
+        "results/logs/convert/{subject}.log",
+    benchmark:
+        "results/benchmarks/convert/{subject}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/imaging.yaml"
+    script:
+        "../scripts/convert.py"
+
+
+rule resample:
+    input:
+        "results/nifti/{subject}.nii.gz",
+    output:
+        "results/resampled/{subject}.nii.gz",
+    params:
+        spacing_mm=config["resample"]["spacing_mm"],
+    log:
+        "results/logs/resample/{subject}.log",
+    benchmark:
+        "results/benchmarks/resample/{subject}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/imaging.yaml"
+    script:
+        "../scripts/resample.py"
+
+
+rule segment:
+    input:
+        "results/resampled/{subject}.nii.gz",
+    output:
+        "results/lungmask/{subject}.nii.gz",
+    log:
+        "results/logs/segment/{subject}.log",
+    benchmark:
+        "results/benchmarks/segment/{subject}.tsv"
+    threads: 1
+    resources:
+        mem_mb=3000,
+    conda:
+        "../../envs/imaging.yaml"
+    script:
+        "../scripts/segment.py"

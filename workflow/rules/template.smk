@@ -1,0 +1,95 @@
+# Study template from a seeded sample of subjects, then every subject registered to it
+# and resampled onto the model's coarse grid.
+
+
+rule template:
+    input:
+        images=lambda wc: expand("results/resampled/{subject}.nii.gz", subject=template_subjects()),
+        labels=lambda wc: expand("results/lungmask/{subject}.nii.gz", subject=template_subjects()),
+    output:
+        template="results/template/template.nii.gz",
+        mask="results/template/template_mask.nii.gz",
+        iterations="results/template/iterations.tsv",
+    params:
+        subjects=template_subjects(),
+        settings=config["template"],
+        register=config["register"],
+        seed=config["seed"],
+    log:
+        "results/logs/template.log",
+    benchmark:
+        "results/benchmarks/template.tsv"
+    # One thread: ANTs is bit-reproducible for a seed only single-threaded, and the
+    # template fixes every later result.
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/imaging.yaml"
+    script:
+        "../scripts/build_template.py"
+
+
+rule register:
+    input:
+        image="results/resampled/{subject}.nii.gz",
+        labels="results/lungmask/{subject}.nii.gz",
+        template="results/template/template.nii.gz",
+        template_mask="results/template/template_mask.nii.gz",
+    output:
+        registered="results/registered/{subject}.nii.gz",
+        lungmask="results/registered/lungmask/{subject}.nii.gz",
+        affine="results/transforms/{subject}/0GenericAffine.mat",
+        warp="results/transforms/{subject}/1Warp.nii.gz",
+        inverse_warp="results/transforms/{subject}/1InverseWarp.nii.gz",
+    params:
+        settings=config["register"],
+        seed=config["seed"],
+    log:
+        "results/logs/register/{subject}.log",
+    benchmark:
+        "results/benchmarks/register/{subject}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/imaging.yaml"
+    script:
+        "../scripts/register.py"
+
+
+rule downsample_grid:
+    input:
+        template="results/template/template.nii.gz",
+        mask="results/template/template_mask.nii.gz",
+    output:
+        template="results/template/grid_template.nii.gz",
+        mask="results/template/grid_mask.nii.gz",
+    params:
+        settings=config["downsample"],
+    log:
+        "results/logs/downsample_grid.log",
+    threads: 1
+    conda:
+        "../../envs/imaging.yaml"
+    script:
+        "../scripts/downsample_grid.py"
+
+
+rule downsample:
+    input:
+        registered="results/registered/{subject}.nii.gz",
+        mask="results/template/grid_mask.nii.gz",
+    output:
+        "results/downsampled/{subject}.nii.gz",
+    params:
+        settings=config["downsample"],
+    log:
+        "results/logs/downsample/{subject}.log",
+    benchmark:
+        "results/benchmarks/downsample/{subject}.tsv"
+    threads: 1
+    conda:
+        "../../envs/imaging.yaml"
+    script:
+        "../scripts/downsample.py"

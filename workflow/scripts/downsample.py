@@ -1,0 +1,16 @@
+"""Snakemake glue: a registered scan on the coarse model grid, outside-lung set constant."""
+
+from lungclam.downsample import downsample_to_grid
+from lungclam.imageio import read_image, write_image
+from lungclam.runtime import run_job
+
+smk = snakemake  # noqa: F821
+
+
+def main() -> None:
+    mask = read_image(smk.input.mask)
+    image = downsample_to_grid(read_image(smk.input.registered), mask, mask, smk.params.settings["background_hu"])
+    write_image(image, smk.output[0])
+
+
+run_job("downsample", main, smk.log[0], smk.threads)
