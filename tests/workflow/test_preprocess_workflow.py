@@ -114,7 +114,7 @@ def test_user_sheet_and_touch_reruns_only_that_subject(demo_run: Path, tmp_path:
     """A cohort given by samples.tsv; touching one subject's DICOM re-runs its jobs only."""
     cohort = tmp_path / "cohort"
     shutil.copytree(demo_run / "demo" / "dicom", cohort / "dicom")
-    subjects = sorted(p.name for p in (cohort / "dicom").iterdir())
+    subjects = sorted(p.name for p in (cohort / "dicom").iterdir() if p.is_dir())
     (cohort / "samples.tsv").write_text("subject\tdicom\n" + "".join(f"{s}\tdicom/{s}\n" for s in subjects))
     work = tmp_path / "run"
     config = f"samples={cohort / 'samples.tsv'}"

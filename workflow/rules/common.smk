@@ -2,6 +2,7 @@
 # Runs at parse time, so keep it cheap: one read of each sheet, no per-subject I/O
 # beyond checking that each DICOM folder exists.
 
+import os
 import sys
 from pathlib import Path
 
@@ -57,10 +58,16 @@ def clinical_table():
 
 
 def dicom_input(wildcards):
-    """The subject's DICOM folder (for the demo, the cohort folder the demo rule makes)."""
+    """The subject's DICOM files (for the demo, the cohort folder the demo rule makes).
+
+    Files, not the folder: Snakemake compares a folder's own mtime only, so a replaced or
+    touched file would otherwise not re-run that subject's jobs.
+    """
     if DEMO:
         return f"{DEMO_DIR}/dicom"
-    return SAMPLES.loc[wildcards.subject, "dicom"]
+    folder = SAMPLES.loc[wildcards.subject, "dicom"]
+    files = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names)
+    return files or folder
 
 
 def dicom_folder(wildcards):

@@ -11,7 +11,7 @@ rule demo:
     params:
         n_subjects=config["demo"]["n_subjects"],
         seed=config["seed"],
-        out_dir=DEMO_DIR,
+        out_dir=lambda wildcards, output: os.path.dirname(output.samples),
         phantom=config["demo"].get("phantom", {}),
     log:
         "results/logs/demo.log",
