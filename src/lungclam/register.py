@@ -113,7 +113,7 @@ def register_to_template(
     warped = ants.to_sitk(ants.apply_transforms(fixed, ants.from_sitk(moving_hu), forward,
                                                 interpolator="linear", defaultvalue=float(AIR_HU)))
     warped_labels = warp_labels(moving_labels, fixed, forward)
-    score = dice(sitk.GetArrayViewFromImage(warped_labels) > 0, sitk.GetArrayViewFromImage(template_labels) > 0)
+    score = lung_dice(warped_labels, template_labels)
     log.info("registered: lung Dice with template %.4f", score)
     return RegistrationResult(sitk.Cast(warped, sitk.sitkFloat32), warped_labels, forward, inverse, score)
 
