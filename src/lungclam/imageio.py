@@ -13,6 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 
@@ -42,3 +43,18 @@ def write_image(image: sitk.Image, path: str | Path) -> None:
 def to_lps(image: sitk.Image) -> sitk.Image:
     """Reorient to identity direction (LPS), so array axes are (z=S, y=P, x=L)."""
     return sitk.DICOMOrient(image, "LPS")
+
+
+def read_array(path: str | Path) -> np.ndarray:
+    """Voxel array of an image in SimpleITK order ``(z, y, x)`` (2D: ``(y, x)``)."""
+    return sitk.GetArrayFromImage(read_image(path))
+
+
+def write_map(array: np.ndarray, reference: sitk.Image, path: str | Path) -> None:
+    """Write a ``(z, y, x)`` float map with the geometry (origin, spacing, direction) of
+    ``reference``, so viewers overlay it on images of that grid; float32, atomic."""
+    image = sitk.GetImageFromArray(np.asarray(array, dtype=np.float32))
+    if image.GetSize() != reference.GetSize():
+        raise ValueError(f"map of size {image.GetSize()} does not fit the reference grid {reference.GetSize()}")
+    image.CopyInformation(reference)
+    write_image(image, path)

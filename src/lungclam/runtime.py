@@ -24,6 +24,8 @@ def set_threads(n: int) -> None:
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
+    if "torch" in sys.modules:  # only where a script already uses torch: importing it is slow
+        sys.modules["torch"].set_num_threads(n)
 
 
 def setup_logging(log_file: str | Path | None, level: int = logging.INFO) -> None:

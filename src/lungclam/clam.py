@@ -1,0 +1,118 @@
+"""Cluster activation maps (CLAM), Ryan et al., "Cluster Activation Mapping with
+Applications to Medical Imaging" (a Score-CAM variant; Score-CAM: Wang et al. 2020).
+
+For an image x, with A the ``H`` activation channels of the last encoder convolution:
+
+1. each channel is upsampled to the input size (bilinear in 2D, trilinear in 3D) and
+   min-max normalised to ``[0, 1]`` (a constant channel gives a zero mask): ``A'_h``;
+2. the channel weight is ``alpha_hk = q_k(x * A'_h)``, the cluster-k probability of the
+   masked input through the encoder and clustering layer only. Unlike Score-CAM there is
+   no baseline subtraction and no softmax over channels;
+3. ``M_k = minmax(ReLU(sum_h alpha_hk * up(A_h)))``.
+
+Upsampling is linear, so ``sum_h alpha_hk * up(A_h) = up(sum_h alpha_hk * A_h)``: the sum is
+formed at the activation resolution and upsampled once. One set of ``H`` forward passes
+yields ``alpha`` for every cluster at once, so maps for all K clusters cost nothing extra.
+Masked inputs go through the network in chunks of ``chunk_size`` under inference mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lungclam.dec import ClusteringModel
+from lungclam.train import autocast
+
+Progress = Callable[[str], None]
+
+
+def minmax(maps: torch.Tensor, dims: tuple[int, ...], constant: torch.Tensor | None = None) -> torch.Tensor:
+    """Scale to ``[0, 1]`` over ``dims``; where max == min the result is 0 (never NaN).
+
+    ``constant`` (broadcastable bool) marks maps to zero regardless: interpolating a
+    constant low-resolution map leaves rounding ripples that min-max would blow up to 0..1.
+    """
+    lo = maps.amin(dim=dims, keepdim=True)
+    hi = maps.amax(dim=dims, keepdim=True)
+    span = hi - lo
+    valid = span > 0
+    if constant is not None:
+        valid = valid & ~constant
+    return torch.where(valid, (maps - lo) / torch.where(valid, span, 1.0), torch.zeros_like(maps))
+
+
+def _is_constant(maps: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Bool ``(N, 1, ...)``: whether each map over ``dims`` holds a single value."""
+    return maps.amax(dim=dims, keepdim=True) == maps.amin(dim=dims, keepdim=True)
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """``(N, C, *s)`` -> ``(N, C, *size)``, bilinear (2D) or trilinear (3D), corners not aligned."""
+    mode = "bilinear" if maps.dim() == 4 else "trilinear"
+    return F.interpolate(maps, size=size, mode=mode, align_corners=False)
+
+
+@torch.inference_mode()
+def clam_image(model: ClusteringModel, x: torch.Tensor, chunk_size: int = 32,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLAMs of one image ``x (C, *spatial)`` for every cluster.
+
+    Returns ``maps (K, *spatial)`` in ``[0, 1]`` and the image's own ``q (K,)``.
+    """
+    spatial = tuple(x.shape[1:])
+    dims = tuple(range(1, 1 + len(spatial)))
+    acts = model.autoencoder.encode_maps(x.unsqueeze(0))  # (1, H, *s)
+    q = model.assign_from_maps(acts)[0]
+    constant = _is_constant(acts[0], dims)  # (H, 1, ...)
+    alphas = []
+    for start in range(0, acts.shape[1], chunk_size):
+        stop = start + chunk_size
+        # Only this chunk's masks exist at once: memory ~ chunk_size input-sized tensors.
+        masks = minmax(upsample(acts[:, start:stop], spatial)[0], dims, constant[start:stop])
+        alphas.append(model.assign(x.unsqueeze(0) * masks.unsqueeze(1)))  # (chunk, K)
+    alpha = torch.cat(alphas)  # (H, K)
+    weighted = torch.einsum("hk,h...->k...", alpha.to(acts.dtype), acts[0])  # (K, *s)
+    maps = F.relu(upsample(weighted.unsqueeze(0), spatial)[0])
+    return minmax(maps, dims, _is_constant(F.relu(weighted), dims)), q
+
+
+def iter_clam(model: ClusteringModel, images: np.ndarray, chunk_size: int = 32,
+              device: torch.device | None = None, mixed_precision: bool = False,
+              progress: Progress | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yield ``(index, maps (K, *spatial) float32, q (K,))`` for each of ``images (N, C, *spatial)``.
+
+    One image at a time, so memory is bounded by ``chunk_size`` masked inputs.
+    ``mixed_precision`` runs the forward passes in bf16 on CUDA (ignored on the CPU).
+    """
+    device = device or torch.device("cpu")
+    model.to(device).eval()
+    n = len(images)
+    for i in range(n):
+        x = torch.from_numpy(np.ascontiguousarray(images[i])).to(device)
+        with autocast(device, mixed_precision):
+            maps, q = clam_image(model, x, chunk_size)
+        if progress:
+            progress(f"CLAM {i + 1}/{n}")
+        yield i, maps.float().cpu().numpy(), q.double().cpu().numpy()
+
+
+def assigned_maps(maps_all: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Pick each image's map for its assigned cluster: ``(N, K, *s)`` -> ``(N, *s)``."""
+    return maps_all[np.arange(len(q)), q.argmax(1)]
+
+
+def cluster_means(maps: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Voxel-wise mean of assigned-cluster maps ``(N, *s)`` per cluster: ``(K, *s)``.
+
+    A cluster with no members gets an all-zero map.
+    """
+    out = np.zeros((n_clusters, *maps.shape[1:]), dtype=np.float32)
+    for k in range(n_clusters):
+        members = maps[labels == k]
+        if len(members):
+            out[k] = members.mean(axis=0)
+    return out

@@ -1,0 +1,172 @@
+"""The clustering phase: a DEC clustering layer on the CAE embedding.
+
+Deep embedded clustering (Xie, Girshick and Farhadi 2016) with the reconstruction term kept
+(DCEC, Guo et al. 2017), as in Ryan et al., "Cluster Activation Mapping with Applications
+to Medical Imaging":
+
+- soft assignment (eq. 4): ``q_ik`` proportional to ``(1 + ||z_i - mu_k||^2)^-1``,
+  a Student t kernel with one degree of freedom, normalised over the K clusters;
+- target distribution (eq. 7): ``p_ik`` proportional to ``q_ik^2 / sum_i q_ik``,
+  normalised over clusters;
+- loss = reconstruction MSE + gamma * KL(P || Q).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.cluster import KMeans
+from torch import nn
+
+from lungclam.model import ConvAutoencoder
+from lungclam.train import autocast, batches, embed_images
+
+Progress = Callable[[str], None]
+
+
+def soft_assignment(z: torch.Tensor, centroids: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """Eq. 4: ``(N, K)`` cluster probabilities of embeddings ``z (N, J)`` given ``centroids (K, J)``.
+
+    ``alpha`` is the Student t's degrees of freedom (1 in the paper).
+    """
+    dist2 = (z.unsqueeze(1) - centroids.unsqueeze(0)).pow(2).sum(-1)
+    kernel = (1.0 + dist2 / alpha).pow(-(alpha + 1.0) / 2.0)
+    return kernel / kernel.sum(dim=1, keepdim=True)
+
+
+def target_distribution(q: torch.Tensor) -> torch.Tensor:
+    """Eq. 7: sharpened targets ``(N, K)``: ``q^2`` over cluster frequency, renormalised per row."""
+    weight = q.pow(2) / q.sum(dim=0, keepdim=True)
+    return weight / weight.sum(dim=1, keepdim=True)
+
+
+class ClusteringModel(nn.Module):
+    """A trained CAE plus K centroids in its embedding space (the clustering layer)."""
+
+    def __init__(self, autoencoder: ConvAutoencoder, centroids: torch.Tensor, alpha: float = 1.0):
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.centroids = nn.Parameter(centroids.detach().clone().float())
+        self.alpha = alpha
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.centroids.shape[0])
+
+    def assign_from_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        """``(N, K)`` probabilities from last-conv activations (encoder tail + clustering layer)."""
+        return soft_assignment(self.autoencoder.embed(maps), self.centroids, self.alpha)
+
+    def assign(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, K)`` cluster probabilities of images; no decoder involved (used by CLAM)."""
+        return self.assign_from_maps(self.autoencoder.encode_maps(x))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.autoencoder.encode(x)
+        return soft_assignment(z, self.centroids, self.alpha), self.autoencoder.decode(z)
+
+
+def init_centroids(features: np.ndarray, n_clusters: int, seed: int = 0, n_init: int = 20) -> np.ndarray:
+    """k-means centroids ``(K, J)`` of embeddings ``(N, J)`` (best of ``n_init`` restarts)."""
+    km = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit(features)
+    return km.cluster_centers_
+
+
+@torch.inference_mode()
+def predict(model: ClusteringModel, images: np.ndarray, batch_size: int = 16,
+            device: torch.device | None = None) -> np.ndarray:
+    """Soft assignments ``(N, K)`` float64 for ``(N, 1, *spatial)`` images, in eval mode."""
+    device = device or torch.device("cpu")
+    model.to(device).eval()
+    data = torch.from_numpy(np.ascontiguousarray(images))
+    out = [model.assign(data[idx].to(device)).float().cpu() for idx in batches(len(data), batch_size)]
+    return torch.cat(out).double().numpy()
+
+
+@dataclass
+class ClusterFit:
+    """Result of :func:`fit_clusters`: the model, final ``q (N, K)``, labels and loss log."""
+
+    model: ClusteringModel
+    q: np.ndarray
+    labels: np.ndarray
+    history: pd.DataFrame
+    converged: bool
+
+
+def fit_clusters(autoencoder: ConvAutoencoder, images: np.ndarray, n_clusters: int, *,
+                 max_epochs: int = 100, batch_size: int = 8, learning_rate: float = 1e-3,
+                 gamma: float = 0.1, update_interval: int = 4, tol: float = 0.001,
+                 n_init: int = 20, seed: int = 0, device: torch.device | None = None,
+                 mixed_precision: bool = False, progress: Progress | None = None) -> ClusterFit:
+    """Run the clustering phase on pretrained ``autoencoder`` for ``images (N, 1, *spatial)``.
+
+    Centroids start at k-means of the pretrained embeddings. Every ``update_interval``
+    batches the target P is recomputed from Q on all images; training stops when, at such
+    an update, fewer than ``tol`` (a fraction) of the labels changed since the previous
+    one, or after ``max_epochs``. Loss rows: ``epoch, reconstruction, kl, loss,
+    label_change, seconds``.
+    """
+    device = device or torch.device("cpu")
+    features = embed_images(autoencoder, images, device=device)
+    centroids = torch.from_numpy(init_centroids(features, n_clusters, seed, n_init))
+    model = ClusteringModel(autoencoder, centroids).to(device)
+    data = torch.from_numpy(np.ascontiguousarray(images))
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    mse, kl = nn.MSELoss(), nn.KLDivLoss(reduction="batchmean")
+    q = predict(model, images, device=device)
+    labels, target = q.argmax(1), target_distribution(torch.from_numpy(q)).float()
+    rows, step, converged, change = [], 0, False, float("nan")
+    for epoch in range(1, max_epochs + 1):
+        model.train()
+        start, sums, seen = time.perf_counter(), np.zeros(2), 0
+        for idx in batches(len(data), batch_size, generator):
+            if step > 0 and step % update_interval == 0:
+                q = predict(model, images, device=device)
+                new = q.argmax(1)
+                change = float(np.mean(new != labels))
+                labels, target = new, target_distribution(torch.from_numpy(q)).float()
+                if change < tol:
+                    converged = True
+                    break
+                model.train()
+            x = data[idx].to(device)
+            with autocast(device, mixed_precision):
+                q_batch, recon = model(x)
+                rec = mse(recon.float(), x)
+                div = kl(q_batch.float().clamp_min(1e-12).log(), target[idx].to(device))
+                loss = rec + gamma * div
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums += np.array([float(rec.detach()), float(div.detach())]) * len(idx)
+            seen += len(idx)
+            step += 1
+        if seen:  # an epoch cut short by convergence before its first batch logs nothing
+            rows.append({"epoch": epoch, "reconstruction": sums[0] / seen, "kl": sums[1] / seen,
+                         "loss": (sums[0] + gamma * sums[1]) / seen, "label_change": change,
+                         "seconds": time.perf_counter() - start})
+            if progress:
+                progress(f"cluster epoch {epoch}/{max_epochs}: loss {rows[-1]['loss']:.5f} "
+                         f"(MSE {rows[-1]['reconstruction']:.5f}, KL {rows[-1]['kl']:.5f}), "
+                         f"labels changed {change:.3f}")
+        if converged:
+            if progress:
+                progress(f"converged: {change:.3f} of labels changed (< tol {tol})")
+            break
+    q = predict(model, images, device=device)
+    return ClusterFit(model=model, q=q, labels=q.argmax(1), history=pd.DataFrame(rows), converged=converged)
+
+
+def clusters_table(subjects: list[str], q: np.ndarray) -> pd.DataFrame:
+    """``subject, cluster, q_1..q_K`` with 1-based cluster numbers (argmax of q)."""
+    table = pd.DataFrame({"subject": subjects, "cluster": q.argmax(1) + 1})
+    for k in range(q.shape[1]):
+        table[f"q_{k + 1}"] = q[:, k]
+    return table

@@ -1,0 +1,128 @@
+"""Loading model inputs, determinism, and CAE pretraining on reconstruction error.
+
+Images enter the network as ``float32`` arrays, channel-first ``(N, 1, *spatial)``, with
+HU mapped linearly so that the background (air, -1024 HU) is 0: CLAM multiplies inputs by
+activation maps, and a masked-out voxel should then look like background.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+import torch
+from torch import nn
+
+from lungclam.errors import SubjectError
+from lungclam.model import ConvAutoencoder
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+def normalize_hu(hu: np.ndarray, min_hu: float = -1024.0, max_hu: float = 200.0) -> np.ndarray:
+    """Map HU to ``[0, 1]``: ``min_hu`` (background) -> 0, ``max_hu`` -> 1, clipped; float32."""
+    if max_hu <= min_hu:
+        raise ValueError(f"max_hu ({max_hu}) must exceed min_hu ({min_hu})")
+    out = (np.asarray(hu, dtype=np.float32) - np.float32(min_hu)) / np.float32(max_hu - min_hu)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def load_volumes(paths: Sequence[str | Path], subjects: Sequence[str], min_hu: float = -1024.0,
+                 max_hu: float = 200.0) -> np.ndarray:
+    """Stack downsampled volumes into ``(N, 1, z, y, x)`` float32 in ``[0, 1]``.
+
+    All volumes must share one grid (the downsample stage guarantees it); a volume that
+    does not, or cannot be read, raises :class:`SubjectError` naming its subject.
+    """
+    arrays = []
+    for subject, path in zip(subjects, paths, strict=True):
+        try:
+            arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        except RuntimeError as exc:
+            raise SubjectError(subject, f"cannot read model input: {exc}", path) from exc
+        if arrays and arr.shape != arrays[0].shape:
+            raise SubjectError(subject, f"grid {arr.shape} differs from {arrays[0].shape} of the others", path)
+        arrays.append(normalize_hu(arr, min_hu, max_hu))
+    return np.stack(arrays)[:, None]
+
+
+def seed_everything(seed: int, device: torch.device) -> None:
+    """Seed torch and make CPU kernels deterministic (same seed -> same numbers)."""
+    torch.manual_seed(seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    else:
+        # cuDNN picks among algorithms by timing; pin them where we can (see README).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """Index batches covering ``range(n)``, shuffled when a generator is given."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    return list(order.split(batch_size))
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when asked; never on the CPU (18-46x slower without bf16 units)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+def pretrain(model: ConvAutoencoder, images: np.ndarray, epochs: int, batch_size: int = 8,
+             learning_rate: float = 1e-3, seed: int = 0, device: torch.device | None = None,
+             mixed_precision: bool = False, progress: Progress | None = None) -> pd.DataFrame:
+    """Train the CAE on reconstruction MSE with Adam; returns ``epoch, loss, seconds`` rows.
+
+    ``images`` is ``(N, 1, *spatial)`` float32. Batches are shuffled with a generator seeded
+    from ``seed``, so a run is repeatable on the CPU.
+    """
+    device = device or torch.device("cpu")
+    model.to(device).train()
+    data = torch.from_numpy(np.ascontiguousarray(images))
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    loss_fn = nn.MSELoss()
+    rows = []
+    for epoch in range(1, epochs + 1):
+        start, total = time.perf_counter(), 0.0
+        for idx in batches(len(data), batch_size, generator):
+            x = data[idx].to(device, non_blocking=True)
+            with autocast(device, mixed_precision):
+                _, recon = model(x)
+                loss = loss_fn(recon.float(), x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+        rows.append({"epoch": epoch, "loss": total / len(data), "seconds": time.perf_counter() - start})
+        if progress:
+            progress(f"pretrain epoch {epoch}/{epochs}: reconstruction MSE {rows[-1]['loss']:.5f} "
+                     f"({rows[-1]['seconds']:.1f} s)")
+    return pd.DataFrame(rows)
+
+
+@torch.inference_mode()
+def embed_images(model: ConvAutoencoder, images: np.ndarray, batch_size: int = 16,
+                 device: torch.device | None = None) -> np.ndarray:
+    """Embeddings ``(N, latent_dim)`` float64 of ``(N, 1, *spatial)`` images, in eval mode."""
+    device = device or torch.device("cpu")
+    model.to(device).eval()
+    data = torch.from_numpy(np.ascontiguousarray(images))
+    out = [model.encode(data[idx].to(device)).float().cpu() for idx in batches(len(data), batch_size)]
+    return torch.cat(out).double().numpy()
+
+
+def features_table(subjects: Sequence[str], features: np.ndarray) -> pd.DataFrame:
+    """``subject, f1..fJ`` table of embeddings."""
+    table = pd.DataFrame(features, columns=[f"f{j + 1}" for j in range(features.shape[1])])
+    table.insert(0, "subject", list(subjects))
+    return table

@@ -1,0 +1,109 @@
+"""CLAM: the batched implementation against a literal per-channel loop, edge cases, and a
+saliency sanity check (a trained model's maps must differ from a randomised model's)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lungclam.clam import assigned_maps, clam_image, cluster_means, iter_clam
+from lungclam.dec import ClusteringModel, fit_clusters
+from lungclam.model import ConvAutoencoder, ModelSpec
+from lungclam.train import pretrain, seed_everything
+
+
+def _loop_clam(model: ClusteringModel, x: torch.Tensor, k: int) -> torch.Tensor:
+    """DESIGN.md's CLAM, one channel and one forward pass at a time, no shortcuts."""
+    spatial = tuple(x.shape[1:])
+    mode = "bilinear" if len(spatial) == 2 else "trilinear"
+    with torch.no_grad():
+        acts = model.autoencoder.encode_maps(x[None])[0]
+        total = torch.zeros(spatial, dtype=torch.float64)
+        for h in range(acts.shape[0]):
+            up = F.interpolate(acts[h][None, None], size=spatial, mode=mode, align_corners=False)[0, 0]
+            span = up.max() - up.min()
+            constant = bool(acts[h].max() == acts[h].min())
+            mask = (up - up.min()) / span if span > 0 and not constant else torch.zeros_like(up)
+            alpha = model.assign((x * mask)[None])[0, k]
+            total += float(alpha) * up.double()
+        total = torch.relu(total)
+        span = total.max() - total.min()
+        return ((total - total.min()) / span if span > 0 else torch.zeros_like(total)).float()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ModelSpec((24, 24), channels=(8, 16, 24), strides=(2, 1, 2), latent_dim=6),
+        ModelSpec((20, 24, 16), channels=(4, 8, 12), strides=(2, 2, 2), latent_dim=5),
+    ],
+    ids=["2d", "3d"],
+)
+@pytest.mark.parametrize("chunk", [1, 5, 64])
+def test_batched_clam_equals_channel_loop(spec: ModelSpec, chunk: int) -> None:
+    torch.manual_seed(1)
+    model = ClusteringModel(ConvAutoencoder(spec), torch.randn(3, spec.latent_dim) * 0.5).eval()
+    for _ in range(2):
+        x = torch.rand(1, *spec.input_shape)
+        maps, q = clam_image(model, x, chunk_size=chunk)
+        assert maps.shape == (3, *spec.input_shape)
+        torch.testing.assert_close(q, model.assign(x[None])[0])
+        for k in range(3):
+            expected = _loop_clam(model, x, k)
+            assert float((maps[k] - expected).abs().max()) <= 1e-5
+
+
+def test_constant_channels_give_zero_maps_not_nan() -> None:
+    spec = ModelSpec((16, 16), channels=(4, 6), strides=(2, 2), latent_dim=3)
+    torch.manual_seed(0)
+    model = ClusteringModel(ConvAutoencoder(spec), torch.randn(2, 3))
+    last = model.autoencoder.encoder_convs[-2]
+    with torch.no_grad():
+        last.weight.zero_()  # every channel of A is now its constant bias
+    maps, q = clam_image(model.eval(), torch.rand(1, 16, 16))
+    assert torch.isfinite(maps).all() and torch.isfinite(q).all()
+    assert float(maps.abs().max()) == 0.0
+
+
+def _disc_images(n_per_group: int = 10, size: int = 24, seed: int = 0):
+    """Noisy images with a bright disc on the left (group 0) or the right (group 1)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    images = rng.normal(0.2, 0.03, (2 * n_per_group, 1, size, size)).astype(np.float32)
+    truth = np.repeat([0, 1], n_per_group)
+    discs = []
+    for g in (0, 1):
+        cx = 6 if g == 0 else size - 7
+        discs.append((xx - cx) ** 2 + (yy - size // 2) ** 2 <= 9)
+    for i, g in enumerate(truth):
+        images[i, 0][discs[g]] += 0.6
+    return images, truth, discs
+
+
+def _disc_mass(maps: np.ndarray, truth: np.ndarray, discs: list[np.ndarray]) -> np.ndarray:
+    """Share of each image's CLAM mass that lies on its own disc."""
+    return np.array([maps[i][discs[g]].sum() / maps[i].sum() for i, g in enumerate(truth)])
+
+
+def test_trained_clam_differs_from_randomised_model() -> None:
+    """Saliency sanity check (Adebayo et al. 2018): randomising the weights must change the
+    maps; the trained model's maps sit on the disc that separates the groups."""
+    images, truth, discs = _disc_images()
+    seed_everything(0, torch.device("cpu"))
+    spec = ModelSpec((24, 24), channels=(8, 16), strides=(2, 2), latent_dim=4)
+    model = ConvAutoencoder(spec)
+    pretrain(model, images, epochs=30, batch_size=5, learning_rate=3e-3)
+    fit = fit_clusters(model, images, 2, max_epochs=10, batch_size=5, update_interval=4)
+    trained = assigned_maps(np.stack([m for _, m, _ in iter_clam(fit.model, images)]), fit.q)
+    torch.manual_seed(123)
+    random_model = ClusteringModel(ConvAutoencoder(spec), fit.model.centroids.detach())
+    randomised = assigned_maps(np.stack([m for _, m, _ in iter_clam(random_model, images)]), fit.q)
+    assert float(np.abs(trained - randomised).mean()) > 0.05
+    disc_area = float(discs[0].mean())
+    own = _disc_mass(trained, truth, discs)
+    assert own.mean() > 3 * disc_area
+    assert own.mean() > 1.5 * _disc_mass(randomised, truth, discs).mean()
+    means = cluster_means(trained, fit.labels, 2)
+    assert means.shape == (2, 24, 24) and np.isfinite(means).all()

@@ -1,0 +1,85 @@
+"""Clustering layer: eq. 4 and eq. 7 on hand-computed cases, and the clustering phase."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import adjusted_rand_score
+
+from lungclam.dec import clusters_table, fit_clusters, soft_assignment, target_distribution
+from lungclam.model import ConvAutoencoder, ModelSpec
+from lungclam.train import embed_images, pretrain, seed_everything
+
+
+def test_soft_assignment_hand_computed() -> None:
+    # distances^2 to the two centroids: 0 and 1 -> kernels 1 and 1/2 -> q = 2/3, 1/3
+    q = soft_assignment(torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 0.0], [1.0, 0.0]]))
+    torch.testing.assert_close(q, torch.tensor([[2 / 3, 1 / 3]]))
+    # equidistant from both centroids -> 1/2 each; three centroids at d^2 = 0, 1, 3
+    q = soft_assignment(torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 0.0], [2.0, 2.0]]))
+    torch.testing.assert_close(q, torch.tensor([[0.5, 0.5]]))
+    q = soft_assignment(torch.tensor([[0.0]]), torch.tensor([[0.0], [1.0], [3.0**0.5]]))
+    kernels = torch.tensor([1.0, 1 / 2, 1 / 4])
+    torch.testing.assert_close(q[0], kernels / kernels.sum())
+
+
+def test_target_distribution_hand_computed() -> None:
+    q = torch.tensor([[0.9, 0.1], [0.6, 0.4]])
+    # cluster frequencies 1.5 and 0.5; q^2/f = [.54, .02] and [.24, .32]; rows renormalised
+    expected = torch.tensor([[0.54 / 0.56, 0.02 / 0.56], [0.24 / 0.56, 0.32 / 0.56]])
+    p = target_distribution(q)
+    torch.testing.assert_close(p, expected)
+    # sharpening: a confident row gets more confident
+    assert p[0, 0] > q[0, 0]
+
+
+def _two_group_images(n_per_group: int = 12, size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy images with a bright 4x4 block top-left (group 0) or bottom-right (group 1)."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(0.2, 0.05, (2 * n_per_group, 1, size, size)).astype(np.float32)
+    truth = np.repeat([0, 1], n_per_group)
+    for i, g in enumerate(truth):
+        r = slice(2, 6) if g == 0 else slice(size - 6, size - 2)
+        images[i, 0, r, r] += 0.7
+    return images, truth
+
+
+def _fit(seed: int = 0):
+    images, truth = _two_group_images()
+    device = torch.device("cpu")
+    seed_everything(seed, device)
+    model = ConvAutoencoder(ModelSpec((16, 16), channels=(4, 8), strides=(2, 2), latent_dim=4))
+    history = pretrain(model, images, epochs=25, batch_size=8, learning_rate=3e-3, seed=seed)
+    fit = fit_clusters(model, images, 2, max_epochs=15, batch_size=8, update_interval=3, seed=seed)
+    return images, truth, history, fit
+
+
+def test_clustering_phase_recovers_groups_and_repeats_exactly() -> None:
+    images, truth, history, fit = _fit()
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+    assert adjusted_rand_score(truth, fit.labels) == 1.0
+    np.testing.assert_allclose(fit.q.sum(1), 1.0, atol=1e-6)
+    assert {"epoch", "reconstruction", "kl", "loss", "label_change"} <= set(fit.history.columns)
+    _, _, history2, fit2 = _fit()
+    np.testing.assert_array_equal(history["loss"].to_numpy(), history2["loss"].to_numpy())
+    np.testing.assert_allclose(fit.q, fit2.q, atol=1e-6)
+
+
+def test_pretrain_features_and_cluster_table() -> None:
+    images, _ = _two_group_images(4)
+    model = ConvAutoencoder(ModelSpec((16, 16), channels=(4,), strides=(2,), latent_dim=3))
+    feats = embed_images(model, images)
+    assert feats.shape == (8, 3) and np.isfinite(feats).all()
+    q = np.array([[0.2, 0.8], [0.7, 0.3]])
+    table = clusters_table(["a", "b"], q)
+    assert table["cluster"].tolist() == [2, 1]
+    assert list(table.columns) == ["subject", "cluster", "q_1", "q_2"]
+
+
+@pytest.mark.parametrize("bad", [(-1.0, -1.0), (0.0, -5.0)])
+def test_normalize_hu_rejects_empty_window(bad) -> None:
+    from lungclam.train import normalize_hu
+
+    with pytest.raises(ValueError):
+        normalize_hu(np.zeros(3), *bad)
