@@ -21,6 +21,8 @@ demo: setup
 	@echo "lungclam demo finished: outputs are in $(CURDIR)/results/"
 	@echo "  registered scans:   results/registered/   model inputs: results/downsampled/"
 	@echo "  study template:     results/template/     logs: results/logs/"
+	@echo "  clusters:           results/clusters.tsv  K selection: results/model/k_selection.png"
+	@echo "  CLAM maps:          results/clam/         (overlay on results/template/grid_template.nii.gz)"
 
 test: setup
 	$(BIN)/python -m pytest

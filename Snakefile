@@ -14,9 +14,12 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/template.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/clam.smk"
 
 
 rule all:
     input:
         preprocess_targets(),
+        model_targets(),
     default_target: True

@@ -116,3 +116,18 @@ def cluster_means(maps: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.n
         if len(members):
             out[k] = members.mean(axis=0)
     return out
+
+
+def restrict_to_mask(maps: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Zero ``maps (..., *s)`` outside ``mask (*s)`` and min-max them again inside it.
+
+    Outside the template lungs every input is the constant background, so importance
+    there says nothing about the scan; rescaling inside keeps each map's range ``[0, 1]``.
+    """
+    inside = np.asarray(mask, dtype=bool)
+    out = np.zeros_like(maps, dtype=np.float32)
+    flat = maps[..., inside]  # (..., n_inside)
+    lo = flat.min(axis=-1, keepdims=True)
+    span = flat.max(axis=-1, keepdims=True) - lo
+    out[..., inside] = np.where(span > 0, (flat - lo) / np.where(span > 0, span, 1.0), 0.0)
+    return out

@@ -486,15 +486,17 @@ def _empty_row(k: int) -> dict[str, float]:
     }
 
 
-def _row_for_k(z: np.ndarray, k: int, seed: int, n_init: int, n_permutations: int) -> dict[str, float]:
-    """Silhouettes and the sparse k-means fit for one k on standardised ``z`` (n, p)."""
-    labels = _fit_kmeans(z, k, seed, n_init, None).labels_
+def _row_for_k(x: np.ndarray, z: np.ndarray, k: int, seed: int, n_init: int,
+               n_permutations: int) -> dict[str, float]:
+    """Silhouettes for one k: k-means on ``x`` (n, p) as given, sparse k-means on its
+    column z-scores ``z`` (the lasso weights compare features only on a common scale)."""
+    labels = _fit_kmeans(x, k, seed, n_init, None).labels_
     bounds = _default_bounds(z.shape[1])
     bound, _, fits = _permutation_gap(z, k, bounds, n_permutations, seed, n_init, "one_sd")
     fit = fits[bound]
     return {
         "k": k,
-        "silhouette_kmeans": _silhouette(z, labels),
+        "silhouette_kmeans": _silhouette(x, labels),
         "silhouette_sparse_kmeans": _silhouette(z * np.sqrt(fit.weights), fit.labels),
         "l1_bound": bound,
         "n_features_used": int((fit.weights > 0).sum()),
@@ -519,10 +521,14 @@ def select_k(
     n_permutations: int = 10,
     n_references: int = 20,
     progress: Callable[[str], None] | None = None,
+    standardise: bool = False,
 ) -> pd.DataFrame:
     """Criteria for choosing K on ``features`` (n, p), one row per k in ``ks`` (sorted).
 
-    The features are z-scored per column first (constant columns become 0). Columns:
+    k-means, its silhouette and the gap statistic work on the features as they are (as
+    the clustering layer sees them) unless ``standardise``; z-scoring gives every embedding
+    dimension equal say, so near-constant noise dimensions can outvote the informative
+    ones. Sparse k-means always works on column z-scores (constant columns become 0). Columns:
     k; silhouette_kmeans (Euclidean silhouette of k-means); silhouette_sparse_kmeans
     (silhouette of sparse k-means, on the features scaled by sqrt(weights)); l1_bound (the
     sparse k-means bound for that k, chosen by the permutation gap with the one-sd rule, see
@@ -534,14 +540,15 @@ def select_k(
     called once per k with a one-line summary.
     """
     z = _standardise(_as_matrix(features, "features"))
+    x = z if standardise else _as_matrix(features, "features")
     n = z.shape[0]
     distinct = _n_distinct_rows(z)
     all_ks = sorted({int(k) for k in ks})
-    gap = _gap_table(z, [k for k in all_ks if k <= distinct], n_references, seed, n_init).set_index("k")
+    gap = _gap_table(x, [k for k in all_ks if k <= distinct], n_references, seed, n_init).set_index("k")
     rows = []
     for k in all_ks:
         fits = 2 <= k < n and k <= distinct
-        row = _row_for_k(z, k, seed, n_init, n_permutations) if fits else _empty_row(k)
+        row = _row_for_k(x, z, k, seed, n_init, n_permutations) if fits else _empty_row(k)
         row["gap"] = gap["gap"].get(k, np.nan)
         row["gap_sd"] = gap["gap_sd"].get(k, np.nan)
         rows.append(row)

@@ -544,10 +544,11 @@ def _zone_weight(fr: _Frame, bd: _Body, lo: float | None, hi: float | None) -> n
 def _reticulation(rng: np.random.Generator, fr: _Frame, bd: _Body, lungs: np.ndarray, severity: float) -> _Disease:
     """Upper-zone reticulation: a net of dense lines over mild haze in the top third.
 
-    The net lines add 250-600 HU (with severity), the haze between them 40-120 HU; the zone
-    covers the upper 28-42 % of the lung height.
+    The net lines add 200-450 HU (with severity), the haze between them 30-90 HU; the zone
+    covers the upper 30-38 % of the lung height (its extent varies little with severity, so
+    the pattern stays one recognisable group in the demo cohort).
     """
-    weight = _zone_weight(fr, bd, 1.0 - (0.28 + 0.14 * severity), None)
+    weight = _zone_weight(fr, bd, 1.0 - (0.30 + 0.08 * severity), None)
     add = np.zeros(fr.shape, dtype=np.float32)
     rows = np.flatnonzero(weight > 0.01)
     box = (slice(rows[0], rows[-1] + 1), slice(None), slice(None))
@@ -558,8 +559,8 @@ def _reticulation(rng: np.random.Generator, fr: _Frame, bd: _Body, lungs: np.nda
     band /= max(float(band.std()), 1e-6)
     net = np.exp(-((band / 0.35) ** 2))
     patches = 0.75 + 0.25 * np.tanh(_smooth_noise(rng, fr, shape, 8.0))
-    amp = 250.0 + 350.0 * severity
-    haze = 40.0 + 80.0 * severity
+    amp = 200.0 + 250.0 * severity
+    haze = 30.0 + 60.0 * severity
     add[box] = weight[box[0], None, None] * patches * (haze + amp * net)
     mask = (lungs > 0) & (weight >= 0.5)[:, None, None]
     return add, np.zeros(fr.shape, dtype=np.float32), mask
@@ -600,7 +601,7 @@ def _perihilar(rng: np.random.Generator, fr: _Frame, bd: _Body, lungs: np.ndarra
     """40-100 soft-tissue nodules (4-10 mm across) clustered around both hila, over a haze.
 
     Nodule centres scatter ~20 mm around a point 20 mm lateral to each hilum (in the lung).
-    The haze (peribronchovascular thickening) adds 50-120 HU, fading with a 25 mm Gaussian
+    The haze (peribronchovascular thickening) adds 150-300 HU, fading with a 28 mm Gaussian
     around the same points; the disease mask is the nodules plus where the haze is at least
     half its peak.
     """
@@ -619,15 +620,15 @@ def _perihilar(rng: np.random.Generator, fr: _Frame, bd: _Body, lungs: np.ndarra
     cover, mask = _nodules(fr, lungs, found)
     haze = _perihilar_haze(fr, bd)
     mask |= (haze >= 0.5) & (lungs > 0)
-    return ((50.0 + 70.0 * severity) * haze).astype(np.float32), cover, mask
+    return ((150.0 + 150.0 * severity) * haze).astype(np.float32), cover, mask
 
 
 def _perihilar_haze(fr: _Frame, bd: _Body) -> np.ndarray:
-    """Sum of two Gaussian blobs (peak 1, sd 25 mm) 20 mm lateral to the hila, (z, y, x)."""
+    """Sum of two Gaussian blobs (peak 1, sd 28 mm) 20 mm lateral to the hila, (z, y, x)."""
     u, v = fr.uv()
     w = fr.w()
     out = np.zeros(fr.shape, dtype=np.float32)
-    sd = 25.0 * bd.s
+    sd = 28.0 * bd.s
     for side in (-1, 1):
         c = bd.hilum(side) + np.array([side * 20.0 * bd.s, 0.0, 0.0])
         plane = np.exp(-((u - c[0]) ** 2 + (v - c[1]) ** 2) / (2 * sd**2))

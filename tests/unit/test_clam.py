@@ -107,3 +107,13 @@ def test_trained_clam_differs_from_randomised_model() -> None:
     assert own.mean() > 1.5 * _disc_mass(randomised, truth, discs).mean()
     means = cluster_means(trained, fit.labels, 2)
     assert means.shape == (2, 24, 24) and np.isfinite(means).all()
+
+
+def test_restrict_to_mask_rescales_inside_and_zeros_outside() -> None:
+    from lungclam.clam import restrict_to_mask
+
+    maps = np.array([[[0.2, 0.4, 0.9, 1.0]], [[0.5, 0.5, 0.5, 0.1]]], dtype=np.float32)  # (2, 1, 4)
+    mask = np.array([[True, True, True, False]])
+    out = restrict_to_mask(maps, mask)
+    np.testing.assert_allclose(out[0, 0], [0.0, 2 / 7, 1.0, 0.0], atol=1e-6)
+    np.testing.assert_array_equal(out[1, 0], [0.0, 0.0, 0.0, 0.0])  # constant inside -> zero, no NaN

@@ -181,9 +181,17 @@ def test_select_k_table_choice_and_reproducibility(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="silhouette_kmeans"):
         chosen_k(table, "elbow")
     pd.testing.assert_frame_equal(table, select_k(x, **kwargs))
-    # z-scoring first: rescaling and shifting columns changes nothing.
-    rescaled = select_k(x * np.array([1e3, 1.0, 0.01, 5.0, 1.0, 2.0]) - 7.0, **kwargs)
-    pd.testing.assert_frame_equal(table, rescaled, check_exact=False, rtol=1e-6)
+    # Shifting changes nothing; with standardise=True neither does rescaling columns, and
+    # sparse k-means z-scores its input either way.
+    shifted = select_k(x - 7.0, **kwargs)
+    pd.testing.assert_frame_equal(table, shifted, check_exact=False, rtol=1e-6)
+    scale = np.array([1e3, 1.0, 0.01, 5.0, 1.0, 2.0])
+    pd.testing.assert_frame_equal(select_k(x, standardise=True, **kwargs),
+                                  select_k(x * scale - 7.0, standardise=True, **kwargs), check_exact=False, rtol=1e-6)
+    rescaled = select_k(x * scale, **kwargs)
+    sparse_cols = ["silhouette_sparse_kmeans", "l1_bound", "n_features_used"]
+    assert not np.allclose(rescaled["silhouette_kmeans"], table["silhouette_kmeans"])
+    pd.testing.assert_frame_equal(rescaled[sparse_cols], table[sparse_cols], check_exact=False, rtol=1e-6)
     out = tmp_path / "figures" / "nested" / "k_selection.png"
     plot_k_selection(table, out, chosen=chosen_k(table))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 1000

@@ -18,6 +18,7 @@ validate(config, schema="../../config/schema.yaml")
 # and "registered/lungmask/x" never matches a subject called "lungmask/x".
 wildcard_constraints:
     subject=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+    k=r"[0-9]+",
 
 
 DEMO = not config["samples"]
@@ -90,3 +91,36 @@ def preprocess_targets():
     targets = expand("results/downsampled/{subject}.nii.gz", subject=SUBJECTS)
     targets += ["results/template/iterations.tsv", "results/template/grid_mask.nii.gz"]
     return targets
+
+
+def model_inputs():
+    """The downsampled volumes the model trains on, in subject order."""
+    return expand("results/downsampled/{subject}.nii.gz", subject=SUBJECTS)
+
+
+def n_clusters():
+    """K: the configured integer, or (n_clusters: auto) the choose_k checkpoint's choice."""
+    import pandas as pd
+
+    from lungclam.kselect import resolve_n_clusters
+
+    if config["n_clusters"] != "auto":
+        return int(config["n_clusters"])
+    table = checkpoints.choose_k.get().output.table
+    return resolve_n_clusters("auto", pd.read_csv(table, sep="\t"))
+
+
+def clam_cluster_means(wildcards=None):
+    """The K cluster-mean CLAMs (K known once choose_k has run, when it is auto)."""
+    return expand("results/clam/cluster_{k}_mean.nii.gz", k=range(1, n_clusters() + 1))
+
+
+def model_targets():
+    """Everything clustering and CLAM make, for `rule all`."""
+    return [
+        "results/clusters.tsv",
+        "results/model/k_selection.png",
+        "results/model/features_clustered.tsv",
+        "results/clam/subject_mean.nii.gz",
+        "results/clam/population_mean.nii.gz",
+    ]

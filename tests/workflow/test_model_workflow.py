@@ -1,0 +1,74 @@
+"""Real snakemake runs of training, choice of K, clustering and CLAM on the tiny cohort."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from lungclam.model import load_checkpoint
+
+pytestmark = pytest.mark.workflow
+
+
+def _array(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def test_model_stages_write_their_tables(demo_run: Path) -> None:
+    subjects = pd.read_csv(demo_run / "demo" / "samples.tsv", sep="\t")["subject"].tolist()
+    loss = pd.read_csv(demo_run / "model" / "pretrain_loss.tsv", sep="\t")
+    assert loss["epoch"].tolist() == [1, 2, 3, 4] and np.isfinite(loss["loss"]).all()
+    for name in ("features_pretrain.tsv", "features_clustered.tsv"):
+        features = pd.read_csv(demo_run / "model" / name, sep="\t")
+        assert features["subject"].tolist() == subjects
+        assert features.shape[1] == 1 + 8  # latent_dim in tiny.yaml
+    ksel = pd.read_csv(demo_run / "model" / "k_selection.tsv", sep="\t")
+    assert ksel["k"].tolist() == [2, 3] and ksel["chosen"].sum() == 1
+    assert (demo_run / "model" / "k_selection.png").stat().st_size > 1000
+    clusters = pd.read_csv(demo_run / "clusters.tsv", sep="\t")
+    k = int(ksel.loc[ksel["chosen"], "k"].iloc[0])
+    assert clusters["subject"].tolist() == subjects
+    q = clusters[[f"q_{i}" for i in range(1, k + 1)]].to_numpy()
+    np.testing.assert_allclose(q.sum(1), 1.0, atol=1e-5)
+    assert (clusters["cluster"].to_numpy() == q.argmax(1) + 1).all()
+    assert len(pd.read_csv(demo_run / "model" / "cluster_loss.tsv", sep="\t")) >= 1
+    ckpt = load_checkpoint(demo_run / "model" / "dec.pt")
+    assert ckpt.centroids is not None and tuple(ckpt.centroids.shape) == (k, 8)
+
+
+def test_clam_maps_are_in_template_space(demo_run: Path) -> None:
+    grid = sitk.ReadImage(str(demo_run / "template" / "grid_template.nii.gz"))
+    clusters = pd.read_csv(demo_run / "clusters.tsv", sep="\t")
+    maps = {}
+    for subject in clusters["subject"]:
+        image = sitk.ReadImage(str(demo_run / "clam" / f"{subject}.nii.gz"))
+        assert image.GetSize() == grid.GetSize() and image.GetSpacing() == grid.GetSpacing()
+        assert np.allclose(image.GetOrigin(), grid.GetOrigin())
+        assert np.allclose(image.GetDirection(), grid.GetDirection())
+        maps[subject] = sitk.GetArrayFromImage(image)
+        assert np.isfinite(maps[subject]).all()
+        assert maps[subject].min() >= 0.0 and maps[subject].max() <= 1.0 + 1e-6
+    k = sum(c.startswith("q_") for c in clusters.columns)
+    means = []
+    for cluster in range(1, k + 1):
+        members = clusters.loc[clusters["cluster"] == cluster, "subject"]
+        mean = _array(demo_run / "clam" / f"cluster_{cluster}_mean.nii.gz")
+        expected = np.mean([maps[s] for s in members], axis=0) if len(members) else np.zeros_like(mean)
+        np.testing.assert_allclose(mean, expected, atol=1e-6)
+        means.append(mean)
+    assert not (demo_run / "clam" / f"cluster_{k + 1}_mean.nii.gz").exists()
+    np.testing.assert_allclose(_array(demo_run / "clam" / "population_mean.nii.gz"), np.mean(means, axis=0), atol=1e-6)
+    np.testing.assert_allclose(_array(demo_run / "clam" / "subject_mean.nii.gz"),
+                               np.mean(list(maps.values()), axis=0), atol=1e-6)
+
+
+def test_model_rules_log_and_benchmark(demo_run: Path) -> None:
+    for stage in ("train", "choose_k", "cluster", "clam"):
+        log = (demo_run / "logs" / f"{stage}.log").read_text()
+        assert f"{stage} done in" in log, log[-1000:]
+        assert (demo_run / "benchmarks" / f"{stage}.tsv").is_file()
+    assert "pretrain epoch 4/4" in (demo_run / "logs" / "train.log").read_text()

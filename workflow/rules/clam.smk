@@ -1,0 +1,68 @@
+# Cluster activation maps in template space: one map per subject for its assigned
+# cluster, then the mean map of each cluster and of the population.
+
+
+rule clam:
+    input:
+        volumes=model_inputs(),
+        model="results/model/dec.pt",
+        grid="results/template/grid_template.nii.gz",
+        mask="results/template/grid_mask.nii.gz",
+    output:
+        maps=expand("results/clam/{subject}.nii.gz", subject=SUBJECTS),
+        subject_mean="results/clam/subject_mean.nii.gz",
+    params:
+        subjects=SUBJECTS,
+        model=config["model"],
+        chunk_size=config["clam"]["chunk_size"],
+        mask_to_lungs=config["clam"]["mask_to_lungs"],
+    log:
+        "results/logs/clam.log",
+    benchmark:
+        "results/benchmarks/clam.tsv"
+    threads: config["model"]["threads"]
+    resources:
+        mem_mb=8000,
+        gpu=config["model"]["gpus"],
+    conda:
+        "../../envs/model.yaml"
+    script:
+        "../scripts/clam.py"
+
+
+rule clam_cluster_mean:
+    input:
+        maps=expand("results/clam/{subject}.nii.gz", subject=SUBJECTS),
+        clusters="results/clusters.tsv",
+    output:
+        report(
+            "results/clam/cluster_{k}_mean.nii.gz",
+            caption="../report/clam_cluster_mean.rst",
+            category="CLAM",
+            subcategory="Cluster means",
+        ),
+    log:
+        "results/logs/clam_means/cluster_{k}.log",
+    threads: 1
+    conda:
+        "../../envs/model.yaml"
+    script:
+        "../scripts/clam_cluster_mean.py"
+
+
+rule clam_population_mean:
+    input:
+        cluster_means=clam_cluster_means,
+    output:
+        report(
+            "results/clam/population_mean.nii.gz",
+            caption="../report/clam_population_mean.rst",
+            category="CLAM",
+        ),
+    log:
+        "results/logs/clam_means/population.log",
+    threads: 1
+    conda:
+        "../../envs/model.yaml"
+    script:
+        "../scripts/clam_population_mean.py"

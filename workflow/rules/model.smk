@@ -1,0 +1,83 @@
+# Deep clustering: CAE pretraining, the choice of K, and the clustering (DEC) phase.
+# Training and clustering ask for a GPU on Slurm (resources: gpu) and use the CPU
+# wherever none is present (model.device: auto).
+
+
+rule train:
+    input:
+        volumes=model_inputs(),
+    output:
+        model="results/model/cae.pt",
+        loss="results/model/pretrain_loss.tsv",
+        features="results/model/features_pretrain.tsv",
+    params:
+        subjects=SUBJECTS,
+        model=config["model"],
+        train=config["train"],
+        seed=config["seed"],
+    log:
+        "results/logs/train.log",
+    benchmark:
+        "results/benchmarks/train.tsv"
+    threads: config["model"]["threads"]
+    resources:
+        mem_mb=8000,
+        gpu=config["model"]["gpus"],
+    conda:
+        "../../envs/model.yaml"
+    script:
+        "../scripts/train.py"
+
+
+checkpoint choose_k:
+    input:
+        features="results/model/features_pretrain.tsv",
+    output:
+        table="results/model/k_selection.tsv",
+        plot=report(
+            "results/model/k_selection.png",
+            caption="../report/k_selection.rst",
+            category="Clustering",
+        ),
+    params:
+        settings=config["choose_k"],
+        seed=config["seed"],
+    log:
+        "results/logs/choose_k.log",
+    benchmark:
+        "results/benchmarks/choose_k.tsv"
+    threads: 1
+    conda:
+        "../../envs/model.yaml"
+    script:
+        "../scripts/choose_k.py"
+
+
+rule cluster:
+    input:
+        volumes=model_inputs(),
+        model="results/model/cae.pt",
+        k_selection="results/model/k_selection.tsv",
+    output:
+        model="results/model/dec.pt",
+        clusters="results/clusters.tsv",
+        loss="results/model/cluster_loss.tsv",
+        features="results/model/features_clustered.tsv",
+    params:
+        subjects=SUBJECTS,
+        n_clusters=config["n_clusters"],
+        model=config["model"],
+        settings=config["cluster"],
+        seed=config["seed"],
+    log:
+        "results/logs/cluster.log",
+    benchmark:
+        "results/benchmarks/cluster.tsv"
+    threads: config["model"]["threads"]
+    resources:
+        mem_mb=8000,
+        gpu=config["model"]["gpus"],
+    conda:
+        "../../envs/model.yaml"
+    script:
+        "../scripts/cluster.py"

@@ -1,0 +1,41 @@
+"""Snakemake glue: the clustering phase (DEC layer) on the pretrained CAE."""
+
+import logging
+
+import pandas as pd
+
+from lungclam.runtime import run_job
+
+smk = snakemake  # noqa: F821
+
+
+def main() -> None:
+    from lungclam.dec import clusters_table, fit_clusters
+    from lungclam.kselect import resolve_n_clusters
+    from lungclam.model import build_autoencoder, load_checkpoint, resolve_device, save_checkpoint
+    from lungclam.train import embed_images, features_table, load_volumes, seed_everything
+
+    log = logging.getLogger("lungclam.cluster")
+    m, c = smk.params.model, smk.params.settings
+    subjects = list(smk.params.subjects)
+    k = resolve_n_clusters(smk.params.n_clusters, pd.read_csv(smk.input.k_selection, sep="\t"))
+    images = load_volumes(smk.input.volumes, subjects, *m["hu_window"])
+    device = resolve_device(m["device"])
+    seed_everything(smk.params.seed, device)
+    autoencoder = build_autoencoder(load_checkpoint(smk.input.model))
+    log.info("clustering %d images into K=%d on %s", len(images), k, device)
+    fit = fit_clusters(autoencoder, images, k, max_epochs=c["max_epochs"], batch_size=c["batch_size"],
+                       learning_rate=c["learning_rate"], gamma=c["gamma"], update_interval=c["update_interval"],
+                       tol=c["tol"], n_init=c["n_init"], seed=smk.params.seed, device=device,
+                       mixed_precision=m["mixed_precision"], progress=log.info)
+    log.info("converged: %s; cluster sizes %s", fit.converged,
+             pd.Series(fit.labels + 1).value_counts().sort_index().to_dict())
+    save_checkpoint(smk.output.model, fit.model.autoencoder, fit.model.centroids,
+                    meta={"subjects": subjects, "n_clusters": k, "converged": fit.converged})
+    clusters_table(subjects, fit.q).to_csv(smk.output.clusters, sep="\t", index=False, float_format="%.6g")
+    fit.history.to_csv(smk.output.loss, sep="\t", index=False)
+    features_table(subjects, embed_images(fit.model.autoencoder, images, device=device)).to_csv(
+        smk.output.features, sep="\t", index=False, float_format="%.6g")
+
+
+run_job("cluster", main, smk.log[0], smk.threads)

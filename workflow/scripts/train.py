@@ -1,0 +1,31 @@
+"""Snakemake glue: pretrain the CAE on the downsampled volumes, write weights and features."""
+
+import logging
+
+from lungclam.runtime import run_job
+
+smk = snakemake  # noqa: F821
+
+
+def main() -> None:
+    from lungclam.model import ConvAutoencoder, resolve_device, save_checkpoint, spec_from_config
+    from lungclam.train import embed_images, features_table, load_volumes, pretrain, seed_everything
+
+    log = logging.getLogger("lungclam.train")
+    m, t = smk.params.model, smk.params.train
+    subjects = list(smk.params.subjects)
+    images = load_volumes(smk.input.volumes, subjects, *m["hu_window"])
+    device = resolve_device(m["device"])
+    seed_everything(smk.params.seed, device)
+    model = ConvAutoencoder(spec_from_config(m, images.shape[2:]))
+    log.info("pretraining on %d images %s on %s for %d epochs", len(images), images.shape[2:], device, t["epochs"])
+    history = pretrain(model, images, epochs=t["epochs"], batch_size=t["batch_size"],
+                       learning_rate=t["learning_rate"], seed=smk.params.seed, device=device,
+                       mixed_precision=m["mixed_precision"], progress=log.info)
+    save_checkpoint(smk.output.model, model, meta={"subjects": subjects, "epochs": t["epochs"]})
+    history.to_csv(smk.output.loss, sep="\t", index=False)
+    features_table(subjects, embed_images(model, images, device=device)).to_csv(
+        smk.output.features, sep="\t", index=False, float_format="%.6g")
+
+
+run_job("train", main, smk.log[0], smk.threads)
