@@ -16,10 +16,12 @@ include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/template.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/clam.smk"
+include: "workflow/rules/stats.smk"
 
 
 rule all:
     input:
         preprocess_targets(),
         model_targets(),
+        stats_targets(),
     default_target: True

@@ -115,6 +115,13 @@ def clam_cluster_means(wildcards=None):
     return expand("results/clam/cluster_{k}_mean.nii.gz", k=range(1, n_clusters() + 1))
 
 
+def stats_targets():
+    """The statistics tables, when there is a clinical table (the demo brings its own)."""
+    if not clinical_table():
+        return []
+    return [f"results/stats/{name}.tsv" for name in ("demographics", "associations", "variance_explained")]
+
+
 def model_targets():
     """Everything clustering and CLAM make, for `rule all`."""
     return [

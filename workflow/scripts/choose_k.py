@@ -4,6 +4,7 @@ import logging
 
 import pandas as pd
 
+from lungclam.errors import LungclamError
 from lungclam.runtime import run_job
 
 smk = snakemake  # noqa: F821
@@ -16,6 +17,11 @@ def main() -> None:
     c = smk.params.settings
     features = pd.read_csv(smk.input.features, sep="\t").drop(columns="subject").to_numpy()
     ks = range(c["k_min"], min(c["k_max"], len(features) - 1) + 1)
+    if not len(ks):
+        raise LungclamError(
+            f"choosing K needs at least {c['k_min'] + 1} subjects (k_min {c['k_min']} clusters plus one); "
+            f"this cohort has {len(features)}"
+        )
     table = select_k(features, ks, seed=smk.params.seed, n_init=c["n_init"],
                      n_permutations=c["n_permutations"], n_references=c["n_references"], progress=log.info)
     best = chosen_k(table, c["method"])

@@ -28,8 +28,11 @@ def main() -> None:
                        learning_rate=c["learning_rate"], gamma=c["gamma"], update_interval=c["update_interval"],
                        tol=c["tol"], n_init=c["n_init"], seed=smk.params.seed, device=device,
                        mixed_precision=m["mixed_precision"], progress=log.info)
-    log.info("converged: %s; cluster sizes %s", fit.converged,
-             pd.Series(fit.labels + 1).value_counts().sort_index().to_dict())
+    sizes = pd.Series(fit.labels + 1).value_counts().sort_index().to_dict()
+    log.info("converged: %s; cluster sizes %s", fit.converged, sizes)
+    if len(sizes) < k:
+        log.warning("the clustering phase left %d of K=%d clusters empty; consider a smaller K, more "
+                    "pretraining epochs or a lower cluster.learning_rate", k - len(sizes), k)
     save_checkpoint(smk.output.model, fit.model.autoencoder, fit.model.centroids,
                     meta={"subjects": subjects, "n_clusters": k, "converged": fit.converged})
     clusters_table(subjects, fit.q).to_csv(smk.output.clusters, sep="\t", index=False, float_format="%.6g")

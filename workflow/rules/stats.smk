@@ -1,0 +1,38 @@
+# Clusters against the clinical table: the paper's Table 2, outcome regressions and the
+# variance each grouping explains. Skipped (not in `rule all`) when there is no table.
+
+
+rule stats:
+    input:
+        clusters="results/clusters.tsv",
+        clinical=clinical_table() or [],
+    output:
+        demographics=report(
+            "results/stats/demographics.tsv",
+            caption="../report/demographics.rst",
+            category="Statistics",
+        ),
+        associations=report(
+            "results/stats/associations.tsv",
+            caption="../report/associations.rst",
+            category="Statistics",
+        ),
+        variance=report(
+            "results/stats/variance_explained.tsv",
+            caption="../report/variance_explained.rst",
+            category="Statistics",
+        ),
+    params:
+        covariates=config["covariates"],
+        outcomes=config["outcomes"],
+        comparator=config["comparator"],
+        settings=config["stats"],
+    log:
+        "results/logs/stats.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/model.yaml"
+    script:
+        "../scripts/stats.py"
