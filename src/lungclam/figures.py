@@ -1,0 +1,806 @@
+"""Figures of the pipeline: mean maps, example subjects, PCA, losses, associations, QC.
+
+Every function draws on matplotlib's Agg canvas directly (``Figure`` + ``FigureCanvasAgg``;
+no pyplot, no display, the global backend is left alone) and saves one PNG at
+:data:`DPI` dots per inch, creating parent folders. Figures carry only the subject IDs the
+caller passes in; nothing is ever read from DICOM headers here.
+
+Array and orientation conventions
+---------------------------------
+Volumes are numpy arrays in SimpleITK index order ``(z, y, x)`` of an image in ITK's LPS
+space with an identity (axis-aligned) direction, which is what lungclam writes after
+conversion, registration and downsampling: index ``x`` grows towards the patient's
+**left**, ``y`` towards **posterior**, ``z`` towards **superior**. CT values are Hounsfield
+units (HU); CLAM maps are importance in ``[0, 1]``; lung masks are labels (0 background,
+1 right lung, 2 left lung), any value > 0 counting as lung.
+
+Radiological convention is the view from the patient's feet (axial) or front (coronal):
+the patient's right on the image's left, anterior (axial) or superior (coronal) at the
+top. With ``imshow(..., origin="upper")`` row 0 is drawn at the top and column 0 at the
+left, so:
+
+- axial ``volume[z]`` is a ``(y, x)`` array: row 0 is ``y = 0``, the most anterior row,
+  at the top; column 0 is ``x = 0``, the patient's rightmost column, at the left. That is
+  already the radiological view; no flip (:func:`axial_panel`).
+- coronal ``volume[:, y, :]`` is ``(z, x)``: row 0 would be ``z = 0``, the most inferior
+  slice, so the rows are reversed to put superior at the top; columns as in axial, right
+  on the left (:func:`coronal_panel`).
+- sagittal ``volume[:, :, x]`` is ``(z, y)``: rows reversed as in coronal (superior at the
+  top); column 0 is ``y = 0``, anterior, at the left (:func:`sagittal_panel`).
+
+A scan with a non-identity direction (e.g. a gantry-tilted series kept rotated) is shown
+in its index frame; the orientation labels are then only approximately right.
+
+Display: CT in grey with the lung window :data:`HU_WINDOW` (-1000..200 HU); CLAM with the
+``jet`` colour map on ``[0, 1]``, drawn semi-transparent over the CT and only inside the
+lung mask (outside it every model input is one constant, so importance there means
+nothing). Colour bars show the colour maps at full opacity, labelled "HU" and
+"importance". Axial and coronal panels carry small "R"/"L" markers, sagittal ones "A"/"P".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import patheffects
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+__all__ = [
+    "axial_levels",
+    "axial_panel",
+    "choose_examples",
+    "contact_sheet",
+    "coronal_panel",
+    "forest_figure",
+    "loss_figure",
+    "mean_maps_figure",
+    "pca_figure",
+    "qc_figure",
+    "sagittal_panel",
+    "subject_examples_figure",
+]
+
+#: Resolution of every saved PNG.
+DPI = 120
+#: Lung window for CT display, HU (low, high).
+HU_WINDOW: tuple[float, float] = (-1000.0, 200.0)
+#: Colour map of CT panels.
+CT_CMAP = "gray"
+#: Colour map of CLAM importance.
+CLAM_CMAP = "jet"
+#: Opacity of the CLAM overlay on the CT.
+CLAM_ALPHA = 0.55
+#: Outline colours of the lung labels: 1 right lung, 2 left lung.
+LABEL_COLOURS = {1: "tab:red", 2: "deepskyblue"}
+LABEL_NAMES = {1: "right lung (1)", 2: "left lung (2)"}
+TEMPLATE_COLOUR = "gold"
+
+_HU_NORM = Normalize(*HU_WINDOW)
+_IMPORTANCE_NORM = Normalize(0.0, 1.0)
+_OUTLINE = [patheffects.withStroke(linewidth=2.0, foreground="black")]
+
+
+# ------------------------------------------------------------------- planes and levels
+
+
+def axial_panel(volume: np.ndarray, z: int) -> np.ndarray:
+    """Axial slice ``z`` of a ``(z, y, x)`` LPS volume as displayed (``(y, x)``, no flip):
+    anterior at the top, the patient's right on the left (radiological view)."""
+    return np.asarray(volume)[int(z)]
+
+
+def coronal_panel(volume: np.ndarray, y: int) -> np.ndarray:
+    """Coronal slice ``y`` of a ``(z, y, x)`` LPS volume as displayed (``(z, x)`` with z
+    reversed): superior at the top, the patient's right on the left."""
+    return np.asarray(volume)[:, int(y), :][::-1]
+
+
+def sagittal_panel(volume: np.ndarray, x: int) -> np.ndarray:
+    """Sagittal slice ``x`` of a ``(z, y, x)`` LPS volume as displayed (``(z, y)`` with z
+    reversed): superior at the top, anterior on the left."""
+    return np.asarray(volume)[:, :, int(x)][::-1]
+
+
+def axial_levels(mask: np.ndarray, n: int = 8) -> np.ndarray:
+    """``n`` axial indices (int64) evenly spaced over the z extent of ``mask > 0``.
+
+    ``mask`` is ``(z, y, x)``. The first value is the highest z holding any mask voxel
+    (most superior, the lung apices), the last the lowest (the bases): ordered top to
+    bottom. ``n = 1`` gives the middle level. Values repeat when the mask spans fewer than
+    ``n`` slices. ValueError for an empty mask or ``n < 1``.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    mask = np.asarray(mask)
+    if mask.ndim != 3:
+        raise ValueError(f"mask must be 3D (z, y, x), got shape {mask.shape}")
+    zs = np.flatnonzero((mask > 0).any(axis=(1, 2)))
+    if zs.size == 0:
+        raise ValueError("mask is empty: no lung voxels to place slices in")
+    top, bottom = int(zs.max()), int(zs.min())
+    if n == 1:
+        return np.array([round((top + bottom) / 2)], dtype=np.int64)
+    return np.rint(np.linspace(top, bottom, n)).astype(np.int64)
+
+
+def _mask_centre(mask: np.ndarray) -> tuple[int, int, int]:
+    """Centre ``(z, y, x)`` of the bounding box of ``mask > 0``; the volume's centre if empty."""
+    nz = np.nonzero(np.asarray(mask) > 0)
+    if nz[0].size == 0:
+        return tuple(s // 2 for s in mask.shape)  # type: ignore[return-value]
+    return tuple(int(round((int(a.min()) + int(a.max())) / 2)) for a in nz)  # type: ignore[return-value]
+
+
+def _sagittal_cuts(mask: np.ndarray, by_label: bool) -> list[tuple[int | None, str]]:
+    """Two sagittal x indices (right, then left) with a caption each.
+
+    ``by_label``: the median x of label 1 (right lung) and of label 2 (left lung); an
+    absent label gives None. Otherwise (a binary outline such as a template mask), labels
+    1 and 2 are still used when both are present, else the mask is split at the centre of
+    its bounding box and each side's median x is taken. An empty mask gives x at one and
+    two thirds of the width.
+    """
+    mask = np.asarray(mask)
+    width = mask.shape[2]
+    xs_all = np.nonzero(mask > 0)[2]
+    if xs_all.size == 0:
+        return [(width // 3, "(no lung mask)"), ((2 * width) // 3, "(no lung mask)")]
+    right = np.nonzero(mask == 1)[2]
+    left = np.nonzero(mask == 2)[2]
+    if by_label or (right.size and left.size):
+        return [(int(np.median(right)) if right.size else None, "(right lung)"),
+                (int(np.median(left)) if left.size else None, "(left lung)")]
+    centre = (int(xs_all.min()) + int(xs_all.max())) / 2
+    sides = (xs_all[xs_all <= centre], xs_all[xs_all > centre])
+    return [(int(np.median(side)) if side.size else None, caption)
+            for side, caption in zip(sides, ("(right side)", "(left side)"))]
+
+
+# ------------------------------------------------------------------- drawing helpers
+
+
+def _new_figure(width: float, height: float, constrained: bool = True) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained" if constrained else None)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | Path) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=DPI, format="png")
+
+
+def _bare(ax: Axes) -> None:
+    """No ticks, no frame; axis labels stay usable as row labels."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _imshow_ct(ax: Axes, image: np.ndarray, aspect: float = 1.0):
+    """Draw a displayed 2D CT panel (HU) in the lung window, row 0 at the top."""
+    im = ax.imshow(image, cmap=CT_CMAP, norm=_HU_NORM, origin="upper", aspect=aspect)
+    _bare(ax)
+    return im
+
+
+def _imshow_clam(ax: Axes, image: np.ndarray, inside: np.ndarray | None, alpha: float, aspect: float = 1.0):
+    """Draw a displayed 2D importance panel on ``[0, 1]``, hidden where ``inside`` is False."""
+    data = np.ma.masked_where(~inside, image) if inside is not None else image
+    im = ax.imshow(data, cmap=CLAM_CMAP, norm=_IMPORTANCE_NORM, origin="upper", aspect=aspect, alpha=alpha)
+    _bare(ax)
+    return im
+
+
+def _markers(ax: Axes, left: str, right: str, size: float = 7.0) -> None:
+    """Small orientation letters at the middle of the panel's left and right edges."""
+    style = dict(transform=ax.transAxes, color="white", fontsize=size, fontweight="bold",
+                 va="center", path_effects=_OUTLINE)
+    ax.text(0.02, 0.5, left, ha="left", **style)
+    ax.text(0.98, 0.5, right, ha="right", **style)
+
+
+def _colourbar(fig: Figure, norm: Normalize, cmap: str, axes, label: str, **kw):
+    if axes is not None:
+        kw["ax"] = axes
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), **kw)
+    bar.set_label(label)
+    return bar
+
+
+def _hu_colourbar(fig: Figure, axes, **kw):
+    bar = _colourbar(fig, _HU_NORM, CT_CMAP, axes, "HU", **kw)
+    bar.set_ticks([-1000, -800, -600, -400, -200, 0, 200])
+    return bar
+
+
+def _importance_colourbar(fig: Figure, axes, **kw):
+    bar = _colourbar(fig, _IMPORTANCE_NORM, CLAM_CMAP, axes, "importance", **kw)
+    bar.set_ticks([0.0, 0.25, 0.5, 0.75, 1.0])
+    return bar
+
+
+def _row_label(ax: Axes, text: str, size: float = 9.0) -> None:
+    ax.set_ylabel(text, fontsize=size, rotation=90, labelpad=4)
+
+
+def _check_volume(name: str, volume: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise ValueError(f"{name} must be 3D (z, y, x), got shape {volume.shape}")
+    if shape is not None and volume.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {volume.shape}, expected {tuple(shape)} (the mask's)")
+    return volume
+
+
+def _fmt_p(p: float) -> str:
+    if p is None or not np.isfinite(p):
+        return "n/a"
+    if p < 0.001:
+        return "< 0.001"
+    return f"= {p:.3f}" if p < 0.1 else f"= {p:.2f}"
+
+
+# ------------------------------------------------------------------- CLAM figures
+
+
+class _SliceGrid:
+    """A fixed layout (inches) of square image panels with room for row labels on the
+    left, titles on top, a note at the bottom and two colour bars on the right.
+
+    Constrained layout costs seconds for dozens of panels; the image figures do not need it.
+    ``col_gaps[j]`` is the gap after column ``j`` (``wgap`` by default); likewise rows.
+    """
+
+    left, right, top, bottom = 0.75, 2.1, 0.75, 0.45
+
+    def __init__(self, nrows: int, ncols: int, panel: float, wgap: float = 0.05, hgap: float = 0.06,
+                 col_gaps: Mapping[int, float] | None = None, row_gaps: Mapping[int, float] | None = None):
+        col_gaps, row_gaps = col_gaps or {}, row_gaps or {}
+        xs, x = [], self.left
+        for j in range(ncols):
+            xs.append(x)
+            x += panel + col_gaps.get(j, wgap)
+        ys, y = [], self.top
+        for i in range(nrows):
+            ys.append(y)
+            y += panel + row_gaps.get(i, hgap)
+        self.grid_w = xs[-1] + panel - self.left
+        self.grid_h = ys[-1] + panel - self.top
+        self.width = self.left + self.grid_w + self.right
+        self.height = self.top + self.grid_h + self.bottom
+        self.fig = _new_figure(self.width, self.height, constrained=False)
+        w, h = self.width, self.height
+        self.axes = np.empty((nrows, ncols), dtype=object)
+        for i, yi in enumerate(ys):
+            for j, xj in enumerate(xs):
+                self.axes[i, j] = self.fig.add_axes((xj / w, (h - yi - panel) / h, panel / w, panel / h))
+
+    def colour_bars(self) -> None:
+        """The HU bar and the importance bar, side by side right of the panels."""
+        w, h = self.width, self.height
+        bar_h = min(self.grid_h, max(0.6 * self.grid_h, 2.0))
+        y0 = self.bottom + (self.grid_h - bar_h) / 2
+        x0 = self.left + self.grid_w + 0.15
+        imp = self.fig.add_axes(((x0) / w, y0 / h, 0.14 / w, bar_h / h))
+        hu = self.fig.add_axes(((x0 + 0.95) / w, y0 / h, 0.14 / w, bar_h / h))
+        _importance_colourbar(self.fig, None, cax=imp)
+        _hu_colourbar(self.fig, None, cax=hu)
+
+    def texts(self, title: str, note: str) -> None:
+        self.fig.suptitle(title, fontsize=11, y=1 - 0.12 / self.height, va="top")
+        self.fig.text(0.5, 0.12 / self.height, note, fontsize=8, ha="center", va="bottom")
+
+
+def mean_maps_figure(
+    ct_means: Mapping[str, np.ndarray],
+    clam_means: Mapping[str, np.ndarray],
+    mask: np.ndarray,
+    path: str | Path,
+    n_slices: int = 8,
+    title: str = "",
+    overlay: bool = True,
+) -> None:
+    """Mean CT and mean CLAM per group on axial slices (the paper's Fig 7).
+
+    Args:
+        ct_means: group name (e.g. ``"population"``, ``"cluster 1"``) -> mean CT
+            ``(z, y, x)`` in HU on the model grid; the figure follows this dict's order.
+        clam_means: the same groups -> mean CLAM ``(z, y, x)``, importance in ``[0, 1]``.
+        mask: template lung mask ``(z, y, x)`` on the same grid (> 0 = lung). It chooses
+            the slices (:func:`axial_levels`, apex to base, left to right) and limits
+            where importance is drawn.
+        path: PNG to write.
+        n_slices: slices per row.
+        title: figure title (a default one is used when empty).
+        overlay: True draws the CLAM semi-transparently over the group's mean CT in grey
+            (anatomy stays readable); False draws the CLAM alone on black.
+
+    Per group two rows: the mean CT, then the mean CLAM on the same slices. One HU colour
+    bar (lung window) and one importance colour bar (``[0, 1]``) serve the whole figure.
+    Panels are square; the grid is assumed isotropic in x and y (the model grid is).
+    """
+    mask = _check_volume("mask", mask)
+    groups = list(ct_means)
+    if not groups:
+        raise ValueError("ct_means is empty: no groups to draw")
+    if set(groups) != set(clam_means):
+        raise ValueError(f"ct_means and clam_means must name the same groups: "
+                         f"{sorted(ct_means)} vs {sorted(clam_means)}")
+    levels = axial_levels(mask, n_slices)
+    inside = mask > 0
+    layout = _SliceGrid(2 * len(groups), n_slices, panel=1.45,
+                        row_gaps={2 * g + 1: 0.2 for g in range(len(groups))})
+    axes = layout.axes
+    for g, group in enumerate(groups):
+        ct = _check_volume(f"ct_means[{group!r}]", ct_means[group], mask.shape)
+        clam = _check_volume(f"clam_means[{group!r}]", clam_means[group], mask.shape)
+        for j, z in enumerate(levels):
+            top, bottom = axes[2 * g, j], axes[2 * g + 1, j]
+            _imshow_ct(top, axial_panel(ct, z))
+            if overlay:
+                _imshow_ct(bottom, axial_panel(ct, z))
+                _imshow_clam(bottom, axial_panel(clam, z), axial_panel(inside, z), CLAM_ALPHA)
+            else:
+                bottom.set_facecolor("black")
+                _imshow_clam(bottom, axial_panel(clam, z), axial_panel(inside, z), 1.0)
+            _markers(top, "R", "L", 6)
+            _markers(bottom, "R", "L", 6)
+            if g == 0:
+                top.set_title(f"z = {z}", fontsize=8)
+        _row_label(axes[2 * g, 0], f"{group}\nmean CT")
+        _row_label(axes[2 * g + 1, 0], f"{group}\nmean CLAM")
+    layout.colour_bars()
+    layout.texts(title or "Mean CT and mean CLAM per group",
+                 "Axial slices from the lung apices (left) to the bases (right); radiological view "
+                 "(R = patient's right, anterior at the top)."
+                 + ("" if overlay else " CLAM shown alone, inside the lungs."))
+    _save(layout.fig, path)
+
+
+def subject_examples_figure(
+    cts: Mapping[str, np.ndarray],
+    clams: Mapping[str, np.ndarray],
+    clusters: Mapping[str, int],
+    mask: np.ndarray,
+    path: str | Path,
+    n_slices: int = 5,
+) -> None:
+    """CT and CLAM of chosen subjects (the paper's Figs 8 and 9), one row per subject.
+
+    Args:
+        cts: subject ID -> CT ``(z, y, x)`` in HU on the model grid; rows follow this order.
+        clams: subject ID -> CLAM ``(z, y, x)`` in ``[0, 1]`` (its assigned cluster's map).
+        clusters: subject ID -> cluster number, shown in the row label
+            ``"subject (cluster k)"``.
+        mask: template lung mask ``(z, y, x)`` on the same grid; chooses the slices
+            (:func:`axial_levels`) and limits where importance is drawn.
+        path: PNG to write.
+        n_slices: axial slices per subject.
+
+    Each row holds the ``n_slices`` CT slices (apex to base), then the same slices with the
+    CLAM drawn over the CT. One HU and one importance colour bar for the figure.
+    """
+    mask = _check_volume("mask", mask)
+    subjects = list(cts)
+    if not subjects:
+        raise ValueError("cts is empty: no subjects to draw")
+    missing = [s for s in subjects if s not in clams or s not in clusters]
+    if missing:
+        raise ValueError(f"subjects without a CLAM map or a cluster: {missing}")
+    levels = axial_levels(mask, n_slices)
+    inside = mask > 0
+    layout = _SliceGrid(len(subjects), 2 * n_slices, panel=1.3, col_gaps={n_slices - 1: 0.3})
+    for i, subject in enumerate(subjects):
+        ct = _check_volume(f"cts[{subject!r}]", cts[subject], mask.shape)
+        clam = _check_volume(f"clams[{subject!r}]", clams[subject], mask.shape)
+        for j, z in enumerate(levels):
+            left, right = layout.axes[i, j], layout.axes[i, n_slices + j]
+            _imshow_ct(left, axial_panel(ct, z))
+            _imshow_ct(right, axial_panel(ct, z))
+            _imshow_clam(right, axial_panel(clam, z), axial_panel(inside, z), CLAM_ALPHA)
+            _markers(left, "R", "L", 6)
+            _markers(right, "R", "L", 6)
+            if i == 0:
+                left.set_title(f"CT, z = {z}", fontsize=8)
+                right.set_title(f"CLAM, z = {z}", fontsize=8)
+        _row_label(layout.axes[i, 0], f"{subject}\n(cluster {clusters[subject]})", 8)
+    layout.colour_bars()
+    layout.texts("Example subjects: CT (left) and CLAM of the assigned cluster (right)",
+                 "Axial slices from the lung apices to the bases; radiological view "
+                 "(R = patient's right, anterior at the top).")
+    _save(layout.fig, path)
+
+
+def choose_examples(clusters: pd.DataFrame, per_cluster: int = 3, seed: int = 0) -> list[str]:
+    """Up to ``per_cluster`` subjects drawn at random from each cluster.
+
+    ``clusters`` is ``clusters.tsv`` (columns ``subject``, ``cluster``; others ignored; rows
+    without a cluster are skipped). Subjects are sorted within each cluster before the draw
+    (without replacement, ``numpy.random.default_rng(seed)``, clusters in sorted order), so
+    the result depends only on the seed and the table's content, not its row order. A
+    cluster with fewer members gives all of them. Returned as text IDs sorted by cluster,
+    then subject.
+    """
+    if per_cluster < 1:
+        raise ValueError(f"per_cluster must be at least 1, got {per_cluster}")
+    for column in ("subject", "cluster"):
+        if column not in clusters.columns:
+            raise ValueError(f"clusters table has no {column!r} column")
+    table = clusters.dropna(subset=["cluster"])
+    rng = np.random.default_rng(seed)
+    picked: list[tuple[object, str]] = []
+    for label in sorted(pd.unique(table["cluster"])):
+        members = sorted({str(s) for s in table.loc[table["cluster"] == label, "subject"]})
+        take = min(per_cluster, len(members))
+        chosen = rng.choice(len(members), size=take, replace=False)
+        picked += [(label, members[c]) for c in sorted(chosen)]
+    return [subject for _, subject in sorted(picked, key=lambda t: (t[0], t[1]))]
+
+
+# ------------------------------------------------------------------- training figures
+
+
+def _pca2(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First two principal component scores ``(N, 2)`` and their variance shares ``(2,)``.
+
+    Centred SVD; each component's sign is fixed so that its largest-magnitude loading is
+    positive (reproducible across runs). A missing second component (one feature, or
+    fewer than three points) is returned as zeros with share NaN.
+    """
+    x = np.asarray(features, dtype=float)
+    x = x - x.mean(axis=0, keepdims=True)
+    scores = np.zeros((x.shape[0], 2))
+    share = np.full(2, np.nan)
+    if x.shape[0] < 2:
+        return scores, share
+    u, s, vt = np.linalg.svd(x, full_matrices=False)
+    total = float((s**2).sum())
+    for c in range(min(2, s.size)):
+        if s[c] <= 1e-12 * max(s[0], 1e-300):
+            continue
+        sign = np.sign(vt[c, np.argmax(np.abs(vt[c]))]) or 1.0
+        scores[:, c] = sign * u[:, c] * s[c]
+        share[c] = s[c] ** 2 / total if total > 0 else np.nan
+    return scores, share
+
+
+def _pc_label(c: int, share: float) -> str:
+    return f"PC{c + 1} (n/a)" if not np.isfinite(share) else f"PC{c + 1} ({100 * share:.1f} % variance)"
+
+
+def pca_figure(before: pd.DataFrame, after: pd.DataFrame | None, clusters: pd.DataFrame, path: str | Path) -> None:
+    """First two principal components of the embeddings before and after the clustering
+    phase, coloured by cluster (the paper's Fig 3).
+
+    Args:
+        before: ``subject, f1..fJ`` embeddings of the pretrained autoencoder.
+        after: the same after the clustering phase, or None (then one panel).
+        clusters: ``subject, cluster`` (``clusters.tsv``); subjects not in it are drawn
+            grey as "unassigned".
+        path: PNG to write.
+
+    PCA (centred SVD) is fitted to each table separately; axis labels give each
+    component's share of the variance. Feature columns are all columns but ``subject``.
+    """
+    tables = [("Before clustering (pretrained embedding)", before)]
+    if after is not None:
+        tables.append(("After the clustering phase", after))
+    assign = {str(s): c for s, c in zip(clusters["subject"], clusters["cluster"]) if pd.notna(c)}
+    labels = sorted(set(assign.values()))
+    palette = [f"C{i % 10}" for i in range(len(labels))]
+    fig = _new_figure(5.2 * len(tables) + 1.4, 4.6)
+    axes = np.atleast_1d(fig.subplots(1, len(tables), squeeze=False)[0])
+    unassigned = False
+    for ax, (name, table) in zip(axes, tables):
+        feature_cols = [c for c in table.columns if c != "subject"]
+        if not feature_cols or table.empty:
+            ax.text(0.5, 0.5, "no features", ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(name)
+            continue
+        scores, share = _pca2(table[feature_cols].to_numpy(dtype=float))
+        subj = table["subject"].astype(str).to_numpy()
+        group = np.array([assign.get(s) for s in subj], dtype=object)
+        for label, colour in zip(labels, palette):
+            sel = np.array([g == label for g in group])
+            if sel.any():
+                ax.scatter(scores[sel, 0], scores[sel, 1], s=22, color=colour, alpha=0.8,
+                           edgecolors="white", linewidths=0.4)
+        none = np.array([g is None for g in group])
+        unassigned = unassigned or bool(none.any())
+        if none.any():
+            ax.scatter(scores[none, 0], scores[none, 1], s=18, color="lightgrey",
+                       edgecolors="grey", linewidths=0.4)
+        ax.set_xlabel(_pc_label(0, share[0]))
+        ax.set_ylabel(_pc_label(1, share[1]))
+        ax.set_title(name)
+        ax.axhline(0, color="0.85", lw=0.8, zorder=0)
+        ax.axvline(0, color="0.85", lw=0.8, zorder=0)
+    counts = pd.Series(list(assign.values())).value_counts() if assign else pd.Series(dtype=int)
+    handles = [Line2D([], [], marker="o", ls="", color=colour, label=f"cluster {label} (n = {int(counts[label])})")
+               for label, colour in zip(labels, palette)]
+    if unassigned:
+        handles.append(Line2D([], [], marker="o", ls="", color="lightgrey", markeredgecolor="grey",
+                              label="unassigned"))
+    if handles:
+        fig.legend(handles=handles, loc="outside right center", fontsize=8)
+    fig.suptitle("Embeddings, first two principal components")
+    _save(fig, path)
+
+
+def _use_log(values: Sequence[np.ndarray]) -> bool:
+    """Log scale when every finite value is positive and they span more than a factor 3."""
+    finite = np.concatenate([np.asarray(v, dtype=float)[np.isfinite(v)] for v in values] or [np.array([])])
+    return finite.size > 0 and bool((finite > 0).all()) and finite.max() / finite.min() > 3.0
+
+
+def loss_figure(pretrain: pd.DataFrame, cluster: pd.DataFrame | None, path: str | Path) -> None:
+    """Training curves: pretraining loss and, if given, the clustering-phase losses.
+
+    Args:
+        pretrain: ``pretrain_loss.tsv``: ``epoch, loss`` (reconstruction MSE; other columns
+            ignored).
+        cluster: ``cluster_loss.tsv``: ``epoch, reconstruction, kl, loss`` (reconstruction
+            MSE, KL(P || Q) and their weighted sum), or None (then one panel).
+        path: PNG to write.
+
+    The y axis is logarithmic when all values are positive and span more than a factor 3,
+    linear otherwise (the axis label says which).
+    """
+    n_panels = 1 if cluster is None else 2
+    fig = _new_figure(5.0 * n_panels, 3.8)
+    axes = np.atleast_1d(fig.subplots(1, n_panels, squeeze=False)[0])
+
+    def curves(ax: Axes, table: pd.DataFrame, columns: list[tuple[str, str, str]], title: str) -> None:
+        present = [(c, name, style) for c, name, style in columns if c in table.columns]
+        if table.empty or not present:
+            ax.text(0.5, 0.5, "no epochs recorded", ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(title)
+            return
+        for c, name, style in present:
+            ax.plot(table["epoch"], table[c], style, label=name, ms=3)
+        log = _use_log([table[c].to_numpy(dtype=float) for c, _, _ in present])
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("loss (log scale)" if log else "loss")
+        ax.set_title(title)
+        ax.grid(True, which="major", alpha=0.3)
+        if len(present) > 1:
+            ax.legend(fontsize=8)
+
+    curves(axes[0], pretrain, [("loss", "reconstruction MSE", "o-")], "Pretraining (reconstruction MSE)")
+    if cluster is not None:
+        curves(axes[1], cluster, [("reconstruction", "reconstruction MSE", "o-"), ("kl", "KL(P || Q)", "s--"),
+                                  ("loss", "total loss", "^-")], "Clustering phase")
+    fig.suptitle("Training loss")
+    _save(fig, path)
+
+
+# ------------------------------------------------------------------- associations
+
+
+def _forest_rows(associations: pd.DataFrame) -> tuple[pd.DataFrame, list]:
+    """The rows a forest plot can draw (finite estimate and CI) and the outcomes left
+    with none. ValueError when a non-empty table lacks a needed column."""
+    needed = ["outcome", "term", "estimate", "ci_low", "ci_high"]
+    missing = [c for c in needed if c not in associations.columns]
+    if missing:
+        if len(associations):
+            raise ValueError(f"associations table lacks columns {missing}")
+        return pd.DataFrame(columns=needed), []
+    values = associations[["estimate", "ci_low", "ci_high"]].apply(pd.to_numeric, errors="coerce")
+    shown = associations[np.isfinite(values.to_numpy(dtype=float)).all(axis=1)]
+    kept = set(shown["outcome"])
+    return shown, [o for o in pd.unique(associations["outcome"]) if o not in kept]
+
+
+def forest_figure(associations: pd.DataFrame, path: str | Path) -> None:
+    """Forest plot of cluster contrasts per clinical outcome (the paper's Fig 10).
+
+    ``associations`` is ``associations.tsv`` (:func:`lungclam.stats.associations`): rows
+    ``outcome, term, estimate, ci_low, ci_high, p_value, f_p_value, ...``. One panel per
+    outcome (outcomes keep their first-appearance order; each panel has its own x scale,
+    in the outcome's units): per term the estimate as a point and its 95 % CI as a
+    horizontal bar, a vertical line at 0 (no difference from the reference cluster), the
+    term's t-test p on the right, and the outcome's cluster F-test p in the panel title.
+    Rows with a NaN estimate or CI are skipped (outcomes left with none are listed under
+    the figure); a table with nothing to draw gives a figure saying "no associations".
+    """
+    shown, skipped = _forest_rows(associations)
+    if shown.empty:
+        fig = _new_figure(6.0, 2.2)
+        ax = fig.add_subplot()
+        ax.axis("off")
+        note = "no associations"
+        if skipped:
+            note += "\n(not estimated: " + ", ".join(map(str, skipped)) + ")"
+        ax.text(0.5, 0.5, note, ha="center", va="center", fontsize=12, transform=ax.transAxes)
+        fig.suptitle("Cluster contrasts per outcome")
+        _save(fig, path)
+        return
+    outcomes = list(pd.unique(shown["outcome"]))
+    sizes = [int((shown["outcome"] == o).sum()) for o in outcomes]
+    fig = _new_figure(7.0, 0.9 + sum(0.38 * s + 0.6 for s in sizes) + (0.3 if skipped else 0))
+    axes = fig.subplots(len(outcomes), 1, squeeze=False, gridspec_kw={"height_ratios": [s + 1.2 for s in sizes]})[:, 0]
+    for ax, outcome in zip(axes, outcomes):
+        rows = shown[shown["outcome"] == outcome]
+        y = np.arange(len(rows))[::-1].astype(float)
+        est = rows["estimate"].to_numpy(dtype=float)
+        lo, hi = rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float)
+        ax.hlines(y, lo, hi, color="tab:blue", lw=2)
+        ax.plot(est, y, "o", color="navy", ms=6, zorder=3)
+        ax.axvline(0.0, color="0.3", ls="--", lw=1)
+        ax.set_yticks(y, [str(t) for t in rows["term"]])
+        ax.set_ylim(-0.7, len(rows) - 0.3)
+        span = max(hi.max(), 0.0) - min(lo.min(), 0.0)
+        pad = 0.08 * span if span > 0 else 1.0
+        ax.set_xlim(min(lo.min(), 0.0) - pad, max(hi.max(), 0.0) + pad)
+        if "p_value" in rows.columns:
+            right = ax.secondary_yaxis("right")
+            right.set_yticks(y, [f"p {_fmt_p(p)}" for p in rows["p_value"].to_numpy(dtype=float)])
+            right.tick_params(length=0, labelsize=8)
+        title = str(outcome)
+        if "f_p_value" in rows.columns:
+            title += f"   (cluster F-test p {_fmt_p(float(rows['f_p_value'].iloc[0]))})"
+        ax.set_title(title, fontsize=10, loc="left")
+        ax.set_xlabel(f"difference in {outcome} vs reference cluster (95 % CI)", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle("Adjusted cluster contrasts per outcome (estimate and 95 % CI)")
+    if skipped:
+        fig.supxlabel("Not estimated: " + ", ".join(map(str, skipped)), fontsize=8, x=0.01, ha="left")
+    _save(fig, path)
+
+
+# ------------------------------------------------------------------- quality control
+
+
+def _outline(ax: Axes, mask2d: np.ndarray, colour: str) -> None:
+    if mask2d.any() and not mask2d.all():
+        ax.contour(mask2d.astype(float), levels=[0.5], colors=[colour], linewidths=1.0)
+
+
+def _qc_row(axes: Sequence[Axes], volume: np.ndarray, labels: np.ndarray | None, spacing: Sequence[float],
+            outlines: dict[int, str], merge_labels: bool) -> None:
+    """Axial and coronal through the centre of the lungs, sagittal through each lung."""
+    sx, sy, sz = (float(s) for s in spacing)
+    ref = labels if labels is not None else np.zeros(volume.shape, dtype=np.uint8)
+    cz, cy, cx = _mask_centre(ref)
+    planes = [
+        (f"axial, z = {cz}", lambda v: axial_panel(v, cz), sy / sx, ("R", "L")),
+        (f"coronal, y = {cy}", lambda v: coronal_panel(v, cy), sz / sx, ("R", "L")),
+    ]
+    for x, caption in _sagittal_cuts(ref, by_label=not merge_labels):
+        if x is None:
+            planes.append((f"sagittal\n{caption[:-1]} absent)", None, 1.0, ("A", "P")))
+        else:
+            planes.append((f"sagittal, x = {x}\n{caption}", lambda v, x=x: sagittal_panel(v, x), sz / sy, ("A", "P")))
+    for ax, (name, cut, aspect, marks) in zip(axes, planes):
+        _bare(ax)
+        ax.set_title(name, fontsize=8)
+        if cut is None:
+            ax.set_facecolor("black")
+            continue
+        _imshow_ct(ax, cut(volume), aspect)
+        if labels is not None:
+            shown = cut(labels)
+            if merge_labels:
+                _outline(ax, shown > 0, outlines[0])
+            else:
+                for label, colour in outlines.items():
+                    _outline(ax, shown == label, colour)
+        _markers(ax, *marks)
+
+
+def qc_figure(
+    ct: np.ndarray,
+    mask: np.ndarray,
+    registered: np.ndarray | None,
+    template_mask: np.ndarray | None,
+    path: str | Path,
+    subject: str,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    registered_spacing: tuple[float, float, float] | None = None,
+) -> None:
+    """Per-subject quality control of segmentation and registration.
+
+    Args:
+        ct: the subject's scan ``(z, y, x)`` in HU.
+        mask: its lung labels ``(z, y, x)``, same shape (0 background, 1 right, 2 left).
+        registered: the scan registered to the template ``(z, y, x)`` in HU, or None
+            (then the figure has one row).
+        template_mask: the template's lung labels on the registered grid, or None (the
+            registered scan is then shown without an outline).
+        path: PNG to write.
+        subject: the subject ID, used as the title (never a name from the headers).
+        spacing: voxel size ``(x, y, z)`` in mm of ``ct``; sets the aspect ratio of the
+            coronal and sagittal panels.
+        registered_spacing: voxel size ``(x, y, z)`` in mm of ``registered``; defaults to
+            ``spacing``.
+
+    Row 1: the scan with the outline of label 1 (red) and label 2 (blue); row 2: the
+    registered scan with the template lungs outlined (gold). Columns: axial and coronal
+    slices through the centre of the lung mask's bounding box, and one sagittal slice
+    through the median x of each lung (a sagittal cut through the centre would pass
+    between the lungs; a binary template mask is split at its centre). An empty mask
+    falls back to the volume's centre and is said so in the title.
+    """
+    ct = _check_volume("ct", ct)
+    mask = _check_volume("mask", mask, ct.shape)
+    rows = 1 if registered is None else 2
+    fig = _new_figure(11.0, 3.0 * rows + 0.8)
+    axes = fig.subplots(rows, 4, squeeze=False)
+    _qc_row(axes[0], ct, mask, spacing, LABEL_COLOURS, merge_labels=False)
+    _row_label(axes[0, 0], "scan + lung mask")
+    handles = [Line2D([], [], color=c, lw=1.5, label=LABEL_NAMES[k]) for k, c in LABEL_COLOURS.items()]
+    if registered is not None:
+        registered = _check_volume("registered", registered)
+        if template_mask is not None:
+            template_mask = _check_volume("template_mask", template_mask, registered.shape)
+        _qc_row(axes[1], registered, template_mask, registered_spacing or spacing, {0: TEMPLATE_COLOUR},
+                merge_labels=True)
+        _row_label(axes[1, 0], "registered scan\n+ template lungs" if template_mask is not None
+                   else "registered scan")
+        if template_mask is not None:
+            handles.append(Line2D([], [], color=TEMPLATE_COLOUR, lw=1.5, label="template lungs"))
+    _hu_colourbar(fig, axes.ravel().tolist(), shrink=0.7, aspect=30, pad=0.01)
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
+    title = str(subject)
+    if not (mask > 0).any():
+        title += "  (lung mask is empty)"
+    fig.suptitle(title, fontsize=12)
+    _save(fig, path)
+
+
+def contact_sheet(
+    images: Sequence[str | Path],
+    path: str | Path,
+    columns: int = 6,
+    labels: Sequence[str] | None = None,
+) -> None:
+    """Tile existing PNGs into one PNG, each with a label under it (default: file stem).
+
+    Tiles are scaled to a common width, keeping each image's aspect ratio; the grid has
+    ``columns`` columns and as many rows as needed. ValueError for no images, ``columns``
+    below 1 or a label list of the wrong length.
+    """
+    from matplotlib.image import imread
+
+    paths = [Path(p) for p in images]
+    if not paths:
+        raise ValueError("no images to tile")
+    if columns < 1:
+        raise ValueError(f"columns must be at least 1, got {columns}")
+    if labels is None:
+        labels = [p.stem for p in paths]
+    if len(labels) != len(paths):
+        raise ValueError(f"{len(labels)} labels for {len(paths)} images")
+    pictures = [imread(p) for p in paths]
+    ncol = min(columns, len(paths))
+    nrow = math.ceil(len(paths) / ncol)
+    ratio = max(p.shape[0] / p.shape[1] for p in pictures)
+    tile = 3.5
+    fig = _new_figure(tile * ncol, (tile * ratio + 0.35) * nrow, constrained=False)
+    fig.subplots_adjust(left=0.005, right=0.995, top=0.995, bottom=0.005 + 0.3 / ((tile * ratio + 0.35) * nrow),
+                        wspace=0.03, hspace=0.35 / (tile * ratio))
+    axes = fig.subplots(nrow, ncol, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, picture, label in zip(axes.ravel(), pictures, labels):
+        ax.imshow(picture)
+        ax.text(0.5, -0.02, str(label), transform=ax.transAxes, ha="center", va="top", fontsize=8)
+    _save(fig, path)

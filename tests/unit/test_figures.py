@@ -1,0 +1,257 @@
+"""Figures: slice levels, display orientation (array and rendered pixels), every figure
+function writing a real PNG, forest plots of empty/NaN tables, and the example draw."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from lungclam import figures as F
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SHAPE = (20, 24, 28)  # (z, y, x)
+
+
+def _assert_png(path, min_bytes: int = 5000) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    assert len(data) > min_bytes, f"{path.name}: only {len(data)} bytes"
+
+
+@pytest.fixture(scope="module")
+def phantom() -> dict[str, np.ndarray]:
+    """Tiny chest: body ellipse at 40 HU, two box lungs (label 1 at small x = right,
+    label 2 at large x = left) at -850 HU with noise, air outside; a CLAM blob in the
+    right lung."""
+    rng = np.random.default_rng(0)
+    z, y, x = np.indices(SHAPE)
+    ct = np.full(SHAPE, -1000.0)
+    body = ((y - 12) / 11.0) ** 2 + ((x - 13.5) / 13.0) ** 2 <= 1.0
+    ct[body] = 40.0
+    mask = np.zeros(SHAPE, dtype=np.uint8)
+    mask[3:17, 5:19, 4:12] = 1
+    mask[4:17, 5:19, 16:24] = 2
+    ct[mask > 0] = -850.0
+    ct += rng.normal(0.0, 30.0, SHAPE)
+    clam = np.exp(-(((z - 10) / 4.0) ** 2 + ((y - 12) / 4.0) ** 2 + ((x - 8) / 3.0) ** 2))
+    clam = np.where(mask > 0, clam / clam.max(), 0.0)
+    return {"ct": ct, "mask": mask, "clam": clam}
+
+
+# ---------------------------------------------------------------- levels and orientation
+
+
+def test_axial_levels_top_to_bottom_within_mask():
+    mask = np.zeros(SHAPE, dtype=np.uint8)
+    mask[4:15, 6:10, 6:10] = 1  # z = 4..14
+    levels = F.axial_levels(mask, n=6)
+    assert len(levels) == 6
+    assert levels[0] == 14 and levels[-1] == 4  # superior (highest z) first
+    assert np.all(np.diff(levels) < 0)
+    assert levels.min() >= 4 and levels.max() <= 14
+    assert np.all(mask[levels].any(axis=(1, 2)))
+    assert len(F.axial_levels(mask, n=1)) == 1 and 4 <= F.axial_levels(mask, n=1)[0] <= 14
+    with pytest.raises(ValueError):
+        F.axial_levels(np.zeros(SHAPE), n=4)
+
+
+def _rendered(image: np.ndarray) -> np.ndarray:
+    """Draw a displayed panel with the module's CT drawing on a figure exactly its size
+    (one screen pixel per voxel) and return the grey level of each screen pixel."""
+    rows, cols = image.shape
+    fig = Figure(figsize=(cols / 10, rows / 10), dpi=10)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    F._imshow_ct(ax, image, aspect="auto")
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., 0].astype(float)
+
+
+def test_axial_panel_is_radiological():
+    vol = np.full(SHAPE, -1000.0)
+    vol[:, :, :14] = 0.0  # the patient's right half (small x) is bright
+    vol[:, :4, 20:] = 200.0  # an anterior (small y) marker on the left side
+    panel = F.axial_panel(vol, 10)
+    half = panel.shape[1] // 2
+    assert panel[:, :half].mean() > panel[:, half:].mean()  # right on the image's left
+    assert panel[:4, 20:].min() == 200.0 and panel[-4:, 20:].max() == -1000.0  # marker at top
+    shown = _rendered(panel)
+    assert shown.shape == (24, 28)
+    assert shown[:, :12].mean() > shown[:, 16:].mean() + 50
+    assert shown[:3, 22:].mean() > shown[-3:, 22:].mean() + 100
+
+
+def test_coronal_and_sagittal_panels_put_superior_on_top():
+    vol = np.full(SHAPE, -1000.0)
+    vol[15:, :, :] = 0.0  # superior slab
+    vol[:, :, :5] += 100.0  # patient's right edge
+    vol[:, :5, :] += 150.0  # anterior edge
+    cor = F.coronal_panel(vol, 12)
+    assert cor.shape == (20, 28)
+    assert cor[:5].mean() > cor[-5:].mean()  # superior at the top
+    assert cor[:, :5].mean() > cor[:, -5:].mean()  # patient's right on the left
+    shown = _rendered(cor)
+    assert shown[:4].mean() > shown[-4:].mean() + 100
+    sag = F.sagittal_panel(vol, 14)
+    assert sag.shape == (20, 24)
+    assert sag[:5].mean() > sag[-5:].mean()
+    assert sag[:, :5].mean() > sag[:, -5:].mean()  # anterior on the left
+
+
+# ---------------------------------------------------------------- image figures
+
+
+def test_mean_maps_figure(tmp_path, phantom):
+    ct, clam, mask = phantom["ct"], phantom["clam"], phantom["mask"]
+    out = tmp_path / "a" / "b" / "mean_maps.png"
+    F.mean_maps_figure({"population": ct, "cluster 1": ct + 50}, {"population": clam, "cluster 1": clam[::-1]},
+                       mask, out, n_slices=3, title="test")
+    _assert_png(out)
+    with pytest.raises(ValueError):
+        F.mean_maps_figure({"population": ct}, {"cluster 1": clam}, mask, tmp_path / "x.png", n_slices=3)
+    with pytest.raises(ValueError):
+        F.mean_maps_figure({"population": ct[:-1]}, {"population": clam}, mask, tmp_path / "x.png", n_slices=3)
+
+
+def test_subject_examples_figure(tmp_path, phantom):
+    ct, clam, mask = phantom["ct"], phantom["clam"], phantom["mask"]
+    out = tmp_path / "examples.png"
+    F.subject_examples_figure({"S01": ct, "S02": ct - 30}, {"S01": clam, "S02": clam}, {"S01": 1, "S02": 2},
+                              mask, out, n_slices=3)
+    _assert_png(out)
+    with pytest.raises(ValueError):
+        F.subject_examples_figure({"S01": ct}, {}, {"S01": 1}, mask, tmp_path / "x.png", n_slices=3)
+
+
+def test_qc_figure_with_and_without_registration(tmp_path, phantom):
+    ct, mask = phantom["ct"], phantom["mask"]
+    out = tmp_path / "qc" / "S01.png"
+    F.qc_figure(ct, mask, ct[:, ::-1].copy(), mask > 0, out, "S01", spacing=(0.8, 0.8, 2.0))
+    _assert_png(out)
+    single = tmp_path / "qc" / "S02.png"
+    F.qc_figure(ct, mask, None, None, single, "S02")
+    _assert_png(single)
+    empty = tmp_path / "qc" / "S03.png"  # a failed segmentation must still give a QC image
+    F.qc_figure(ct, np.zeros_like(mask), None, None, empty, "S03")
+    _assert_png(empty)
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _clusters(n_per: int = 10, k: int = 3) -> pd.DataFrame:
+    subjects = [f"S{i:03d}" for i in range(n_per * k)]
+    return pd.DataFrame({"subject": subjects, "cluster": [i % k + 1 for i in range(n_per * k)]})
+
+
+def test_choose_examples_deterministic_and_bounded():
+    table = _clusters()
+    picks = F.choose_examples(table, per_cluster=3, seed=0)
+    assert picks == F.choose_examples(table, per_cluster=3, seed=0)
+    assert picks == F.choose_examples(table.sample(frac=1.0, random_state=5), per_cluster=3, seed=0)
+    cluster_of = dict(zip(table["subject"], table["cluster"]))
+    counts = pd.Series([cluster_of[s] for s in picks]).value_counts()
+    assert counts.to_dict() == {1: 3, 2: 3, 3: 3}
+    assert picks == sorted(picks, key=lambda s: (cluster_of[s], s))
+    assert any(F.choose_examples(table, per_cluster=3, seed=s) != picks for s in range(1, 6))
+    small = pd.DataFrame({"subject": ["a", "b", "c"], "cluster": [1, 1, 2]})
+    assert F.choose_examples(small, per_cluster=5) == ["a", "b", "c"]
+
+
+def test_pca_figure(tmp_path):
+    rng = np.random.default_rng(1)
+    clusters = _clusters(8)
+    centres = np.array([[0, 0, 0, 0], [4, 0, 0, 0], [0, 4, 0, 0]])
+    feats = rng.normal(size=(24, 4)) + centres[clusters["cluster"] - 1]
+    before = pd.concat([clusters[["subject"]], pd.DataFrame(feats, columns=["f1", "f2", "f3", "f4"])], axis=1)
+    after = before.assign(f1=before["f1"] * 2)
+    out = tmp_path / "pca.png"
+    F.pca_figure(before, after, clusters.iloc[:20], out)  # 4 unassigned subjects
+    _assert_png(out)
+    one = tmp_path / "pca_one.png"
+    F.pca_figure(before, None, clusters, one)
+    _assert_png(one)
+    scores, share = F._pca2(feats)
+    assert share[0] > share[1] > 0 and share.sum() <= 1.0
+    assert np.isclose(scores[:, 0].var(), np.linalg.svd(feats - feats.mean(0), compute_uv=False)[0] ** 2 / 24)
+
+
+def test_loss_figure(tmp_path):
+    epochs = np.arange(1, 11)
+    pretrain = pd.DataFrame({"epoch": epochs, "loss": 0.5 * np.exp(-epochs / 3) + 0.01})
+    cluster = pd.DataFrame({"epoch": epochs[:5], "reconstruction": [0.02] * 5, "kl": [0.01, 0.005, 0.003, 0.002, 0.001]})
+    cluster["loss"] = cluster["reconstruction"] + 0.1 * cluster["kl"]
+    out = tmp_path / "loss.png"
+    F.loss_figure(pretrain, cluster, out)
+    _assert_png(out)
+    F.loss_figure(pretrain, None, tmp_path / "loss1.png")
+    _assert_png(tmp_path / "loss1.png")
+    assert F._use_log([pretrain["loss"].to_numpy()])
+    assert not F._use_log([np.array([0.0, 1.0, 2.0])])
+
+
+def _associations() -> pd.DataFrame:
+    return pd.DataFrame({
+        "outcome": ["FEV1", "FEV1", "FVC", "FVC", "DLCO"],
+        "term": ["cluster 2 vs 1", "cluster 3 vs 1", "cluster 2 vs 1", "cluster 3 vs 1", ""],
+        "estimate": [-8.0, 2.0, -4.0, np.nan, np.nan],
+        "ci_low": [-12.0, -3.0, -9.0, np.nan, np.nan],
+        "ci_high": [-4.0, 7.0, 1.0, np.nan, np.nan],
+        "p_value": [0.001, 0.4, 0.1, np.nan, np.nan],
+        "f_p_value": [0.004, 0.004, 0.2, 0.2, np.nan],
+        "note": ["", "", "", "not estimated", "not tested: constant outcome"],
+    })
+
+
+def test_forest_figure_skips_nan_rows(tmp_path):
+    table = _associations()
+    shown, skipped = F._forest_rows(table)
+    assert len(shown) == 3 and not shown[["estimate", "ci_low", "ci_high"]].isna().any().any()
+    assert skipped == ["DLCO"]
+    out = tmp_path / "forest.png"
+    F.forest_figure(table, out)
+    _assert_png(out)
+
+
+def test_forest_figure_empty_and_all_nan(tmp_path):
+    empty = tmp_path / "forest_empty.png"
+    F.forest_figure(pd.DataFrame(columns=_associations().columns), empty)
+    _assert_png(empty, min_bytes=1000)
+    F.forest_figure(pd.DataFrame(), tmp_path / "forest_none.png")
+    _assert_png(tmp_path / "forest_none.png", min_bytes=1000)
+    all_nan = tmp_path / "forest_nan.png"
+    F.forest_figure(_associations().iloc[4:], all_nan)
+    _assert_png(all_nan, min_bytes=1000)
+
+
+def test_contact_sheet(tmp_path):
+    from matplotlib.image import imread, imsave
+
+    rng = np.random.default_rng(2)
+    paths = []
+    for i in range(5):
+        p = tmp_path / f"tile{i}.png"
+        imsave(p, rng.random((40, 50)), cmap="gray")
+        paths.append(p)
+    out = tmp_path / "sheet" / "sheet.png"
+    F.contact_sheet(paths, out, columns=2, labels=[f"S{i}" for i in range(5)])
+    _assert_png(out)
+    sheet = imread(out)
+    assert sheet.shape[0] > sheet.shape[1]  # 2 columns by 3 rows of near-square tiles
+    with pytest.raises(ValueError):
+        F.contact_sheet(paths, tmp_path / "x.png", labels=["only one"])
+    with pytest.raises(ValueError):
+        F.contact_sheet([], tmp_path / "x.png")
+
+
+def test_sagittal_cuts_go_through_each_lung(phantom):
+    mask = phantom["mask"]
+    (right, _), (left, _) = F._sagittal_cuts(mask, by_label=True)
+    assert mask[:, :, right].max() == 1 and mask[:, :, left].max() == 2
+    (right, _), (left, _) = F._sagittal_cuts((mask > 0).astype(np.uint8) * 3, by_label=False)
+    assert right < 14 < left and mask[:, :, right].any() and mask[:, :, left].any()
+    only_right = np.where(mask == 1, 1, 0)
+    assert F._sagittal_cuts(only_right, by_label=True)[1][0] is None
