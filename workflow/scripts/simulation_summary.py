@@ -1,0 +1,36 @@
+"""Snakemake glue: the simulation study's tables over all cases."""
+
+import logging
+
+import pandas as pd
+
+from lungclam.runtime import run_job
+
+smk = snakemake  # noqa: F821
+
+
+def _concat(paths) -> pd.DataFrame:
+    frames = [pd.read_csv(p, sep="\t") for p in paths]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def main() -> None:
+    from lungclam.simstudy import summarise_localization
+
+    log = logging.getLogger("lungclam.simulation")
+    accuracy = _concat(smk.input.accuracy)
+    accuracy.to_csv(smk.output.accuracy, sep="\t", index=False, float_format="%.6g")
+    k_choice = _concat(smk.input.k_choice)
+    k_choice.to_csv(smk.output.k_choice, sep="\t", index=False)
+    summarise_localization(_concat(smk.input.localization)).to_csv(
+        smk.output.localization, sep="\t", index=False, float_format="%.6g")
+    _concat(smk.input.clam_tests).to_csv(smk.output.clam_tests, sep="\t", index=False, float_format="%.6g")
+    at_true = accuracy[accuracy["fitted_k"] == accuracy["true_k"]]
+    log.info("accuracy at fitted K = true K: %d of %d cases at 100%%", int((at_true["accuracy"] == 1).sum()), len(at_true))
+    log.info("silhouette finds the true K before clustering in %d of %d cases, after in %d",
+             int((k_choice["k_silhouette_before"] == k_choice["true_k"]).sum()), len(k_choice),
+             int((k_choice["k_silhouette_after"] == k_choice["true_k"]).sum()))
+
+
+run_job("simulation_summary", main, smk.log[0], smk.threads)
