@@ -8,6 +8,7 @@ min_version("9.0")
 
 
 configfile: os.path.join(workflow.basedir, "config/config.yaml")
+configfile: os.path.join(workflow.basedir, "config/simulation.yaml")
 
 
 include: "workflow/rules/common.smk"
@@ -17,6 +18,8 @@ include: "workflow/rules/template.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/clam.smk"
 include: "workflow/rules/stats.smk"
+include: "workflow/rules/figures.smk"
+include: "workflow/rules/simulation.smk"
 
 
 rule all:
@@ -24,4 +27,5 @@ rule all:
         preprocess_targets(),
         model_targets(),
         stats_targets(),
+        figure_targets(),
     default_target: True

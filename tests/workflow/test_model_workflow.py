@@ -72,3 +72,12 @@ def test_model_rules_log_and_benchmark(demo_run: Path) -> None:
         assert f"{stage} done in" in log, log[-1000:]
         assert (demo_run / "benchmarks" / f"{stage}.tsv").is_file()
     assert "pretrain epoch 20/20" in (demo_run / "logs" / "train.log").read_text()
+
+
+def test_figures_and_qc_pages_are_written(demo_run: Path) -> None:
+    subjects = pd.read_csv(demo_run / "clusters.tsv", sep="\t")["subject"]
+    names = ["cluster_means", "cluster_examples", "feature_pca", "loss_curves", "qc_contact_sheet",
+             "associations_forest"]
+    for path in [demo_run / "figures" / f"{n}.png" for n in names] + [demo_run / "qc" / f"{s}.png" for s in subjects]:
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, path

@@ -19,6 +19,8 @@ validate(config, schema="../../config/schema.yaml")
 wildcard_constraints:
     subject=r"[A-Za-z0-9][A-Za-z0-9_-]*",
     k=r"[0-9]+",
+    true_k=r"[0-9]+",
+    scenario=r"intensity|location|size",
 
 
 DEMO = not config["samples"]
@@ -39,6 +41,9 @@ else:
         _fail(exc)
     validate(SAMPLES, schema="../../config/samples.schema.yaml")
     SUBJECTS = SAMPLES["subject"].tolist()
+
+if len(SUBJECTS) < 2:
+    _fail(f"the cohort has {len(SUBJECTS)} subject(s); a study template and clustering need at least 2 (3 to choose K)")
 
 CLINICAL_COLUMNS = list(config.get("covariates", [])) + list(config.get("outcomes", []))
 if config.get("comparator"):
@@ -122,6 +127,15 @@ def stats_targets():
     return [f"results/stats/{name}.tsv" for name in ("demographics", "associations", "variance_explained")]
 
 
+def figure_targets():
+    """Figures and QC pages (the forest plot only with a clinical table)."""
+    targets = [f"results/figures/{name}.png" for name in
+               ("cluster_means", "cluster_examples", "feature_pca", "loss_curves", "qc_contact_sheet")]
+    if clinical_table():
+        targets.append("results/figures/associations_forest.png")
+    return targets
+
+
 def model_targets():
     """Everything clustering and CLAM make, for `rule all`."""
     return [
@@ -131,3 +145,13 @@ def model_targets():
         "results/clam/subject_mean.nii.gz",
         "results/clam/population_mean.nii.gz",
     ]
+
+
+def simulation_case_files(name):
+    """One file per (scenario, true K) case of the simulation study."""
+    sim = config.get("simulation", {})
+    return expand(
+        f"results/simulation/cases/{{scenario}}_k{{true_k}}/{name}.tsv",
+        scenario=sim.get("scenarios", ["intensity", "location", "size"]),
+        true_k=sim.get("true_ks", [3, 4, 5]),
+    )

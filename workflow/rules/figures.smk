@@ -1,0 +1,97 @@
+# Figures for readers: cluster-mean scans and CLAMs (Fig 7), example subjects (Figs 8/9),
+# feature space (Fig 3), loss curves, the association forest plot (Fig 10), and QC pages.
+
+
+rule figure_maps:
+    input:
+        volumes=model_inputs(),
+        maps=expand("results/clam/{subject}.nii.gz", subject=SUBJECTS),
+        clusters="results/clusters.tsv",
+        mask="results/template/grid_mask.nii.gz",
+    output:
+        means=report(
+            "results/figures/cluster_means.png",
+            caption="../report/fig_cluster_means.rst",
+            category="CLAM",
+        ),
+        examples=report(
+            "results/figures/cluster_examples.png",
+            caption="../report/fig_cluster_examples.rst",
+            category="CLAM",
+        ),
+    params:
+        seed=config["seed"],
+        per_cluster=config["figures"]["examples_per_cluster"],
+    log:
+        "results/logs/figures/maps.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../envs/model.yaml"
+    script:
+        "../scripts/figure_maps.py"
+
+
+rule figure_model:
+    input:
+        before="results/model/features_pretrain.tsv",
+        after="results/model/features_clustered.tsv",
+        clusters="results/clusters.tsv",
+        pretrain_loss="results/model/pretrain_loss.tsv",
+        cluster_loss="results/model/cluster_loss.tsv",
+    output:
+        pca=report("results/figures/feature_pca.png", caption="../report/fig_pca.rst", category="Clustering"),
+        loss=report("results/figures/loss_curves.png", caption="../report/fig_loss.rst", category="Clustering"),
+    log:
+        "results/logs/figures/model.log",
+    threads: 1
+    conda:
+        "../../envs/model.yaml"
+    script:
+        "../scripts/figure_model.py"
+
+
+rule figure_forest:
+    input:
+        "results/stats/associations.tsv",
+    output:
+        report("results/figures/associations_forest.png", caption="../report/fig_forest.rst", category="Statistics"),
+    log:
+        "results/logs/figures/forest.log",
+    threads: 1
+    conda:
+        "../../envs/model.yaml"
+    script:
+        "../scripts/figure_forest.py"
+
+
+rule qc_subject:
+    input:
+        image="results/resampled/{subject}.nii.gz",
+        labels="results/lungmask/{subject}.nii.gz",
+        registered="results/registered/{subject}.nii.gz",
+        template_mask="results/template/template_mask.nii.gz",
+    output:
+        "results/qc/{subject}.png",
+    log:
+        "results/logs/qc/{subject}.log",
+    threads: 1
+    conda:
+        "../../envs/imaging.yaml"
+    script:
+        "../scripts/qc_subject.py"
+
+
+rule qc_contact_sheet:
+    input:
+        expand("results/qc/{subject}.png", subject=SUBJECTS),
+    output:
+        report("results/figures/qc_contact_sheet.png", caption="../report/fig_qc.rst", category="QC"),
+    log:
+        "results/logs/qc/contact_sheet.log",
+    threads: 1
+    conda:
+        "../../envs/imaging.yaml"
+    script:
+        "../scripts/qc_contact_sheet.py"
