@@ -46,13 +46,19 @@ def target_distribution(q: torch.Tensor) -> torch.Tensor:
 
 
 class ClusteringModel(nn.Module):
-    """A trained CAE plus K centroids in its embedding space (the clustering layer)."""
+    """A trained CAE plus K centroids in its embedding space (the clustering layer).
 
-    def __init__(self, autoencoder: ConvAutoencoder, centroids: torch.Tensor, alpha: float = 1.0):
+    The embedding enters the Student t kernel divided by ``scale`` (a constant, see
+    :func:`embedding_scale`); ``centroids (K, J)`` live in that scaled space.
+    """
+
+    def __init__(self, autoencoder: ConvAutoencoder, centroids: torch.Tensor, alpha: float = 1.0,
+                 scale: float = 1.0):
         super().__init__()
         self.autoencoder = autoencoder
         self.centroids = nn.Parameter(centroids.detach().clone().float())
         self.alpha = alpha
+        self.register_buffer("scale", torch.tensor(float(scale)))
 
     @property
     def n_clusters(self) -> int:
@@ -60,7 +66,7 @@ class ClusteringModel(nn.Module):
 
     def assign_from_maps(self, maps: torch.Tensor) -> torch.Tensor:
         """``(N, K)`` probabilities from last-conv activations (encoder tail + clustering layer)."""
-        return soft_assignment(self.autoencoder.embed(maps), self.centroids, self.alpha)
+        return soft_assignment(self.autoencoder.embed(maps) / self.scale, self.centroids, self.alpha)
 
     def assign(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, K)`` cluster probabilities of images; no decoder involved (used by CLAM)."""
@@ -68,7 +74,23 @@ class ClusteringModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.autoencoder.encode(x)
-        return soft_assignment(z, self.centroids, self.alpha), self.autoencoder.decode(z)
+        return soft_assignment(z / self.scale, self.centroids, self.alpha), self.autoencoder.decode(z)
+
+
+def embedding_scale(features: np.ndarray) -> float:
+    """Median distance between the embeddings ``(N, J)`` of different images (1 if all coincide).
+
+    The Student t kernel of eq. 4 has no length scale, but the autoencoder's embedding has
+    an arbitrary one: with distances far below 1 every q is near uniform, and the drift of
+    the embedding under the reconstruction loss then moves all points to one centroid; far
+    above 1, q is one-hot and KL(P||Q) has nothing to sharpen. Dividing by this fixed
+    constant puts typical distances near 1 (a Student t with that scale), whatever the CAE learnt.
+    """
+    from scipy.spatial.distance import pdist
+
+    distances = pdist(np.asarray(features, dtype=np.float64))
+    distances = distances[distances > 0]
+    return float(np.median(distances)) if distances.size else 1.0
 
 
 def init_centroids(features: np.ndarray, n_clusters: int, seed: int = 0, n_init: int = 20) -> np.ndarray:
@@ -103,19 +125,22 @@ def fit_clusters(autoencoder: ConvAutoencoder, images: np.ndarray, n_clusters: i
                  max_epochs: int = 100, batch_size: int = 8, learning_rate: float = 1e-3,
                  gamma: float = 0.1, update_interval: int = 4, tol: float = 0.001,
                  n_init: int = 20, seed: int = 0, device: torch.device | None = None,
-                 mixed_precision: bool = False, progress: Progress | None = None) -> ClusterFit:
+                 mixed_precision: bool = False, scale: float | None = None,
+                 progress: Progress | None = None) -> ClusterFit:
     """Run the clustering phase on pretrained ``autoencoder`` for ``images (N, 1, *spatial)``.
 
     Centroids start at k-means of the pretrained embeddings. Every ``update_interval``
     batches the target P is recomputed from Q on all images; training stops when, at such
     an update, fewer than ``tol`` (a fraction) of the labels changed since the previous
     one, or after ``max_epochs``. Loss rows: ``epoch, reconstruction, kl, loss,
-    label_change, seconds``.
+    label_change, seconds``. ``scale`` divides the embedding before the kernel; ``None``
+    uses :func:`embedding_scale` of the pretrained embeddings, 1.0 gives the plain eq. 4.
     """
     device = device or torch.device("cpu")
     features = embed_images(autoencoder, images, device=device)
-    centroids = torch.from_numpy(init_centroids(features, n_clusters, seed, n_init))
-    model = ClusteringModel(autoencoder, centroids).to(device)
+    scale = embedding_scale(features) if scale is None else float(scale)
+    centroids = torch.from_numpy(init_centroids(features / scale, n_clusters, seed, n_init))
+    model = ClusteringModel(autoencoder, centroids, scale=scale).to(device)
     data = torch.from_numpy(np.ascontiguousarray(images))
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)

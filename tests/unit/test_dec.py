@@ -83,3 +83,23 @@ def test_normalize_hu_rejects_empty_window(bad) -> None:
 
     with pytest.raises(ValueError):
         normalize_hu(np.zeros(3), *bad)
+
+
+def test_embedding_scale_makes_assignments_independent_of_the_embedding_scale() -> None:
+    from lungclam.dec import ClusteringModel, embedding_scale
+
+    # pairwise distances 1, 3, 2 -> median 2
+    assert embedding_scale(np.array([[0.0], [1.0], [3.0]])) == pytest.approx(2.0)
+    assert embedding_scale(np.zeros((3, 2))) == 1.0
+    torch.manual_seed(0)
+    model = ConvAutoencoder(ModelSpec((16, 16), channels=(4,), strides=(2,), latent_dim=3))
+    x = torch.rand(5, 1, 16, 16)
+    z = model.encode(x).detach().numpy()
+    s = embedding_scale(z)
+    centroids = torch.from_numpy(z[:2] / s).float()
+    q = ClusteringModel(model, centroids, scale=s).assign(x)
+    with torch.no_grad():  # the same network with a 10x larger embedding
+        model.embedding.weight *= 10
+        model.embedding.bias *= 10
+    q10 = ClusteringModel(model, centroids, scale=10 * s).assign(x)
+    torch.testing.assert_close(q, q10, rtol=1e-4, atol=1e-6)

@@ -21,7 +21,7 @@ def main() -> None:
     subjects = list(smk.params.subjects)
     images = load_volumes(smk.input.volumes, subjects, *m["hu_window"])
     ckpt = load_checkpoint(smk.input.model)
-    model = ClusteringModel(build_autoencoder(ckpt), ckpt.centroids)
+    model = ClusteringModel(build_autoencoder(ckpt), ckpt.centroids, scale=ckpt.meta.get("scale", 1.0))
     reference = read_image(smk.input.grid)
     lungs = read_array(smk.input.mask) > 0 if smk.params.mask_to_lungs else None
     device = resolve_device(m["device"])

@@ -34,7 +34,8 @@ def main() -> None:
         log.warning("the clustering phase left %d of K=%d clusters empty; consider a smaller K, more "
                     "pretraining epochs or a lower cluster.learning_rate", k - len(sizes), k)
     save_checkpoint(smk.output.model, fit.model.autoencoder, fit.model.centroids,
-                    meta={"subjects": subjects, "n_clusters": k, "converged": fit.converged})
+                    meta={"subjects": subjects, "n_clusters": k, "converged": fit.converged,
+                          "scale": float(fit.model.scale)})
     clusters_table(subjects, fit.q).to_csv(smk.output.clusters, sep="\t", index=False, float_format="%.6g")
     fit.history.to_csv(smk.output.loss, sep="\t", index=False)
     features_table(subjects, embed_images(fit.model.autoencoder, images, device=device)).to_csv(
