@@ -35,12 +35,8 @@ rule clam_cluster_mean:
         maps=expand("results/clam/{subject}.nii.gz", subject=SUBJECTS),
         clusters="results/clusters.tsv",
     output:
-        report(
-            "results/clam/cluster_{k}_mean.nii.gz",
-            caption="../report/clam_cluster_mean.rst",
-            category="CLAM",
-            subcategory="Cluster means",
-        ),
+        # NIfTI maps stay out of the HTML report; figures/cluster_means.png shows them.
+        "results/clam/cluster_{k}_mean.nii.gz",
     log:
         "results/logs/clam_means/cluster_{k}.log",
     threads: 1
@@ -54,11 +50,7 @@ rule clam_population_mean:
     input:
         cluster_means=clam_cluster_means,
     output:
-        report(
-            "results/clam/population_mean.nii.gz",
-            caption="../report/clam_population_mean.rst",
-            category="CLAM",
-        ),
+        "results/clam/population_mean.nii.gz",
     log:
         "results/logs/clam_means/population.log",
     threads: 1
