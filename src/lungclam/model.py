@@ -153,10 +153,13 @@ class ConvAutoencoder(nn.Module):
         self.spec = spec
         shapes = spec.conv_shapes()
         widths = (spec.in_channels, *spec.channels)
-        act = nn.LeakyReLU(spec.negative_slope)
+        # One activation module per layer, so hooks on a layer's output see only that layer.
+        def act() -> nn.Module:
+            return nn.LeakyReLU(spec.negative_slope)
+
         layers: list[nn.Module] = []
         for c_in, c_out, stride in zip(widths[:-1], widths[1:], spec.strides):
-            layers += [_encoder_conv(spec, c_in, c_out, stride), act]
+            layers += [_encoder_conv(spec, c_in, c_out, stride), act()]
         self.encoder_convs = nn.Sequential(*layers)
         self.map_shape = (spec.channels[-1], *shapes[-1])
         flat = math.prod(self.map_shape)
@@ -166,9 +169,9 @@ class ConvAutoencoder(nn.Module):
         for i in reversed(range(len(spec.channels))):
             up.append(_UpConv(spec, widths[i + 1], widths[i], spec.strides[i], shapes[i]))
             if i > 0:
-                up.append(act)
+                up.append(act())
         self.decoder_convs = nn.Sequential(*up)
-        self.act = act
+        self.act = act()
 
     def encode_maps(self, x: torch.Tensor) -> torch.Tensor:
         """Activations of the last encoder convolution, ``(N, H, *map spatial)``."""

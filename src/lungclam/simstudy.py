@@ -54,7 +54,7 @@ class StudySettings:
     gamma: float = 0.1
     n_init: int = 20
     clam_images: int = 100
-    chunk_size: int = 64
+    chunk_size: int = 32
     noise_scale: float = 1.0
     hu_window: tuple[float, float] = (-1024.0, 200.0)
     model: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,43 @@
+"""No identifying DICOM value reaches any output, log or figure of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+
+pytestmark = pytest.mark.workflow
+
+IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "ReferringPhysicianName",
+               "InstitutionName")
+
+
+def _identifying_values(dicom_root: Path) -> set[str]:
+    values: set[str] = set()
+    for path in dicom_root.rglob("*"):
+        if path.is_file():
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except pydicom.errors.InvalidDicomError:
+                continue
+            for keyword in IDENTIFYING:
+                value = str(ds.get(keyword, "") or "")
+                if len(value) >= 6:  # short values (e.g. an 8-digit date is fine) would match by chance
+                    values.add(value)
+                    values.update(part for part in value.split("^") if len(part) >= 6)
+    return values
+
+
+def test_no_identifier_in_outputs_or_logs(demo_run: Path) -> None:
+    values = _identifying_values(demo_run / "demo" / "dicom")
+    assert any(v.startswith("DEMO^") for v in values)  # the phantom does write fake identifiers
+    scanned = 0
+    for path in demo_run.rglob("*"):
+        if not path.is_file() or (demo_run / "demo") in path.parents:
+            continue  # the demo's own DICOM input is where they belong
+        data = path.read_bytes()
+        scanned += 1
+        for value in values:
+            assert value.encode() not in data, f"{value!r} found in {path}"
+    assert scanned > 50
