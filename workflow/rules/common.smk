@@ -83,6 +83,12 @@ def dicom_folder(wildcards):
     return SAMPLES.loc[wildcards.subject, "dicom"]
 
 
+def registration_settings():
+    """The register settings that shape results (threads only change speed, so a new
+    thread count does not re-run registrations)."""
+    return {key: value for key, value in config["register"].items() if key != "threads"}
+
+
 def template_subjects():
     """The seeded sample of subjects the template is built from (fixed at parse time)."""
     from lungclam.template import sample_subjects

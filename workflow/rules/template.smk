@@ -13,15 +13,15 @@ rule template:
     params:
         subjects=template_subjects(),
         settings=config["template"],
-        register=config["register"],
+        register=registration_settings(),
         seed=config["seed"],
     log:
         "results/logs/template.log",
     benchmark:
         "results/benchmarks/template.tsv"
-    # One thread: ANTs is bit-reproducible for a seed only single-threaded, and the
-    # template fixes every later result.
-    threads: 1
+    # One thread by default: ANTs is bit-reproducible for a seed only single-threaded, and
+    # the template fixes every later result (register.threads trades that for speed).
+    threads: config["register"]["threads"]
     resources:
         mem_mb=4000,
     conda:
@@ -43,13 +43,13 @@ rule register:
         warp="results/transforms/{subject}/1Warp.nii.gz",
         inverse_warp="results/transforms/{subject}/1InverseWarp.nii.gz",
     params:
-        settings=config["register"],
+        settings=registration_settings(),
         seed=config["seed"],
     log:
         "results/logs/register/{subject}.log",
     benchmark:
         "results/benchmarks/register/{subject}.tsv"
-    threads: 1
+    threads: config["register"]["threads"]
     resources:
         mem_mb=4000,
     conda:
