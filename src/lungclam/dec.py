@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.cluster import KMeans
 from torch import nn
 
+from lungclam.kselect import kmeans
 from lungclam.model import ConvAutoencoder
-from lungclam.train import autocast, batches, embed_images
+from lungclam.train import autocast, batched_inference, batches, embed_images
 
 Progress = Callable[[str], None]
 
@@ -95,19 +95,13 @@ def embedding_scale(features: np.ndarray) -> float:
 
 def init_centroids(features: np.ndarray, n_clusters: int, seed: int = 0, n_init: int = 20) -> np.ndarray:
     """k-means centroids ``(K, J)`` of embeddings ``(N, J)`` (best of ``n_init`` restarts)."""
-    km = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit(features)
-    return km.cluster_centers_
+    return kmeans(features, n_clusters, seed, n_init)[1]
 
 
-@torch.inference_mode()
 def predict(model: ClusteringModel, images: np.ndarray, batch_size: int = 16,
             device: torch.device | None = None) -> np.ndarray:
     """Soft assignments ``(N, K)`` float64 for ``(N, 1, *spatial)`` images, in eval mode."""
-    device = device or torch.device("cpu")
-    model.to(device).eval()
-    data = torch.from_numpy(np.ascontiguousarray(images))
-    out = [model.assign(data[idx].to(device)).float().cpu() for idx in batches(len(data), batch_size)]
-    return torch.cat(out).double().numpy()
+    return batched_inference(model, model.assign, images, batch_size, device)
 
 
 @dataclass

@@ -461,7 +461,7 @@ def _standardise(x: np.ndarray) -> np.ndarray:
     return np.where(sd > 0, centred / safe, 0.0)
 
 
-def _silhouette(x: np.ndarray, labels: np.ndarray) -> float:
+def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
     """Mean Euclidean silhouette of ``labels`` (n,) on ``x`` (n, p); NaN unless there are
     between 2 and n - 1 non-empty clusters."""
     n_clusters = len(np.unique(labels))
@@ -496,8 +496,8 @@ def _row_for_k(x: np.ndarray, z: np.ndarray, k: int, seed: int, n_init: int,
     fit = fits[bound]
     return {
         "k": k,
-        "silhouette_kmeans": _silhouette(x, labels),
-        "silhouette_sparse_kmeans": _silhouette(z * np.sqrt(fit.weights), fit.labels),
+        "silhouette_kmeans": silhouette(x, labels),
+        "silhouette_sparse_kmeans": silhouette(z * np.sqrt(fit.weights), fit.labels),
         "l1_bound": bound,
         "n_features_used": int((fit.weights > 0).sum()),
     }

@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from lungclam.clam import iter_clam
 from lungclam.dec import fit_clusters
+from lungclam.kselect import kmeans, silhouette
 from lungclam.model import ConvAutoencoder, ModelSpec
 from lungclam.simulation import (
     BaseSlice,
@@ -82,16 +83,8 @@ class CaseResult:
     arrays: dict[str, np.ndarray]  # for the figures
 
 
-def _silhouette(features: np.ndarray, labels: np.ndarray) -> float:
-    if not 2 <= len(np.unique(labels)) <= len(labels) - 1:
-        return float("nan")
-    return float(silhouette_score(features, labels))
-
-
 def _kmeans_silhouettes(features: np.ndarray, ks: tuple[int, ...], seed: int, n_init: int) -> dict[int, float]:
-    from sklearn.cluster import KMeans
-
-    return {k: _silhouette(features, KMeans(k, n_init=n_init, random_state=seed).fit_predict(features)) for k in ks}
+    return {k: silhouette(features, kmeans(features, k, seed, n_init)[0]) for k in ks}
 
 
 def _argmax_k(scores: dict[int, float]) -> int:
@@ -139,7 +132,7 @@ def run_case(scenario: str, true_k: int, base: BaseSlice, settings: StudySetting
                            gamma=settings.gamma, update_interval=settings.update_interval, tol=settings.tol,
                            n_init=settings.n_init, seed=settings.seed, device=device)
         after = embed_images(fit.model.autoencoder, x, device=device)
-        sil_after[k] = _silhouette(after, fit.labels)
+        sil_after[k] = silhouette(after, fit.labels)
         accuracy, _ = best_match_accuracy(truth, fit.labels)
         rows.append({"scenario": scenario, "true_k": true_k, "fitted_k": k, "accuracy": accuracy,
                      "ari": adjusted_rand_score(truth, fit.labels),

@@ -111,14 +111,21 @@ def pretrain(model: ConvAutoencoder, images: np.ndarray, epochs: int, batch_size
 
 
 @torch.inference_mode()
-def embed_images(model: ConvAutoencoder, images: np.ndarray, batch_size: int = 16,
-                 device: torch.device | None = None) -> np.ndarray:
-    """Embeddings ``(N, latent_dim)`` float64 of ``(N, 1, *spatial)`` images, in eval mode."""
+def batched_inference(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
+                      images: np.ndarray, batch_size: int = 16, device: torch.device | None = None) -> np.ndarray:
+    """``forward`` over ``(N, 1, *spatial)`` images in batches, ``model`` in eval mode on
+    ``device``; the per-image outputs stacked as float64 ``(N, ...)``."""
     device = device or torch.device("cpu")
     model.to(device).eval()
     data = torch.from_numpy(np.ascontiguousarray(images))
-    out = [model.encode(data[idx].to(device)).float().cpu() for idx in batches(len(data), batch_size)]
+    out = [forward(data[idx].to(device)).float().cpu() for idx in batches(len(data), batch_size)]
     return torch.cat(out).double().numpy()
+
+
+def embed_images(model: ConvAutoencoder, images: np.ndarray, batch_size: int = 16,
+                 device: torch.device | None = None) -> np.ndarray:
+    """Embeddings ``(N, latent_dim)`` float64 of ``(N, 1, *spatial)`` images, in eval mode."""
+    return batched_inference(model, model.encode, images, batch_size, device)
 
 
 def features_table(subjects: Sequence[str], features: np.ndarray) -> pd.DataFrame:
