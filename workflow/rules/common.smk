@@ -9,7 +9,6 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from lungclam.errors import SheetError
-from lungclam.phantom import demo_subject_ids
 from lungclam.sheets import read_clinical, read_samples
 
 validate(config, schema="../../config/schema.yaml")
@@ -32,6 +31,10 @@ def _fail(message):
 
 
 if DEMO:
+    # Imported only here: the phantom module pulls in pydicom and SimpleITK, which a user
+    # cohort's parse (say `snakemake -n` on a large sheet) does not need.
+    from lungclam.phantom import demo_subject_ids
+
     SUBJECTS = demo_subject_ids(int(config["demo"]["n_subjects"]))
     SAMPLES = None
 else:
