@@ -53,6 +53,16 @@ def test_sample_subjects_is_seeded_sized_and_order_free() -> None:
     assert sample_subjects(subjects, 0.1, 3, seed=2) != a
 
 
+
+def test_sample_subjects_replaces_only_excluded_members() -> None:
+    subjects = [f"s{i:02d}" for i in range(40)]
+    a = sample_subjects(subjects, 0.1, 3, seed=1)
+    outsider = next(s for s in subjects if s not in a)
+    assert sample_subjects(subjects, 0.1, 3, seed=1, exclude=[outsider]) == a
+    b = sample_subjects(subjects, 0.1, 3, seed=1, exclude=[a[0]])
+    assert len(b) == len(a) and a[0] not in b and set(a[1:]) <= set(b)
+    assert sample_subjects(subjects[:4], 0.1, 3, seed=1, exclude=subjects[:2]) == subjects[2:4]
+
 def test_template_has_both_lungs_and_logs_iterations(template) -> None:
     labels = sitk.GetArrayFromImage(template.labels)
     assert set(np.unique(labels)) == {0, 1, 2}

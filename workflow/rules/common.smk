@@ -45,6 +45,15 @@ else:
     validate(SAMPLES, schema="../../config/samples.schema.yaml")
     SUBJECTS = SAMPLES["subject"].tolist()
 
+# exclude: subjects left out of this run (say, those a --keep-going run could not process).
+_exclude = config.get("exclude") or []
+EXCLUDED = [s.strip() for s in (_exclude.split(",") if isinstance(_exclude, str) else _exclude) if s.strip()]
+_unknown = sorted(set(EXCLUDED) - set(SUBJECTS))
+if _unknown:
+    _fail(f"exclude names subject(s) not in the cohort: {', '.join(_unknown)}")
+COHORT = SUBJECTS  # everyone in the sheet; the template sample is drawn from it
+SUBJECTS = [s for s in SUBJECTS if s not in set(EXCLUDED)]
+
 if len(SUBJECTS) < 2:
     _fail(f"the cohort has {len(SUBJECTS)} subject(s); a study template and clustering need at least 2 (3 to choose K)")
 
@@ -57,6 +66,13 @@ if config["clinical"]:
     except SheetError as exc:
         _fail(exc)
     validate(CLINICAL, schema="../../config/clinical.schema.yaml")
+    # The statistics use the subjects with both a scan and a clinical row; say who is not.
+    for _what, _who in (("clinical rows without a scan in this run", sorted(set(CLINICAL.index) - set(SUBJECTS))),
+                        ("scans without a clinical row", [s for s in SUBJECTS if s not in CLINICAL.index])):
+        if _who:
+            _listed = ", ".join(_who[:10]) + (f" and {len(_who) - 10} more" if len(_who) > 10 else "")
+            print(f"lungclam: warning: {len(_who)} {_what} (left out of the statistics): {_listed}",
+                  file=sys.stderr)
 
 
 def clinical_table():
@@ -97,7 +113,7 @@ def template_subjects():
     from lungclam.template import sample_subjects
 
     t = config["template"]
-    return sample_subjects(SUBJECTS, t["fraction"], t["min_subjects"], config["seed"])
+    return sample_subjects(COHORT, t["fraction"], t["min_subjects"], config["seed"], exclude=EXCLUDED)
 
 
 def preprocess_targets():
@@ -164,3 +180,22 @@ def simulation_case_files(name):
         scenario=sim.get("scenarios", ["intensity", "location", "size"]),
         true_k=sim.get("true_ks", [3, 4, 5]),
     )
+
+
+def _subject_of(rule, output):
+    """The subject a failed job was for (None for cohort-level jobs)."""
+    try:
+        return workflow.get_rule(rule).get_wildcards(output).get("subject")
+    except Exception:
+        return None
+
+
+onsuccess:
+    # failed_subjects.tsv describes the last run; a run that succeeds leaves no failures.
+    Path("results/failed_subjects.tsv").unlink(missing_ok=True)
+
+
+onerror:
+    from lungclam.failures import format_summary, summarise_failures
+
+    print(format_summary(summarise_failures(log, _subject_of)), file=sys.stderr)

@@ -2,6 +2,7 @@
 
 import logging
 
+from lungclam.errors import SubjectError
 from lungclam.imageio import read_image, write_image
 from lungclam.runtime import run_job
 from lungclam.segment import lung_volumes_ml, segment_lungs
@@ -10,7 +11,10 @@ smk = snakemake  # noqa: F821
 
 
 def main() -> None:
-    labels = segment_lungs(read_image(smk.input[0]), subject=smk.wildcards.subject)
+    try:
+        labels = segment_lungs(read_image(smk.input[0]), subject=smk.wildcards.subject)
+    except SubjectError as err:  # name the scan the segmentation looked at
+        raise SubjectError(err.subject, err.cause, err.path or smk.input[0]) from err
     volumes = lung_volumes_ml(labels)
     logging.getLogger("lungclam.segment").info(
         "subject %s: right lung %.0f mL, left lung %.0f mL",
