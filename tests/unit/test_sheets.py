@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,22 @@ def test_clinical_duplicate(tmp_path: Path) -> None:
     sheet = write(tmp_path / "clinical.tsv", "subject\tage\nA\t50\nA\t51\n")
     with pytest.raises(SheetError, match="duplicate"):
         read_clinical(sheet, ["age"])
+
+
+@pytest.mark.parametrize(
+    ("bad_row", "expected"),
+    [("../p4321\tdicom/a", "row 4321 (line 4322): illegal subject ID '../p4321'"),
+     ("p4321\tdicom/nowhere", "row 4321 (line 4322): DICOM folder of subject 'p4321' does not exist"),
+     ("p0007\tdicom/a", "row 4321 (line 4322): duplicate subject ID 'p0007' (first seen in row 7 (line 8))")],
+)
+def test_enormous_sheet_with_one_bad_row_names_it_quickly(folders: Path, bad_row: str, expected: str) -> None:
+    rows = [f"p{i:04d}\tdicom/{'abc'[i % 3]}" for i in range(1, 5001)]
+    rows[4320] = bad_row
+    sheet = write(folders / "samples.tsv", "subject\tdicom\n" + "\n".join(rows) + "\n")
+    started = time.perf_counter()
+    with pytest.raises(SheetError, match=re.escape(expected)):
+        read_samples(sheet)
+    assert time.perf_counter() - started < 5.0
+    rows[4320] = "p4321\tdicom/a"
+    sheet.write_text("subject\tdicom\n" + "\n".join(rows) + "\n")
+    assert len(read_samples(sheet)) == 5000

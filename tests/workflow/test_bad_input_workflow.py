@@ -108,3 +108,14 @@ def test_keep_going_finishes_the_others_and_lists_the_failures(demo_run: Path, t
     assert not {subject for _, subject in jobs if subject} & set(BAD)
     unknown = snakemake(work, "-n", *config, "exclude=nobody", check=False)
     assert unknown.returncode != 0 and "exclude names subject(s) not in the cohort: nobody" in unknown.stderr
+
+
+def test_config_is_loaded_safely(tmp_path: Path) -> None:
+    """A YAML tag that would run code when loaded is refused, and nothing runs."""
+    proof = tmp_path / "ran"
+    config = tmp_path / "evil.yaml"
+    config.write_text(f'seed: !!python/object/apply:os.system ["touch {proof}"]\n')
+    done = snakemake(tmp_path, "-n", "--configfile", str(config), check=False)
+    assert done.returncode != 0
+    assert "not valid JSON or YAML" in done.stdout + done.stderr
+    assert not proof.exists()
