@@ -56,6 +56,11 @@ def prepare_moving(image: sitk.Image, labels: sitk.Image, spacing_mm: float, mar
     return hu_out, labels_out
 
 
+def ants_seed(seed: int) -> int:
+    """Our seed (any integer >= 0) as a nonzero 31-bit ANTs seed (0 would mean unseeded)."""
+    return int(seed) % (2**31 - 1) + 1
+
+
 def run_syn(
     fixed: ants.ANTsImage,
     moving: ants.ANTsImage,
@@ -65,13 +70,18 @@ def run_syn(
     seed: int,
     out_prefix: str,
 ) -> dict:
-    """One antspyx registration, seeded; transforms are written under ``out_prefix``."""
+    """One antspyx registration, seeded; transforms are written under ``out_prefix``.
+
+    ANTs takes a random seed of 0 to mean "no seed" (its metric sampling then differs on
+    every call), so our seed ``s >= 0`` is passed as ``s + 1``. Bit-identical results also
+    need a single ITK thread (see :func:`lungclam.runtime.set_threads`).
+    """
     return ants.registration(
         fixed=fixed,
         moving=moving,
         type_of_transform=transform,
         reg_iterations=tuple(reg_iterations),
-        random_seed=int(seed),
+        random_seed=ants_seed(seed),
         outprefix=out_prefix,
         verbose=False,
     )
