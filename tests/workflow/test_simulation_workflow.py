@@ -37,3 +37,6 @@ def test_simulation_target_runs_and_summarises(tmp_path: Path) -> None:
     arrays = np.load(results / "cases" / "location_k3" / "arrays.npz")
     assert arrays["clam_maps"].shape == (9, 64, 64)
     assert arrays["clam_maps"].min() >= 0 and arrays["clam_maps"].max() <= 1
+    figures = results / "figures"
+    for name in ("examples", "pca_location", "population_clam", "cluster_clams", "single_clams"):
+        assert (figures / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name

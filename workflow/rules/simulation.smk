@@ -57,3 +57,52 @@ rule simulation:
         "results/simulation/accuracy.tsv",
         "results/simulation/k_choice.tsv",
         "results/simulation/localization.tsv",
+        "results/simulation/figures/examples.png",
+
+
+rule simulation_figures:
+    input:
+        arrays=expand(
+            "results/simulation/cases/{scenario}_k{true_k}/arrays.npz",
+            scenario=config["simulation"]["scenarios"],
+            true_k=max(config["simulation"]["true_ks"]),
+        ),
+    output:
+        examples=report(
+            "results/simulation/figures/examples.png",
+            caption="../report/simulation_figures.rst",
+            category="Simulation",
+        ),
+        pca=report(
+            expand(
+                "results/simulation/figures/pca_{scenario}.png",
+                scenario=config["simulation"]["scenarios"],
+            ),
+            caption="../report/simulation_figures.rst",
+            category="Simulation",
+        ),
+        population=report(
+            "results/simulation/figures/population_clam.png",
+            caption="../report/simulation_figures.rst",
+            category="Simulation",
+        ),
+        clusters=report(
+            "results/simulation/figures/cluster_clams.png",
+            caption="../report/simulation_figures.rst",
+            category="Simulation",
+        ),
+        single=report(
+            "results/simulation/figures/single_clams.png",
+            caption="../report/simulation_figures.rst",
+            category="Simulation",
+        ),
+    params:
+        scenarios=config["simulation"]["scenarios"],
+        fitted_ks=config["simulation"]["fitted_ks"],
+    log:
+        "results/logs/simulation/figures.log",
+    threads: 1
+    conda:
+        "../../envs/model.yaml"
+    script:
+        "../scripts/simulation_figures.py"
