@@ -9,9 +9,17 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from lungclam.errors import SheetError
+from lungclam.runlock import clear_stale_lock, forget_owner, record_owner
 from lungclam.sheets import read_clinical, read_samples
 
 validate(config, schema="../../config/schema.yaml")
+
+# A run killed outright (SIGKILL, a dead machine) leaves its lock; the same command then
+# just works: the lock of a process that is gone is cleared (lungclam.runlock), and the
+# profile's rerun-incomplete remakes whatever that run was writing.
+_stale = clear_stale_lock()
+if _stale:
+    print(f"lungclam: {_stale}", file=sys.stderr)
 
 # Subject IDs are plain names (no '/'), so per-subject outputs cannot leave their folder
 # and "registered/lungmask/x" never matches a subject called "lungmask/x".
@@ -190,7 +198,12 @@ def _subject_of(rule, output):
         return None
 
 
+onstart:
+    record_owner()  # this process holds the lock (lungclam.runlock)
+
+
 onsuccess:
+    forget_owner()
     # failed_subjects.tsv describes the last run; a run that succeeds leaves no failures.
     Path("results/failed_subjects.tsv").unlink(missing_ok=True)
 
@@ -198,4 +211,5 @@ onsuccess:
 onerror:
     from lungclam.failures import format_summary, summarise_failures
 
+    forget_owner()
     print(format_summary(summarise_failures(log, _subject_of)), file=sys.stderr)
