@@ -576,6 +576,11 @@ def loss_figure(pretrain: pd.DataFrame, cluster: pd.DataFrame | None, path: str 
             ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        first, last = float(table["epoch"].min()), float(table["epoch"].max())
+        if last - first < 2:  # a phase that converged at once: keep whole-epoch ticks
+            ax.set_xlim(first - 1, last + 1)
+        if len(table) == 1:
+            ax.text(0.04, 0.5, "one epoch recorded", ha="left", va="center", transform=ax.transAxes, fontsize=8)
         ax.set_ylabel("loss (log scale)" if log else "loss")
         ax.set_title(title)
         ax.grid(True, which="major", alpha=0.3)
