@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.lungclam-installed
 CORES ?= all
 
-.PHONY: setup demo test test-all lint dryrun clean
+.PHONY: setup demo test test-all lint dryrun slurm-profile clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,16 @@ lint: setup
 
 dryrun: setup
 	$(BIN)/snakemake -n
+
+# Installs the cluster profile where Snakemake finds it by name, so that
+# `snakemake --profile slurm` works as typed; edit partition/account in the copy.
+PROFILE_DIR ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake/slurm
+slurm-profile:
+	@if [ -e "$(PROFILE_DIR)/config.yaml" ] && ! cmp -s profiles/slurm/config.yaml "$(PROFILE_DIR)/config.yaml" && [ -z "$(FORCE)" ]; then \
+		echo "$(PROFILE_DIR)/config.yaml exists and differs from profiles/slurm/config.yaml; keep it, or run 'make slurm-profile FORCE=1' to replace it"; exit 1; fi
+	@mkdir -p "$(PROFILE_DIR)"
+	cp profiles/slurm/config.yaml "$(PROFILE_DIR)/config.yaml"
+	@echo "installed: snakemake --profile slurm now uses $(PROFILE_DIR)/config.yaml (set slurm_partition and slurm_account there)"
 
 clean:
 	rm -rf results .snakemake

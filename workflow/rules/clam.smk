@@ -22,7 +22,6 @@ rule clam:
         "results/benchmarks/clam.tsv"
     threads: config["model"]["threads"]
     resources:
-        mem_mb=8000,
         gpu=config["model"]["gpus"],
     conda:
         "../../envs/model.yaml"

@@ -25,8 +25,6 @@ rule figure_maps:
     log:
         "results/logs/figures/maps.log",
     threads: 1
-    resources:
-        mem_mb=4000,
     conda:
         "../../envs/model.yaml"
     script:

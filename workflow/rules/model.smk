@@ -21,7 +21,6 @@ rule train:
         "results/benchmarks/train.tsv"
     threads: config["model"]["threads"]
     resources:
-        mem_mb=8000,
         gpu=config["model"]["gpus"],
     conda:
         "../../envs/model.yaml"
@@ -75,7 +74,6 @@ rule cluster:
         "results/benchmarks/cluster.tsv"
     threads: config["model"]["threads"]
     resources:
-        mem_mb=8000,
         gpu=config["model"]["gpus"],
     conda:
         "../../envs/model.yaml"

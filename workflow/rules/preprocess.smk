@@ -14,8 +14,6 @@ rule convert:
     benchmark:
         "results/benchmarks/convert/{subject}.tsv"
     threads: 1
-    resources:
-        mem_mb=2000,
     conda:
         "../../envs/imaging.yaml"
     script:
@@ -34,8 +32,6 @@ rule resample:
     benchmark:
         "results/benchmarks/resample/{subject}.tsv"
     threads: 1
-    resources:
-        mem_mb=2000,
     conda:
         "../../envs/imaging.yaml"
     script:
@@ -52,8 +48,6 @@ rule segment:
     benchmark:
         "results/benchmarks/segment/{subject}.tsv"
     threads: 1
-    resources:
-        mem_mb=3000,
     conda:
         "../../envs/imaging.yaml"
     script:

@@ -19,7 +19,6 @@ rule simulation_case:
         "results/benchmarks/simulation/{scenario}_k{true_k}.tsv"
     threads: config["simulation"]["threads"]
     resources:
-        mem_mb=4000,
         gpu=config["model"]["gpus"],
     conda:
         "../../envs/model.yaml"

@@ -30,8 +30,6 @@ rule stats:
     log:
         "results/logs/stats.log",
     threads: 1
-    resources:
-        mem_mb=2000,
     conda:
         "../../envs/model.yaml"
     script:

@@ -22,8 +22,6 @@ rule template:
     # One thread by default: ANTs is bit-reproducible for a seed only single-threaded, and
     # the template fixes every later result (register.threads trades that for speed).
     threads: config["register"]["threads"]
-    resources:
-        mem_mb=4000,
     conda:
         "../../envs/imaging.yaml"
     script:
@@ -50,8 +48,6 @@ rule register:
     benchmark:
         "results/benchmarks/register/{subject}.tsv"
     threads: config["register"]["threads"]
-    resources:
-        mem_mb=4000,
     conda:
         "../../envs/imaging.yaml"
     script:
