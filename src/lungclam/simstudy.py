@@ -20,7 +20,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from lungclam.clam import iter_clam
-from lungclam.dec import fit_clusters
+from lungclam.dec import fit_clusters, within_cluster_scale
 from lungclam.kselect import kmeans, silhouette
 from lungclam.model import ConvAutoencoder, ModelSpec
 from lungclam.simulation import (
@@ -57,6 +57,7 @@ class StudySettings:
     clam_images: int = 100
     chunk_size: int = 32
     noise_scale: float = 1.0
+    kernel_scale: str | float = "median"
     hu_window: tuple[float, float] = (-1024.0, 200.0)
     model: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -99,6 +100,24 @@ def _spec(settings: StudySettings, shape: tuple[int, int]) -> ModelSpec:
                      latent_dim=int(m.get("latent_dim", 60)), negative_slope=float(m.get("negative_slope", 0.01)))
 
 
+def _kernel_scale(setting: str | float, features: np.ndarray, k: int, settings: StudySettings) -> float | None:
+    """The Student t length scale of the clustering phase for ``k`` clusters.
+
+    ``"median"``: :func:`lungclam.dec.embedding_scale` (the pipeline's choice, None here);
+    ``"within"`` or ``"<f> within"`` (e.g. ``"2 within"``): ``f`` times
+    :func:`lungclam.dec.within_cluster_scale`; a number: that scale.
+    """
+    if isinstance(setting, (int, float)):
+        return float(setting)
+    words = str(setting).split()
+    if words == ["median"]:
+        return None
+    if words and words[-1] == "within" and len(words) <= 2:
+        factor = float(words[0]) if len(words) == 2 else 1.0
+        return factor * within_cluster_scale(features, k, settings.seed, settings.n_init)
+    raise ValueError(f"simulation.kernel_scale: expected 'median', 'within', '<factor> within' or a number, got {setting!r}")
+
+
 def _clam_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Indices of up to ``n`` images, spread evenly over the true clusters (seeded)."""
     rng = np.random.default_rng(seed)
@@ -127,7 +146,8 @@ def run_case(scenario: str, true_k: int, base: BaseSlice, settings: StudySetting
     loc = tests = pd.DataFrame()
     for k in settings.fitted_ks:
         started = time.perf_counter()
-        fit = fit_clusters(copy.deepcopy(model), x, k, max_epochs=settings.cluster_max_epochs,
+        scale = _kernel_scale(settings.kernel_scale, before, k, settings)
+        fit = fit_clusters(copy.deepcopy(model), x, k, max_epochs=settings.cluster_max_epochs, scale=scale,
                            batch_size=settings.batch_size, learning_rate=settings.cluster_learning_rate,
                            gamma=settings.gamma, update_interval=settings.update_interval, tol=settings.tol,
                            n_init=settings.n_init, seed=settings.seed, device=device)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from lungclam.dec import clusters_table, fit_clusters, soft_assignment, target_distribution
+from lungclam.dec import clusters_table, fit_clusters, soft_assignment, target_distribution, within_cluster_scale
 from lungclam.model import ConvAutoencoder, ModelSpec
 from lungclam.train import embed_images, pretrain, seed_everything
 
@@ -103,3 +103,13 @@ def test_embedding_scale_makes_assignments_independent_of_the_embedding_scale() 
         model.embedding.bias *= 10
     q10 = ClusteringModel(model, centroids, scale=10 * s).assign(x)
     torch.testing.assert_close(q, q10, rtol=1e-4, atol=1e-6)
+
+
+def test_within_cluster_scale_is_the_mean_distance_to_the_centroid() -> None:
+    # Two groups of four points on squares of half-side 1 around (0, 0) and (100, 0): every
+    # point lies sqrt(2) from its group's centroid, whatever the distance between groups.
+    square = np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+    features = np.vstack([square, square + [100.0, 0.0]])
+    assert within_cluster_scale(features, 2) == pytest.approx(np.sqrt(2.0))
+    assert within_cluster_scale(3.0 * features, 2) == pytest.approx(3.0 * np.sqrt(2.0))
+    assert within_cluster_scale(np.zeros((5, 3)), 2) == 1.0

@@ -345,3 +345,17 @@ def test_compare_across_clusters_matches_scipy():
     assert math.isnan(same["kruskal_p"])
     single = compare_across_clusters(np.arange(4.0), np.zeros(4, int))
     assert math.isnan(single["anova_p"]) and single["means"] == {0: 1.5}
+
+
+def test_kernel_scale_settings() -> None:
+    from lungclam.simstudy import StudySettings, _kernel_scale
+
+    settings = StudySettings()
+    square = np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+    features = np.vstack([square, square + [50.0, 0.0]])
+    assert _kernel_scale("median", features, 2, settings) is None
+    assert _kernel_scale("within", features, 2, settings) == pytest.approx(np.sqrt(2.0))
+    assert _kernel_scale("2 within", features, 2, settings) == pytest.approx(2 * np.sqrt(2.0))
+    assert _kernel_scale(0.5, features, 2, settings) == 0.5
+    with pytest.raises(ValueError, match="kernel_scale"):
+        _kernel_scale("largest", features, 2, settings)
