@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from lungclam.clam import iter_clam
+from lungclam.clam import iter_clam, restrict_to_mask
 from lungclam.dec import fit_clusters, within_cluster_scale
 from lungclam.kselect import kmeans, silhouette
 from lungclam.model import ConvAutoencoder, ModelSpec
@@ -58,6 +58,7 @@ class StudySettings:
     chunk_size: int = 32
     noise_scale: float = 1.0
     kernel_scale: str | float = "median"
+    mask_to_lungs: bool = True
     hu_window: tuple[float, float] = (-1024.0, 200.0)
     model: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -165,7 +166,8 @@ def run_case(scenario: str, true_k: int, base: BaseSlice, settings: StudySetting
         arrays[f"labels_k{k}"] = fit.labels
         say(f"{scenario} K={true_k}: fitted K={k}: accuracy {accuracy:.3f}, sizes {rows[-1]['cluster_sizes']}")
         if k == true_k:
-            loc, tests, clam_arrays = _clam_scores(fit, x, hu, masks, truth, settings, device)
+            lungs = base.lungs if settings.mask_to_lungs else None
+            loc, tests, clam_arrays = _clam_scores(fit, x, hu, masks, truth, lungs, settings, device)
             arrays.update(clam_arrays)
     k_choice = pd.DataFrame([{"scenario": scenario, "true_k": true_k,
                               "k_silhouette_before": _argmax_k(sil_before),
@@ -175,12 +177,20 @@ def run_case(scenario: str, true_k: int, base: BaseSlice, settings: StudySetting
 
 
 def _clam_scores(fit, x: np.ndarray, hu: np.ndarray, masks: np.ndarray, truth: np.ndarray,
-                 settings: StudySettings, device: torch.device) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """CLAMs of a subset of images for their assigned cluster; localization and the paper's tests."""
+                 lungs: np.ndarray | None, settings: StudySettings,
+                 device: torch.device) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """CLAMs of a subset of images for their assigned cluster; localization and the paper's tests.
+
+    With ``lungs`` (the base slice's mask), each map is zeroed outside the lungs and
+    min-maxed again inside (as the pipeline's ``clam.mask_to_lungs``): every image has
+    the same null background there, so importance outside says nothing about the image.
+    """
     idx = _clam_subset(truth, settings.clam_images, settings.seed)
     maps = np.zeros((len(idx), *x.shape[2:]), dtype=np.float32)
     for i, all_maps, q in iter_clam(fit.model, x[idx], settings.chunk_size, device):
         maps[i] = all_maps[q.argmax()]
+    if lungs is not None:
+        maps = restrict_to_mask(maps, lungs)
     loc = localization_scores(maps, masks[idx]).reset_index()
     loc["image"] = idx
     loc["true_cluster"] = truth[idx]
