@@ -212,4 +212,7 @@ onerror:
     from lungclam.failures import format_summary, summarise_failures
 
     forget_owner()
-    print(format_summary(summarise_failures(log, _subject_of)), file=sys.stderr)
+    try:
+        print(format_summary(summarise_failures(log, _subject_of)), file=sys.stderr)
+    except Exception as exc:  # the summary must never hide Snakemake's own report
+        print(f"lungclam: could not summarise the failed jobs ({exc}); see the log above", file=sys.stderr)
