@@ -22,7 +22,7 @@ demo: setup
 	@echo "lungclam demo finished: outputs are in $(CURDIR)/results/"
 	@echo "  registered scans:   results/registered/   model inputs: results/downsampled/"
 	@echo "  study template:     results/template/     logs: results/logs/"
-	@echo "  clusters:           results/clusters.tsv  K selection: results/model/k_selection.png"
+	@echo "  clusters:           results/clusters.tsv  K selection: results/figures/k_selection.png"
 	@echo "  CLAM maps:          results/clam/         (overlay on results/template/grid_template.nii.gz)"
 	@echo "  statistics:         results/stats/        figures: results/figures/   QC: results/qc/"
 	@echo "  report:             $(CURDIR)/results/report.html"

@@ -28,7 +28,7 @@ def test_model_stages_write_their_tables(demo_run: Path) -> None:
         assert features.shape[1] == 1 + 8  # latent_dim in tiny.yaml
     ksel = pd.read_csv(demo_run / "model" / "k_selection.tsv", sep="\t")
     assert ksel["k"].tolist() == [2, 3] and ksel["chosen"].sum() == 1
-    assert (demo_run / "model" / "k_selection.png").stat().st_size > 1000
+    assert (demo_run / "figures" / "k_selection.png").stat().st_size > 1000
     clusters = pd.read_csv(demo_run / "clusters.tsv", sep="\t")
     k = int(ksel.loc[ksel["chosen"], "k"].iloc[0])
     assert clusters["subject"].tolist() == subjects

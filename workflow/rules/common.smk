@@ -173,7 +173,7 @@ def model_targets():
     """Everything clustering and CLAM make, for `rule all`."""
     return [
         "results/clusters.tsv",
-        "results/model/k_selection.png",
+        "results/figures/k_selection.png",
         "results/model/features_clustered.tsv",
         "results/clam/subject_mean.nii.gz",
         "results/clam/population_mean.nii.gz",

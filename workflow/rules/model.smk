@@ -34,7 +34,7 @@ checkpoint choose_k:
     output:
         table="results/model/k_selection.tsv",
         plot=report(
-            "results/model/k_selection.png",
+            "results/figures/k_selection.png",
             caption="../report/k_selection.rst",
             category="Clustering",
         ),
