@@ -1,0 +1,171 @@
+"""The tiny demo through `snakemake --profile slurm` on a real single-node Slurm.
+
+tests/hpc/slurm.sh installs Debian's munge, MariaDB, slurmdbd, slurmctld and slurmd,
+starts them on loopback and stops them by their pids afterwards. The cluster profile is
+installed the way users install it (`make slurm-profile`, into a private
+XDG_CONFIG_HOME), the run is `snakemake --profile slurm`, and its outputs must equal
+those of a local run of the same config. Skips, saying why, where there is no root, no
+apt-get or no way to install or start the daemons; a failing or differing run fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+import yaml
+
+from tests.conftest import PROJECT_ROOT
+
+pytestmark = [pytest.mark.hpc, pytest.mark.slow]
+
+SLURM_SH = PROJECT_ROOT / "tests" / "hpc" / "slurm.sh"
+TINY = PROJECT_ROOT / "tests" / "configs" / "tiny.yaml"
+DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd", "sbatch", "sacct")
+
+
+def _tail(text: str, n: int = 3000) -> str:
+    return text[-n:]
+
+
+def _have_daemons() -> bool:
+    return all(shutil.which(name) or Path("/usr/sbin", name).exists() for name in DAEMONS)
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A running single-node Slurm; yields the environment its clients need."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        pytest.skip("the Slurm test needs root on Linux (it installs and starts munge, MariaDB and Slurm)")
+    if not shutil.which("timeout"):
+        pytest.skip("coreutils' timeout is missing")
+    if not _have_daemons():
+        if not shutil.which("apt-get"):
+            pytest.skip("Slurm is not installed and there is no apt-get to install it")
+        done = subprocess.run(["timeout", "-k", "10", "420", str(SLURM_SH), "install"],
+                              capture_output=True, text=True)
+        if done.returncode != 0 or not _have_daemons():
+            pytest.skip(f"could not install Slurm from Debian's packages (rc {done.returncode}):\n"
+                        f"{_tail(done.stdout + done.stderr, 1500)}")
+    if Path("/etc/slurm/slurm.conf").exists():
+        pytest.skip("/etc/slurm/slurm.conf exists: a Slurm is configured on this machine already")
+    profile = yaml.safe_load((PROJECT_ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+    partition = profile["default-resources"]["slurm_partition"]
+    # Under /var/tmp: the slurm and munge users must reach it (pytest's tmp is private).
+    state = Path(tempfile.mkdtemp(prefix="lungclam-slurm-", dir="/var/tmp")) / "cluster"
+    os.chmod(state.parent, 0o755)
+    env = {**os.environ, "SLURM_CONF": str(state / "etc" / "slurm.conf")}
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(["timeout", "-k", "10", "150", str(SLURM_SH), "start", str(state), partition],
+                              capture_output=True, text=True)
+        startup_s = time.perf_counter() - started
+        if done.returncode != 0:
+            logs = "".join(f"\n--- {log.name}\n{_tail(log.read_text(errors='replace'), 800)}"
+                           for log in sorted((state / "log").glob("*.log")) if log.is_file()) if state.exists() else ""
+            pytest.skip(f"could not start the Slurm daemons (rc {done.returncode}):\n"
+                        f"{_tail(done.stdout + done.stderr, 1500)}{logs}")
+        print(f"Slurm start-up: {startup_s:.1f} s")
+        yield {"env": env, "state": state, "partition": partition, "startup_s": startup_s}
+    finally:
+        subprocess.run(["timeout", "-k", "10", "120", str(SLURM_SH), "stop", str(state)],
+                       capture_output=True, text=True)
+        shutil.rmtree(state.parent, ignore_errors=True)
+
+
+def _start(command: list[str], *, env: dict, cwd: Path, limit_s: int, log: Path) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen(["timeout", "-k", "15", str(limit_s), *command], stdout=out, stderr=subprocess.STDOUT,
+                                env=env, cwd=cwd)
+
+
+def _snakemake(*args: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "--snakefile", str(PROJECT_ROOT / "Snakefile"),
+            "--configfile", str(TINY), *args]
+
+
+def _array(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+# Wall-clock columns (seconds per epoch or template iteration) differ between any two runs.
+TIMING_COLUMNS = ["seconds"]
+
+
+def _compare_runs(local: Path, remote: Path) -> list[str]:
+    """Every table (but its timing columns) and image both runs made, compared; returns
+    the differences."""
+    differences = []
+    tables = sorted(p.relative_to(local) for p in local.rglob("*.tsv")
+                    if "benchmarks" not in p.parts and "logs" not in p.parts)
+    images = sorted(p.relative_to(local) for p in local.rglob("*.nii.gz"))
+    assert len(tables) > 10 and len(images) > 20, (tables, images)
+    for rel in tables + images:
+        if not (remote / rel).is_file():
+            differences.append(f"{rel}: missing in the Slurm run")
+        elif rel.name.endswith(".tsv"):
+            a, b = (pd.read_csv(run / rel, sep="\t").drop(columns=TIMING_COLUMNS, errors="ignore")
+                    for run in (local, remote))
+            if not a.equals(b):
+                differences.append(f"{rel}: tables differ")
+        else:
+            a, b = _array(local / rel), _array(remote / rel)
+            if a.shape != b.shape or not np.array_equal(a, b):
+                differences.append(f"{rel}: arrays differ (max |diff| "
+                                   f"{np.abs(a.astype(float) - b.astype(float)).max() if a.shape == b.shape else 'shape'})")
+    return differences
+
+
+def test_tiny_demo_through_the_slurm_profile_matches_a_local_run(slurm, tmp_path) -> None:
+    env = dict(slurm["env"])
+    # Install the cluster profile the way users do, into a private config folder.
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    done = subprocess.run(["make", "-s", "slurm-profile"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "config" / "snakemake" / "slurm" / "config.yaml").is_file()
+
+    remote, local = tmp_path / "slurm_run", tmp_path / "local_run"
+    remote.mkdir()
+    local.mkdir()
+    # The local reference run goes alongside: the Slurm run mostly waits (job start-up,
+    # status checks), so this costs little extra time.
+    started = time.perf_counter()
+    local_run = _start(_snakemake("--cores", "2"), env=os.environ.copy(), cwd=local, limit_s=900,
+                       log=tmp_path / "local.log")
+    # A job that asks for more CPUs than the node has pends forever: --cores caps every
+    # rule's threads and the width of the grouped preprocessing jobs at the node's CPUs.
+    # Status checks every 5 s instead of after 40 s.
+    cpus = str(os.cpu_count() or 1)
+    slurm_run = _start(_snakemake("--profile", "slurm", "--cores", cpus, "--max-threads", cpus,
+                                  "--slurm-init-seconds-before-status-checks", "5", "--slurm-keep-successful-logs"),
+                       env=env, cwd=remote, limit_s=1200, log=tmp_path / "slurm.log")
+    local_rc = local_run.wait()
+    local_s = time.perf_counter() - started
+    slurm_rc = slurm_run.wait()
+    slurm_s = time.perf_counter() - started
+    slurm_log = (tmp_path / "slurm.log").read_text(errors="replace")
+    print(f"Slurm run of the tiny demo: {slurm_s:.1f} s; local run alongside: {local_s:.1f} s")
+    assert local_rc == 0, _tail((tmp_path / "local.log").read_text(errors="replace"), 6000)
+    assert slurm_rc == 0, f"snakemake --profile slurm failed (rc {slurm_rc}):\n{_tail(slurm_log, 8000)}"
+    assert "Using profiles slurm and workflow specific profile" in slurm_log
+
+    # The jobs really went through Slurm, and its accounting saw each one complete.
+    accounting = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobName,State,Partition"], env=env,
+                                capture_output=True, text=True, check=True).stdout.split()
+    assert len(accounting) >= 15, accounting
+    assert all(row.split("|")[1] == "COMPLETED" and row.split("|")[2] == slurm["partition"] for row in accounting), accounting
+    slurm_logs = list((remote / ".snakemake" / "slurm_logs").rglob("*.log"))
+    assert any("rule_train" in str(p) for p in slurm_logs), slurm_logs
+    assert any("group_preprocess" in str(p) for p in slurm_logs), slurm_logs
+
+    differences = _compare_runs(local / "results", remote / "results")
+    assert not differences, "\n".join(differences)
