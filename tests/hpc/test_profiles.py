@@ -90,3 +90,10 @@ def test_slurm_dry_run_works_without_slurm(tmp_path: Path, profile: str) -> None
         done = _snakemake(workdir, env, "--profile", profile_arg, graph)
         assert done.returncode == 0 and done.stdout.lstrip().startswith("digraph"), done.stderr[-3000:]
         assert "train" in done.stdout
+
+
+def test_parse_time_helpers_do_not_import_ants() -> None:
+    """The workflow samples the template subjects at parse time; that must not pull in
+    ANTs (seconds of import for every `snakemake -n`, on every cohort size)."""
+    code = "import sys, lungclam.sampling, lungclam.sheets; assert 'ants' not in sys.modules, 'ants imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

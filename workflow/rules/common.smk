@@ -118,7 +118,7 @@ def registration_settings():
 
 def template_subjects():
     """The seeded sample of subjects the template is built from (fixed at parse time)."""
-    from lungclam.template import sample_subjects
+    from lungclam.sampling import sample_subjects  # not lungclam.template: that imports ANTs
 
     t = config["template"]
     return sample_subjects(COHORT, t["fraction"], t["min_subjects"], config["seed"], exclude=EXCLUDED)
