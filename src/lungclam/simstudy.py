@@ -140,7 +140,7 @@ def run_case(scenario: str, true_k: int, base: BaseSlice, settings: StudySetting
     model = ConvAutoencoder(_spec(settings, base.shape))
     say(f"{scenario} K={true_k}: pretraining on {len(x)} images for {settings.pretrain_epochs} epochs")
     loss = pretrain(model, x, settings.pretrain_epochs, settings.batch_size, settings.learning_rate,
-                    settings.seed, device, progress=None)
+                    settings.seed, device, progress=lambda msg: say(f"{scenario} K={true_k}: {msg}"))
     before = embed_images(model, x, device=device)
     sil_before = _kmeans_silhouettes(before, settings.fitted_ks, settings.seed, settings.n_init)
     rows, sil_after, arrays = [], {}, {"features_before": before.astype(np.float32), "truth": truth}

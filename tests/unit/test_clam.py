@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lungclam.clam import assigned_maps, clam_image, cluster_means, iter_clam
+from lungclam.clam import assigned_maps, clam_image, cluster_means, iter_clam, upsample
 from lungclam.dec import ClusteringModel, fit_clusters
 from lungclam.model import ConvAutoencoder, ModelSpec
 from lungclam.train import pretrain, seed_everything
@@ -117,3 +117,15 @@ def test_restrict_to_mask_rescales_inside_and_zeros_outside() -> None:
     out = restrict_to_mask(maps, mask)
     np.testing.assert_allclose(out[0, 0], [0.0, 2 / 7, 1.0, 0.0], atol=1e-6)
     np.testing.assert_array_equal(out[1, 0], [0.0, 0.0, 0.0, 0.0])  # constant inside -> zero, no NaN
+
+
+@pytest.mark.parametrize("shape, size", [((1, 5, 11, 11, 11), (88, 88, 88)), ((2, 3, 7, 9, 5), (30, 40, 22)),
+                                         ((1, 4, 16, 16), (64, 64)), ((3, 2, 5, 7), (13, 29)),
+                                         ((1, 2, 6, 6), (3, 3))])
+def test_separable_upsample_equals_torch_interpolate(shape, size) -> None:
+    maps = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+    mode = "bilinear" if len(shape) == 4 else "trilinear"
+    reference = F.interpolate(maps, size=size, mode=mode, align_corners=False)
+    assert torch.allclose(upsample(maps, size), reference, atol=1e-6)
+    channels_last = maps.to(memory_format=torch.channels_last if len(shape) == 4 else torch.channels_last_3d)
+    assert torch.allclose(upsample(channels_last, size), reference, atol=1e-6)
