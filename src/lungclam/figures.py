@@ -288,15 +288,18 @@ class _SliceGrid:
             for j, xj in enumerate(xs):
                 self.axes[i, j] = self.fig.add_axes((xj / w, (h - yi - panel) / h, panel / w, panel / h))
 
-    def colour_bars(self) -> None:
-        """The HU bar and the importance bar, side by side right of the panels."""
+    def colour_bars(self, importance: bool = True) -> None:
+        """The HU bar and (unless the panels show no CLAM) the importance bar, side by
+        side right of the panels."""
         w, h = self.width, self.height
         bar_h = min(self.grid_h, max(0.6 * self.grid_h, 2.0))
         y0 = self.bottom + (self.grid_h - bar_h) / 2
         x0 = self.left + self.grid_w + 0.15
-        imp = self.fig.add_axes(((x0) / w, y0 / h, 0.14 / w, bar_h / h))
-        hu = self.fig.add_axes(((x0 + 0.95) / w, y0 / h, 0.14 / w, bar_h / h))
-        _importance_colourbar(self.fig, None, cax=imp)
+        if importance:
+            imp = self.fig.add_axes(((x0) / w, y0 / h, 0.14 / w, bar_h / h))
+            _importance_colourbar(self.fig, None, cax=imp)
+            x0 += 0.95
+        hu = self.fig.add_axes((x0 / w, y0 / h, 0.14 / w, bar_h / h))
         _hu_colourbar(self.fig, None, cax=hu)
 
     def texts(self, title: str, note: str) -> None:

@@ -88,7 +88,7 @@ def examples_figure(cases: Mapping[str, Arrays], path: str | Path) -> None:
             if j == 0:
                 _markers(ax, "R", "L")
         _row_label(grid.axes[i, 0], scenario)
-    grid.colour_bars()
+    grid.colour_bars(importance=False)
     grid.texts(f"Simulated images, one per true cluster (K = {k})",
                "one disc per image; intensity, location or size differs between clusters")
     _save(grid.fig, path)
