@@ -18,10 +18,11 @@ the lungs only, colour bars in HU and importance (see :mod:`lungclam.figures`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 
 from lungclam.figures import (
@@ -67,27 +68,36 @@ def _empty(ax, text: str = "none") -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=8)
 
 
+def _one_per_true_cluster(cases: Mapping[str, Arrays],
+                          draw: Callable[[Axes, Arrays, int, int], None]) -> tuple[_SliceGrid, int]:
+    """A grid with one row per scenario and one column per true cluster; ``draw(ax,
+    arrays, pick, column)`` fills each panel with the first mapped image of that true
+    cluster (``pick`` indexes the ``clam_*`` arrays). Returns the grid and K."""
+    k = max(int(np.asarray(a["truth"]).max()) + 1 for a in cases.values())
+    grid = _SliceGrid(len(cases), k, panel=1.5)
+    for i, (scenario, arrays) in enumerate(cases.items()):
+        for j, pick in enumerate(_first_of_each(_true_of_clam_images(arrays), k)):
+            if pick is None:
+                _empty(grid.axes[i, j])
+            else:
+                draw(grid.axes[i, j], arrays, pick, j)
+        _row_label(grid.axes[i, 0], scenario)
+    return grid, k
+
+
 def examples_figure(cases: Mapping[str, Arrays], path: str | Path) -> None:
     """One simulated image per true cluster, one row per scenario (the paper's Fig 2).
 
     ``cases`` maps a scenario name to its case arrays (one true K, e.g. 5).
     """
-    k = max(int(np.asarray(a["truth"]).max()) + 1 for a in cases.values())
-    grid = _SliceGrid(len(cases), k, panel=1.5)
-    for i, (scenario, arrays) in enumerate(cases.items()):
-        true = _true_of_clam_images(arrays)
-        picks = _first_of_each(true, k)
-        for j, pick in enumerate(picks):
-            ax = grid.axes[i, j]
-            if pick is None:
-                _empty(ax)
-                continue
-            _imshow_ct(ax, arrays["clam_images_hu"][pick])
-            if i == 0:
-                ax.set_title(f"true cluster {j}", fontsize=9)
-            if j == 0:
-                _markers(ax, "R", "L")
-        _row_label(grid.axes[i, 0], scenario)
+    def draw(ax: Axes, arrays: Arrays, pick: int, column: int) -> None:
+        _imshow_ct(ax, arrays["clam_images_hu"][pick])
+        if column == 0:
+            _markers(ax, "R", "L")
+
+    grid, k = _one_per_true_cluster(cases, draw)
+    for j in range(k):
+        grid.axes[0, j].set_title(f"true cluster {j}", fontsize=9)
     grid.colour_bars(importance=False)
     grid.texts(f"Simulated images, one per true cluster (K = {k})",
                "one disc per image; intensity, location or size differs between clusters")
@@ -171,23 +181,15 @@ def cluster_clam_figure(cases: Mapping[str, Arrays], path: str | Path) -> None:
 def single_clam_figure(cases: Mapping[str, Arrays], path: str | Path) -> None:
     """One image per true cluster with its CLAM, one row per scenario (the paper's Fig 6);
     the abnormality's outline in white."""
-    k = max(int(np.asarray(a["truth"]).max()) + 1 for a in cases.values())
-    grid = _SliceGrid(len(cases), k, panel=1.5)
-    for i, (scenario, arrays) in enumerate(cases.items()):
-        lungs = np.asarray(arrays["base_lungs"], dtype=bool)
-        picks = _first_of_each(_true_of_clam_images(arrays), k)
-        for j, pick in enumerate(picks):
-            ax = grid.axes[i, j]
-            if pick is None:
-                _empty(ax)
-                continue
-            _imshow_ct(ax, arrays["clam_images_hu"][pick])
-            _imshow_clam(ax, arrays["clam_maps"][pick], lungs, CLAM_ALPHA)
-            mask = np.asarray(arrays["clam_masks"][pick], dtype=float)
-            if mask.any():
-                ax.contour(mask, levels=[0.5], colors="white", linewidths=0.8)
-            ax.set_title(f"true {j}, assigned {int(arrays['clam_labels'][pick])}", fontsize=8)
-        _row_label(grid.axes[i, 0], scenario)
+    def draw(ax: Axes, arrays: Arrays, pick: int, column: int) -> None:
+        _imshow_ct(ax, arrays["clam_images_hu"][pick])
+        _imshow_clam(ax, arrays["clam_maps"][pick], np.asarray(arrays["base_lungs"], dtype=bool), CLAM_ALPHA)
+        mask = np.asarray(arrays["clam_masks"][pick], dtype=float)
+        if mask.any():
+            ax.contour(mask, levels=[0.5], colors="white", linewidths=0.8)
+        ax.set_title(f"true {column}, assigned {int(arrays['clam_labels'][pick])}", fontsize=8)
+
+    grid, _ = _one_per_true_cluster(cases, draw)
     grid.colour_bars()
     grid.texts("Single-image CLAMs", "white outline: the simulated abnormality")
     _save(grid.fig, path)
