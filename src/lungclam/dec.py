@@ -93,17 +93,20 @@ def embedding_scale(features: np.ndarray) -> float:
     return float(np.median(distances)) if distances.size else 1.0
 
 
-def within_cluster_scale(features: np.ndarray, n_clusters: int, seed: int = 0, n_init: int = 20) -> float:
+def within_cluster_scale(features: np.ndarray, n_clusters: int, seed: int = 0, n_init: int = 20,
+                         fit: tuple[np.ndarray, np.ndarray] | None = None) -> float:
     """Mean distance from each embedding ``(N, J)`` to its k-means centroid (1 if all coincide).
 
     A kernel length scale tied to the clusters' own spread rather than to the distances
     between clusters (compare :func:`embedding_scale`): with it, a point in the middle of
     its cluster has q near one-hot for well-separated clusters, so KL(P||Q) refines the
     boundaries instead of pulling neighbouring clusters together. The simulation study
-    uses a small multiple of it (``simulation.kernel_scale``).
+    uses a small multiple of it (``simulation.kernel_scale``). ``fit``: the
+    ``(labels, centroids)`` of :func:`lungclam.kselect.kmeans` on these features, when the
+    caller already has them (then ``n_clusters``, ``seed`` and ``n_init`` are not used).
     """
     x = np.asarray(features, dtype=np.float64)
-    labels, centroids = kmeans(x, n_clusters, seed, n_init)
+    labels, centroids = fit if fit is not None else kmeans(x, n_clusters, seed, n_init)
     spread = float(np.mean(np.linalg.norm(x - centroids[labels], axis=1)))
     return spread if spread > 0 else 1.0
 

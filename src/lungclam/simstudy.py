@@ -85,10 +85,6 @@ class CaseResult:
     arrays: dict[str, np.ndarray]  # for the figures
 
 
-def _kmeans_silhouettes(features: np.ndarray, ks: tuple[int, ...], seed: int, n_init: int) -> dict[int, float]:
-    return {k: silhouette(features, kmeans(features, k, seed, n_init)[0]) for k in ks}
-
-
 def _argmax_k(scores: dict[int, float]) -> int:
     finite = {k: v for k, v in scores.items() if np.isfinite(v)}
     return min(finite, key=lambda k: (-finite[k], k)) if finite else -1
@@ -101,12 +97,14 @@ def _spec(settings: StudySettings, shape: tuple[int, int]) -> ModelSpec:
                      latent_dim=int(m.get("latent_dim", 60)), negative_slope=float(m.get("negative_slope", 0.01)))
 
 
-def _kernel_scale(setting: str | float, features: np.ndarray, k: int, settings: StudySettings) -> float | None:
+def _kernel_scale(setting: str | float, features: np.ndarray, k: int, settings: StudySettings,
+                  fit: tuple[np.ndarray, np.ndarray] | None = None) -> float | None:
     """The Student t length scale of the clustering phase for ``k`` clusters.
 
     ``"median"``: :func:`lungclam.dec.embedding_scale` (the pipeline's choice, None here);
     ``"within"`` or ``"<f> within"`` (e.g. ``"2 within"``): ``f`` times
-    :func:`lungclam.dec.within_cluster_scale`; a number: that scale.
+    :func:`lungclam.dec.within_cluster_scale` (of ``fit``, the k-means of ``features``,
+    when given); a number: that scale.
     """
     if isinstance(setting, (int, float)):
         return float(setting)
@@ -115,7 +113,7 @@ def _kernel_scale(setting: str | float, features: np.ndarray, k: int, settings: 
         return None
     if words and words[-1] == "within" and len(words) <= 2:
         factor = float(words[0]) if len(words) == 2 else 1.0
-        return factor * within_cluster_scale(features, k, settings.seed, settings.n_init)
+        return factor * within_cluster_scale(features, k, settings.seed, settings.n_init, fit)
     raise ValueError(f"simulation.kernel_scale: expected 'median', 'within', '<factor> within' or a number, got {setting!r}")
 
 
@@ -142,12 +140,14 @@ def run_case(scenario: str, true_k: int, base: BaseSlice, settings: StudySetting
     loss = pretrain(model, x, settings.pretrain_epochs, settings.batch_size, settings.learning_rate,
                     settings.seed, device, progress=lambda msg: say(f"{scenario} K={true_k}: {msg}"))
     before = embed_images(model, x, device=device)
-    sil_before = _kmeans_silhouettes(before, settings.fitted_ks, settings.seed, settings.n_init)
+    # one k-means per K of the pretrained embedding serves the silhouette and the kernel scale
+    kmeans_before = {k: kmeans(before, k, settings.seed, settings.n_init) for k in settings.fitted_ks}
+    sil_before = {k: silhouette(before, labels) for k, (labels, _) in kmeans_before.items()}
     rows, sil_after, arrays = [], {}, {"features_before": before.astype(np.float32), "truth": truth}
     loc = tests = pd.DataFrame()
     for k in settings.fitted_ks:
         started = time.perf_counter()
-        scale = _kernel_scale(settings.kernel_scale, before, k, settings)
+        scale = _kernel_scale(settings.kernel_scale, before, k, settings, kmeans_before[k])
         fit = fit_clusters(copy.deepcopy(model), x, k, max_epochs=settings.cluster_max_epochs, scale=scale,
                            batch_size=settings.batch_size, learning_rate=settings.cluster_learning_rate,
                            gamma=settings.gamma, update_interval=settings.update_interval, tol=settings.tol,
