@@ -87,10 +87,9 @@ def screenshot(report: Path, category: str, item: str, out: Path, width: int = 1
         common = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
                   f"--window-size={width},{height}", "--virtual-time-budget=45000",
                   "--enable-logging=stderr", "--v=0", f"--user-data-dir={tmp}/profile"]
-        dom = subprocess.run([*common, "--dump-dom", wrapper.as_uri()], capture_output=True, text=True,
-                             timeout=timeout)
-        subprocess.run([*common, f"--screenshot={out.resolve()}", wrapper.as_uri()], capture_output=True,
-                       text=True, timeout=timeout, check=True)
+        # one page load: the DOM (with the outcome in its title) and the screenshot of it
+        dom = subprocess.run([*common, "--dump-dom", f"--screenshot={out.resolve()}", wrapper.as_uri()],
+                             capture_output=True, text=True, timeout=timeout, check=True)
     title = re.search(r"<title>outcome:(.*?)</title>", dom.stdout, re.S)
     outcome = json.loads(title.group(1).replace("&quot;", '"')) if title else {"errors": ["the page never finished"]}
     outcome["console_errors"] = [line for line in dom.stderr.splitlines()
