@@ -55,6 +55,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from lungclam.atomic import save_png
+
 __all__ = [
     "axial_levels",
     "axial_panel",
@@ -176,9 +178,7 @@ def _new_figure(width: float, height: float, constrained: bool = True) -> Figure
 
 
 def _save(fig: Figure, path: str | Path) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI, format="png")
+    save_png(fig, path, DPI)
 
 
 def _bare(ax: Axes) -> None:

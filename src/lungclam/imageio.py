@@ -9,12 +9,12 @@ so any viewer overlays them correctly.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+from lungclam.atomic import atomic_path
 
 
 def read_image(path: str | Path) -> sitk.Image:
@@ -27,17 +27,8 @@ def write_image(image: sitk.Image, path: str | Path) -> None:
 
     A job killed mid-write therefore never leaves a truncated file under the final name.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".nii.gz"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, useCompression=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
 
 
 def to_lps(image: sitk.Image) -> sitk.Image:

@@ -586,8 +586,9 @@ def plot_k_selection(table: pd.DataFrame, path: str | Path, chosen: int | None =
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from lungclam.atomic import save_png
+
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(10, 4))
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
@@ -606,7 +607,7 @@ def plot_k_selection(table: pd.DataFrame, path: str | Path, chosen: int | None =
         left.legend()
     fig.suptitle("Choosing the number of clusters")
     fig.tight_layout()
-    fig.savefig(out, dpi=120, format="png")
+    save_png(fig, out, 120)
 
 
 def resolve_n_clusters(setting: int | str, table: pd.DataFrame) -> int:

@@ -39,6 +39,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 from scipy import ndimage
 
+from lungclam.atomic import write_table
 from lungclam.imageio import write_image
 
 #: The patterns of the default demo cohort (exactly three, balanced).
@@ -1183,7 +1184,7 @@ def write_demo_cohort(
         )
     samples = pd.DataFrame({"subject": plan["subject"], "dicom": [f"dicom/{s}" for s in plan["subject"]]})
     for name, table in (("samples", samples), ("clinical", pd.DataFrame(clinical)), ("truth", pd.DataFrame(truth))):
-        table.to_csv(out_dir / f"{name}.tsv", sep="\t", index=False)
+        write_table(table, out_dir / f"{name}.tsv")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

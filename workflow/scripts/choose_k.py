@@ -5,6 +5,7 @@ import logging
 import pandas as pd
 
 from lungclam.errors import LungclamError
+from lungclam.atomic import write_table
 from lungclam.runtime import run_job
 
 smk = snakemake  # noqa: F821
@@ -27,7 +28,7 @@ def main() -> None:
     best = chosen_k(table, c["method"])
     table["chosen"] = table["k"] == best
     log.info("K by %s: %d", c["method"], best)
-    table.to_csv(smk.output.table, sep="\t", index=False, float_format="%.6g")
+    write_table(table, smk.output.table, float_format="%.6g")
     plot_k_selection(table, smk.output.plot, chosen=best)
 
 

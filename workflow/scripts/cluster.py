@@ -4,6 +4,7 @@ import logging
 
 import pandas as pd
 
+from lungclam.atomic import write_table
 from lungclam.runtime import run_job
 
 smk = snakemake  # noqa: F821
@@ -36,10 +37,10 @@ def main() -> None:
     save_checkpoint(smk.output.model, fit.model.autoencoder, fit.model.centroids,
                     meta={"subjects": subjects, "n_clusters": k, "converged": fit.converged,
                           "scale": float(fit.model.scale)})
-    clusters_table(subjects, fit.q).to_csv(smk.output.clusters, sep="\t", index=False, float_format="%.6g")
-    fit.history.to_csv(smk.output.loss, sep="\t", index=False)
-    features_table(subjects, embed_images(fit.model.autoencoder, images, device=device)).to_csv(
-        smk.output.features, sep="\t", index=False, float_format="%.6g")
+    write_table(clusters_table(subjects, fit.q), smk.output.clusters, float_format="%.6g")
+    write_table(fit.history, smk.output.loss)
+    features = features_table(subjects, embed_images(fit.model.autoencoder, images, device=device))
+    write_table(features, smk.output.features, float_format="%.6g")
 
 
 run_job("cluster", main, smk.log[0], smk.threads)

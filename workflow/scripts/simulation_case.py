@@ -4,6 +4,7 @@ import logging
 
 import numpy as np
 
+from lungclam.atomic import atomic_path, write_table
 from lungclam.runtime import run_job
 
 smk = snakemake  # noqa: F821
@@ -22,12 +23,13 @@ def main() -> None:
     base = builtin_base(seed=smk.params.seed) if base_setting == "builtin" else base_from_template(base_setting)
     result = run_case(smk.wildcards.scenario, int(smk.wildcards.true_k), base, settings,
                       resolve_device("auto"), progress=log.info)
-    result.accuracy.to_csv(smk.output.accuracy, sep="\t", index=False, float_format="%.6g")
-    result.k_choice.to_csv(smk.output.k_choice, sep="\t", index=False)
-    result.localization.to_csv(smk.output.localization, sep="\t", index=False, float_format="%.6g")
-    result.clam_tests.to_csv(smk.output.clam_tests, sep="\t", index=False, float_format="%.6g")
-    result.pretrain_loss.to_csv(smk.output.loss, sep="\t", index=False)
-    np.savez_compressed(smk.output.arrays, base_hu=base.hu, base_lungs=base.lungs, **result.arrays)
+    write_table(result.accuracy, smk.output.accuracy, float_format="%.6g")
+    write_table(result.k_choice, smk.output.k_choice)
+    write_table(result.localization, smk.output.localization, float_format="%.6g")
+    write_table(result.clam_tests, smk.output.clam_tests, float_format="%.6g")
+    write_table(result.pretrain_loss, smk.output.loss)
+    with atomic_path(smk.output.arrays) as tmp:  # the name ends in .npz, so numpy keeps it
+        np.savez_compressed(tmp, base_hu=base.hu, base_lungs=base.lungs, **result.arrays)
 
 
 run_job("simulation_case", main, smk.log[0], smk.threads)

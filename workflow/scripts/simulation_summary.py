@@ -4,6 +4,7 @@ import logging
 
 import pandas as pd
 
+from lungclam.atomic import write_table
 from lungclam.runtime import run_job
 
 smk = snakemake  # noqa: F821
@@ -20,12 +21,11 @@ def main() -> None:
 
     log = logging.getLogger("lungclam.simulation")
     accuracy = _concat(smk.input.accuracy)
-    accuracy.to_csv(smk.output.accuracy, sep="\t", index=False, float_format="%.6g")
+    write_table(accuracy, smk.output.accuracy, float_format="%.6g")
     k_choice = _concat(smk.input.k_choice)
-    k_choice.to_csv(smk.output.k_choice, sep="\t", index=False)
-    summarise_localization(_concat(smk.input.localization)).to_csv(
-        smk.output.localization, sep="\t", index=False, float_format="%.6g")
-    _concat(smk.input.clam_tests).to_csv(smk.output.clam_tests, sep="\t", index=False, float_format="%.6g")
+    write_table(k_choice, smk.output.k_choice)
+    write_table(summarise_localization(_concat(smk.input.localization)), smk.output.localization, float_format="%.6g")
+    write_table(_concat(smk.input.clam_tests), smk.output.clam_tests, float_format="%.6g")
     at_true = accuracy[accuracy["fitted_k"] == accuracy["true_k"]]
     log.info("accuracy at fitted K = true K: %d of %d cases at 100%%", int((at_true["accuracy"] == 1).sum()), len(at_true))
     log.info("silhouette finds the true K before clustering in %d of %d cases, after in %d",

@@ -4,6 +4,7 @@ import logging
 
 import pandas as pd
 
+from lungclam.atomic import write_table
 from lungclam.runtime import run_job
 
 smk = snakemake  # noqa: F821
@@ -26,12 +27,11 @@ def main() -> None:
     comparator = smk.params.comparator or None
     columns = covariates + ([comparator] if comparator else []) + outcomes
     kinds = column_kinds(merged, columns, s.get("column_types") or None)
-    demographics(merged, columns, kinds).to_csv(
-        smk.output.demographics, sep="\t", index=False)
-    associations(merged, outcomes, covariates, kinds, reference=s.get("reference_cluster")).to_csv(
-        smk.output.associations, sep="\t", index=False, float_format="%.6g")
-    variance_explained(merged, outcomes, covariates, comparator, kinds).to_csv(
-        smk.output.variance, sep="\t", index=False, float_format="%.6g")
+    write_table(demographics(merged, columns, kinds), smk.output.demographics)
+    write_table(associations(merged, outcomes, covariates, kinds, reference=s.get("reference_cluster")),
+                smk.output.associations, float_format="%.6g")
+    write_table(variance_explained(merged, outcomes, covariates, comparator, kinds),
+                smk.output.variance, float_format="%.6g")
 
 
 run_job("stats", main, smk.log[0], smk.threads)

@@ -2,6 +2,7 @@
 
 import logging
 
+from lungclam.atomic import write_table
 from lungclam.runtime import run_job
 
 smk = snakemake  # noqa: F821
@@ -23,9 +24,9 @@ def main() -> None:
                        learning_rate=t["learning_rate"], seed=smk.params.seed, device=device,
                        mixed_precision=m["mixed_precision"], progress=log.info)
     save_checkpoint(smk.output.model, model, meta={"subjects": subjects, "epochs": t["epochs"]})
-    history.to_csv(smk.output.loss, sep="\t", index=False)
-    features_table(subjects, embed_images(model, images, device=device)).to_csv(
-        smk.output.features, sep="\t", index=False, float_format="%.6g")
+    write_table(history, smk.output.loss)
+    features = features_table(subjects, embed_images(model, images, device=device))
+    write_table(features, smk.output.features, float_format="%.6g")
 
 
 run_job("train", main, smk.log[0], smk.threads)
