@@ -9,10 +9,12 @@ Part 2 runs the per-subject stages on one real scan (default: the first subject 
 ``../shared/data/real-ct/lung-pet-ct-dx``, 512x512 slices) at the paper's settings
 (config/paper.yaml: 1 mm resampling and SyN, 3 mm 88^3 model grid), each stage in a
 fresh Python process that reports its own peak resident memory (``getrusage``
-``ru_maxrss``), so stages do not inherit each other's peaks. The registration is SyN at
-1 mm to a 5 %-scaled copy of the subject itself, with shortened iteration counts: memory
-is set by the grid (images, gradients and displacement fields at each level), not by how
-many iterations run, and the full schedule takes over 15 minutes single-threaded. The
+``ru_maxrss``), so stages do not inherit each other's peaks. The registration is SyN of
+the 1 mm image to a 5 %-scaled copy of the subject itself, with shortened iteration counts:
+memory is set by the grid (images, gradients and displacement fields at each level), not
+by how many iterations run, and the full schedule takes over 15 minutes single-threaded.
+It runs twice: with the warp estimated on a 2 mm grid (``register.syn_spacing_mm: 2``, the
+default) and on the 1 mm grid itself (``syn_spacing_mm: 1``); both write 1 mm outputs. The
 model stages run the paper's 3D CAE on an 88^3 grid (train: one epoch, batch 4; clam: one
 subject); their memory does not depend on the scan. ``import`` is the floor: Python with
 the libraries a stage loads. Writes nothing under results/.
@@ -32,8 +34,9 @@ from pathlib import Path
 import pandas as pd
 
 DEFAULT_SCAN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-ct" / "lung-pet-ct-dx"
-STAGES = ("import", "convert", "resample", "segment", "register", "downsample", "train", "clam")
-PAPER = {"spacing_mm": 1.0, "margin_mm": 12.0, "grid_mm": 3.0, "grid": (88, 88, 88), "batch_size": 4}
+STAGES = ("import", "convert", "resample", "segment", "register", "register_syn1mm", "downsample", "train", "clam")
+PAPER = {"spacing_mm": 1.0, "syn_spacing_mm": 2.0, "margin_mm": 12.0, "grid_mm": 3.0, "grid": (88, 88, 88),
+         "batch_size": 4}
 
 
 def _peak_mb() -> float:
@@ -75,8 +78,11 @@ def run_stage(stage: str, scan: Path, work: Path, quick: bool) -> dict:
         write_image(labels, work / "lungmask.nii.gz")
         volumes = lung_volumes_ml(labels)
         detail = f"lungs {volumes.get(1, 0):.0f} + {volumes.get(2, 0):.0f} mL"
-    elif stage == "register":
-        from lungclam.register import prepare_moving, register_to_template
+    elif stage in ("register", "register_syn1mm"):
+        from lungclam.register import prepare_moving, register_to_template, syn_grid_spacing
+
+        syn_spacing = PAPER["syn_spacing_mm"] if stage == "register" else PAPER["spacing_mm"]
+        name = "registered.nii.gz" if stage == "register" else "registered_syn1mm.nii.gz"
 
         image, labels = read_image(work / "resampled.nii.gz"), read_image(work / "lungmask.nii.gz")
         target, target_labels = prepare_moving(image, labels, PAPER["spacing_mm"], PAPER["margin_mm"])
@@ -86,12 +92,15 @@ def run_stage(stage: str, scan: Path, work: Path, quick: bool) -> dict:
         target = sitk.Resample(target, target, scale, sitk.sitkLinear, -1024.0)
         target_labels = sitk.Resample(target_labels, target_labels, scale, sitk.sitkNearestNeighbor, 0)
         iterations = (4, 2, 1) if quick else (10, 5, 2)
-        result = register_to_template(image, labels, target, target_labels, work / "transforms",
-                                      reg_iterations=iterations, margin_mm=PAPER["margin_mm"], seed=0)
-        write_image(result.warped, work / "registered.nii.gz")
+        result = register_to_template(image, labels, target, target_labels, work / f"transforms_{stage}",
+                                      reg_iterations=iterations, margin_mm=PAPER["margin_mm"],
+                                      syn_spacing_mm=syn_spacing, seed=0)
+        write_image(result.warped, work / name)
         write_image(target_labels, work / "target_labels.nii.gz")
-        detail = ("SyN to a " + "x".join(map(str, target.GetSize())) + f" 1 mm grid, iterations {iterations}, "
-                  f"lung Dice {result.lung_dice:.3f}")
+        grid = syn_grid_spacing(PAPER["spacing_mm"], syn_spacing)
+        syn_size = "x".join(str(round(n * PAPER["spacing_mm"] / grid)) for n in target.GetSize())
+        detail = (f"SyN grid {syn_size} at {grid:g} mm, outputs " + "x".join(map(str, target.GetSize()))
+                  + f" at 1 mm, iterations {iterations}, lung Dice {result.lung_dice:.3f}")
     elif stage == "downsample":
         from lungclam.downsample import downsample_to_grid, grid_mask, lung_grid
 

@@ -29,7 +29,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from lungclam.metrics import dice
-from lungclam.register import prepare_moving, run_syn
+from lungclam.register import prepare_moving, register_images
 from lungclam.resample import AIR_HU
 from lungclam.sampling import sample_subjects  # noqa: F401  (re-exported: it lived here)
 
@@ -81,12 +81,15 @@ def build_template(
     blending_weight: float = 0.5,
     transform: str = "SyN",
     reg_iterations: tuple[int, ...] = (40, 20, 0),
+    syn_spacing_mm: float | None = None,
     seed: int = 0,
     names: list[str] | None = None,
 ) -> Template:
     """Build a template from subjects' HU images and lung labels (any grids).
 
     Returns the template (float32 HU on a grid at ``spacing_mm``) and its uint8 lung labels.
+    Registrations estimate their transforms on a grid of ``syn_spacing_mm`` where that is
+    coarser (see :func:`lungclam.register.register_images`); averaging stays at ``spacing_mm``.
     ``iterations`` records, per iteration: the lung Dice with the previous template, the
     mean lung Dice of the warped subjects with the new template mask, and seconds taken.
     """
@@ -98,14 +101,14 @@ def build_template(
     masks = [_label_probabilities(ants.from_sitk(sitk.Cast(lab, sitk.sitkFloat32))) for _, lab in prepared]
 
     with tempfile.TemporaryDirectory(prefix="lungclam-template-") as work:
-        template, template_labels = _initial_template(hus, masks, seed, work)
+        template, template_labels = _initial_template(hus, masks, seed, work, syn_spacing_mm)
         rows = []
         for iteration in range(1, max_iterations + 1):
             started = time.time()
             template_new, labels_new, subject_dice = _iterate(
                 template, hus, masks, work, iteration,
                 transform=transform, reg_iterations=reg_iterations, seed=seed,
-                gradient_step=gradient_step, blending_weight=blending_weight,
+                syn_spacing_mm=syn_spacing_mm, gradient_step=gradient_step, blending_weight=blending_weight,
             )
             change = dice(labels_new.numpy() > 0, template_labels.numpy() > 0)
             rows.append({
@@ -128,13 +131,14 @@ def build_template(
     )
 
 
-def _initial_template(hus, masks, seed: int, work: str) -> tuple[ants.ANTsImage, ants.ANTsImage]:
+def _initial_template(hus, masks, seed: int, work: str,
+                      syn_spacing_mm: float | None) -> tuple[ants.ANTsImage, ants.ANTsImage]:
     """Mean of the subjects affinely aligned to the first one (the grid reference)."""
     reference = hus[0]
     warped, rights, lefts = [reference], [masks[0][0]], [masks[0][1]]
     for k in range(1, len(hus)):
-        reg = run_syn(reference, hus[k], transform="Affine", reg_iterations=(40, 20, 0),
-                      seed=seed, out_prefix=str(Path(work) / f"init{k}_"))
+        reg = register_images(reference, hus[k], transform="Affine", reg_iterations=(40, 20, 0), seed=seed,
+                              out_prefix=str(Path(work) / f"init{k}_"), syn_spacing_mm=syn_spacing_mm)
         warped.append(reg["warpedmovout"])
         rights.append(ants.apply_transforms(reference, masks[k][0], reg["fwdtransforms"]))
         lefts.append(ants.apply_transforms(reference, masks[k][1], reg["fwdtransforms"]))
@@ -142,12 +146,12 @@ def _initial_template(hus, masks, seed: int, work: str) -> tuple[ants.ANTsImage,
 
 
 def _iterate(template, hus, masks, work, iteration, *, transform, reg_iterations, seed,
-             gradient_step, blending_weight):
+             syn_spacing_mm, gradient_step, blending_weight):
     """One round: register all to the template, average, update the shape, sharpen."""
     warped, rights, lefts, warps = [], [], [], []
     for k, hu in enumerate(hus):
-        reg = run_syn(template, hu, transform=transform, reg_iterations=reg_iterations,
-                      seed=seed, out_prefix=str(Path(work) / f"it{iteration}_{k}_"))
+        reg = register_images(template, hu, transform=transform, reg_iterations=reg_iterations, seed=seed,
+                              out_prefix=str(Path(work) / f"it{iteration}_{k}_"), syn_spacing_mm=syn_spacing_mm)
         warped.append(reg["warpedmovout"])
         rights.append(ants.apply_transforms(template, masks[k][0], reg["fwdtransforms"]))
         lefts.append(ants.apply_transforms(template, masks[k][1], reg["fwdtransforms"]))

@@ -1,6 +1,7 @@
 """Snakemake glue: build the study template from the sampled subjects."""
 
 from lungclam.imageio import read_image, write_image
+from lungclam.atomic import write_table
 from lungclam.runtime import run_job
 
 smk = snakemake  # noqa: F821
@@ -21,12 +22,13 @@ def main() -> None:
         blending_weight=t["blending_weight"],
         transform=r["transform"],
         reg_iterations=tuple(r["reg_iterations"]),
+        syn_spacing_mm=r.get("syn_spacing_mm"),
         seed=smk.params.seed,
         names=list(smk.params.subjects),
     )
     write_image(template.image, smk.output.template)
     write_image(template.labels, smk.output.mask)
-    template.iterations.to_csv(smk.output.iterations, sep="\t", index=False)
+    write_table(template.iterations, smk.output.iterations)
 
 
 run_job("template", main, smk.log[0], smk.threads)

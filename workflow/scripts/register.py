@@ -21,6 +21,7 @@ def main() -> None:
         transform=s["transform"],
         reg_iterations=tuple(s["reg_iterations"]),
         margin_mm=s["margin_mm"],
+        syn_spacing_mm=s.get("syn_spacing_mm"),
         seed=smk.params.seed,
     )
     write_image(result.warped, smk.output.registered)
