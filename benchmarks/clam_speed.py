@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lungclam.clam import clam_image
+from lungclam.clam import auto_chunk_size, clam_image
 from lungclam.dec import ClusteringModel
 from lungclam.model import ConvAutoencoder, ModelSpec
 
@@ -285,7 +285,7 @@ def run_dims(ndim: int, args: argparse.Namespace, device: torch.device) -> None:
         n_images, floor_batches, chunks, naive_n, floor_work = args.images, (1, 16, 32, 64, 128), (16, 32, 64, 128), args.naive_images, 256
     else:
         spec = ModelSpec((88, 88, 88), strides=(2, 2, 2))
-        n_images, floor_batches, chunks, naive_n, floor_work = args.volumes, (1, 4, 8, 16), (8, 16, 32), 1, 16
+        n_images, floor_batches, chunks, naive_n, floor_work = args.volumes, (1, 4, 8, 16), (1, 8, 16, 32), 1, 16
     model = build_model(spec, device)
     H = spec.channels[-1]
     voxels = math.prod(spec.input_shape)
@@ -337,9 +337,10 @@ def run_dims(ndim: int, args: argparse.Namespace, device: torch.device) -> None:
         holder: list = []
         m = Method("lungclam CLAM", f"chunk {c}", ours_for(model, c, holder), images, c * input_bytes)
         ours.append((m, holder))
-    cl_chunk = chunks[1]
+    # what the pipeline runs (iter_clam): channels-last weights at the automatic chunk size
+    cl_chunk = auto_chunk_size(ndim, device)
     holder = []
-    ours.append((Method("lungclam CLAM", f"chunk {cl_chunk}, channels_last", ours_for(cl_model, cl_chunk, holder),
+    ours.append((Method("lungclam CLAM", f"chunk {cl_chunk} (auto), channels_last", ours_for(cl_model, cl_chunk, holder),
                         images, cl_chunk * input_bytes), holder))
     methods += [m for m, _ in ours]
 
