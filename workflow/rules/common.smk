@@ -138,13 +138,15 @@ def model_inputs():
 
 def n_clusters():
     """K: the configured integer, or (n_clusters: auto) the choose_k checkpoint's choice."""
+    if config["n_clusters"] != "auto":
+        return int(config["n_clusters"])
+    # Ask the checkpoint first: before choose_k has run (every dry run of a new cohort) it
+    # raises here, and the import below (scikit-learn, about a second) is never paid.
+    table = checkpoints.choose_k.get().output.table
     import pandas as pd
 
     from lungclam.kselect import resolve_n_clusters
 
-    if config["n_clusters"] != "auto":
-        return int(config["n_clusters"])
-    table = checkpoints.choose_k.get().output.table
     return resolve_n_clusters("auto", pd.read_csv(table, sep="\t"))
 
 
