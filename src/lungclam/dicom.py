@@ -132,6 +132,16 @@ class SeriesInfo:
         return len(self.files)
 
     @property
+    def name(self) -> str:
+        """How messages name the series: number and description as a scanner console
+        shows them (what a user recognises), then the UID (what tells series apart)."""
+        parts = [f"series {self.series_number}"] if self.series_number is not None else []
+        if self.description:
+            parts.append(repr(self.description))
+        parts.append(self.label if self.label.startswith("<") else f"UID {self.label}")
+        return " ".join(parts)
+
+    @property
     def is_secondary_capture(self) -> bool:
         """True for the Secondary Capture SOP classes (screenshots, never volumes)."""
         return self.sop_class_uid.startswith(SECONDARY_CAPTURE_PREFIX)
@@ -358,12 +368,9 @@ def choose_ct_series(series: list[SeriesInfo], subject: str | None) -> SeriesInf
     primary = [s for s in usable if not s.is_secondary] or usable
     best = min(primary, key=_preference)
     if best.is_secondary:
-        log.warning("no ORIGINAL axial CT; using the derived series %s (%s)", best.label, best.description)
-    others = [s.label for s in series if s is not best]
-    log.info(
-        "chose series %s (%r, %d slices); passed over: %s",
-        best.label, best.description, best.n_positions, ", ".join(others) or "none",
-    )
+        log.warning("no ORIGINAL axial CT; using the derived %s", best.name)
+    others = [f"{s.name} ({s.reason_rejected or 'usable, ranked lower'})" for s in series if s is not best]
+    log.info("chose %s, %d slices; passed over: %s", best.name, best.n_positions, "; ".join(others) or "none")
     return best
 
 
@@ -388,7 +395,7 @@ def _nothing_usable(series: list[SeriesInfo]) -> str:
         if n_files is not None:
             return f"no DICOM files: {n_files} file(s), none with the DICOM preamble ('DICM')"
         return "no DICOM series found"
-    listed = ", ".join(f"{s.label} ({s.reason_rejected})" for s in series)
+    listed = "; ".join(f"{s.name} ({s.reason_rejected})" for s in series)
     skipped = f"; {n_non_dicom} non-DICOM file(s) skipped" if n_non_dicom else ""
     return f"no CT axial series: {listed}{skipped}"
 
@@ -487,17 +494,17 @@ def _check_uniform(series: SeriesInfo, subject: str | None) -> None:
     if not _same(orientations, ORIENTATION_TOL):
         counts = Counter(_rounded(o) for o in orientations)
         listed = "; ".join(f"{n} x {o}" for o, n in counts.most_common())
-        raise SubjectError(subject, f"series {series.label}: mixed slice orientations ({listed})", where)
+        raise SubjectError(subject, f"{series.name}: mixed slice orientations ({listed})", where)
     spacings = [_floats(ds, "PixelSpacing") for ds in headers]
     if not _same(spacings, 1e-4) or len(spacings[0]) != 2:
         counts = Counter(_rounded(s, 4) for s in spacings)
         listed = "; ".join(f"{n} x {s}" for s, n in counts.most_common())
-        raise SubjectError(subject, f"series {series.label}: mixed or missing pixel spacing ({listed})", where)
+        raise SubjectError(subject, f"{series.name}: mixed or missing pixel spacing ({listed})", where)
     sizes = {(int(ds.Rows), int(ds.Columns)) for ds in headers}
     if len(sizes) != 1:
-        raise SubjectError(subject, f"series {series.label}: mixed image sizes {sorted(sizes)}", where)
+        raise SubjectError(subject, f"{series.name}: mixed image sizes {sorted(sizes)}", where)
     if any(_floats(ds, "ImagePositionPatient") is None for ds in headers):
-        raise SubjectError(subject, f"series {series.label}: a slice lacks ImagePositionPatient", where)
+        raise SubjectError(subject, f"{series.name}: a slice lacks ImagePositionPatient", where)
 
 
 def plan_geometry(series: SeriesInfo, subject: str | None) -> SliceGeometry:
@@ -561,7 +568,7 @@ def _drop_duplicates(
             a, b = series.files[keep[-1]].name, series.files[k].name
             raise SubjectError(
                 subject,
-                f"series {series.label}: {a} and {b} lie at the same position "
+                f"{series.name}: {a} and {b} lie at the same position "
                 f"({depths[k]:.2f} mm along the normal) with different pixel data; "
                 "several acquisitions in one series?",
                 series.files[k].parent,
@@ -593,7 +600,7 @@ def _check_steps(geometry: SliceGeometry, series: SeriesInfo, subject: str | Non
     if steps[worst] > MAX_GAP_RATIO * median * (1 + STEP_TOL_REL) + STEP_TOL_MM:
         raise SubjectError(
             subject,
-            f"series {series.label}: gap of {steps[worst]:.2f} mm between {geometry.files[worst].name} and "
+            f"{series.name}: gap of {steps[worst]:.2f} mm between {geometry.files[worst].name} and "
             f"{geometry.files[worst + 1].name} is more than {MAX_GAP_RATIO:g} x the median slice step "
             f"({median:.2f} mm); slices missing?",
             where,

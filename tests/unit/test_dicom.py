@@ -345,12 +345,25 @@ def test_most_slices_wins_and_derived_is_a_last_resort(tmp_path):
     assert dicom.choose_ct_series(only_derived, "s1").series_number == 4
 
 
+def test_localizer_only_folder_names_the_series_as_the_console_shows_it(tmp_path):
+    """The message gives series number and description (what a user sees on the scanner
+    or in a viewer), not only a 60-character UID."""
+    scout = generate_uid()
+    for k in range(2):
+        write_slice(tmp_path / f"{k}", np.zeros((14, 16), np.int16), (0, 0, 0), (1, 0, 0, 0, 0, -1), (1, 1), scout,
+                    image_type=["ORIGINAL", "PRIMARY", "LOCALIZER"], series_number=1, description="Topogram 0.6 T20f")
+    with pytest.raises(SubjectError) as err:
+        convert(tmp_path)
+    assert f"no CT axial series: series 1 'Topogram 0.6 T20f' UID {scout} (localizer)" in str(err.value)
+
+
 def test_mr_only_is_refused_with_reasons(tmp_path):
     uid = generate_uid()
     for k in range(5):
         write_slice(tmp_path / f"mr{k}", np.zeros((8, 8), np.int16), (0, 0, k), (1, 0, 0, 0, 1, 0), (1, 1), uid,
                     modality="MR", sop_class=MRImageStorage)
-    with pytest.raises(SubjectError, match=rf"subject 's1': no CT axial series: {uid} \(MR\)") as err:
+    expected = rf"subject 's1': no CT axial series: series 2 'synthetic chest' UID {uid} \(MR\)"
+    with pytest.raises(SubjectError, match=expected) as err:
         convert(tmp_path)
     assert err.value.path == str(tmp_path)
 
