@@ -70,32 +70,6 @@ def ants_seed(seed: int) -> int:
     return int(seed) % (2**31 - 1) + 1
 
 
-def run_syn(
-    fixed: ants.ANTsImage,
-    moving: ants.ANTsImage,
-    *,
-    transform: str,
-    reg_iterations: tuple[int, ...],
-    seed: int,
-    out_prefix: str,
-) -> dict:
-    """One antspyx registration, seeded; transforms are written under ``out_prefix``.
-
-    ANTs takes a random seed of 0 to mean "no seed" (its metric sampling then differs on
-    every call), so our seed ``s >= 0`` is passed as ``s + 1``. Bit-identical results also
-    need a single ITK thread (see :func:`lungclam.runtime.set_threads`).
-    """
-    return ants.registration(
-        fixed=fixed,
-        moving=moving,
-        type_of_transform=transform,
-        reg_iterations=tuple(reg_iterations),
-        random_seed=ants_seed(seed),
-        outprefix=out_prefix,
-        verbose=False,
-    )
-
-
 def syn_grid_spacing(template_spacing_mm: float, syn_spacing_mm: float | None) -> float:
     """The spacing (mm) SyN optimises on: the template's, or ``syn_spacing_mm`` if coarser."""
     if syn_spacing_mm is None:
@@ -104,16 +78,17 @@ def syn_grid_spacing(template_spacing_mm: float, syn_spacing_mm: float | None) -
 
 
 def coarsen(image: ants.ANTsImage, spacing_mm: float) -> ants.ANTsImage:
-    """``image`` resampled to an isotropic ``spacing_mm`` over the same extent.
+    """``image`` resampled to an isotropic ``spacing_mm`` over the same extent (``image``
+    itself when that is not coarser).
 
     A Gaussian (FWHM the new spacing, less what the old voxel already spans) is applied
     first, so that fine texture does not alias onto the coarse grid.
     """
-    fine = ants.to_sitk(image)
-    old = float(min(fine.GetSpacing()))
+    old = float(min(image.spacing))
     if spacing_mm <= old * (1 + 1e-6):
         return image
     sigma_mm = math.sqrt(spacing_mm**2 - old**2) / (2 * math.sqrt(2 * math.log(2)))
+    fine = ants.to_sitk(image)
     smoothed = sitk.SmoothingRecursiveGaussian(sitk.Cast(fine, sitk.sitkFloat32), sigma_mm)
     reference = grid_like(fine, spacing_mm)
     coarse = sitk.Resample(smoothed, reference, sitk.Transform(), sitk.sitkLinear, float(AIR_HU), sitk.sitkFloat32)
@@ -131,21 +106,32 @@ def register_images(
     syn_spacing_mm: float | None = None,
     warp_moving: bool = True,
 ) -> dict:
-    """Register ``moving`` to ``fixed``, the transform estimated on a grid of ``syn_spacing_mm``.
+    """One seeded antspyx registration of ``moving`` to ``fixed`` (both HU), the transform
+    estimated on a grid of ``syn_spacing_mm`` where that is coarser than ``fixed``.
 
-    Returns antspyx's result dict. Its ``warpedmovout`` is on ``fixed``'s own grid either
-    way (on a coarser SyN grid, the transforms applied to the full-resolution ``moving``,
-    outside it 0 as in ANTs' own output); ``warp_moving=False`` skips that image for
-    callers that warp it themselves. Both images are HU.
+    Transforms are written under ``out_prefix``; returns antspyx's result dict. Its
+    ``warpedmovout`` is on ``fixed``'s own grid either way (on a coarser SyN grid, the
+    transforms applied to the full-resolution ``moving``, outside it 0 as in ANTs' own
+    output); ``warp_moving=False`` skips that image for callers that warp it themselves.
+
+    ANTs takes a random seed of 0 to mean "no seed" (its metric sampling then differs on
+    every call), so our seed ``s >= 0`` is passed as ``s + 1``. Bit-identical results also
+    need a single ITK thread (see :func:`lungclam.runtime.set_threads`).
     """
     spacing = syn_grid_spacing(float(min(fixed.spacing)), syn_spacing_mm)
-    if spacing <= float(min(fixed.spacing)) * (1 + 1e-6):
-        return run_syn(fixed, moving, transform=transform, reg_iterations=reg_iterations,
-                       seed=seed, out_prefix=out_prefix)
-    result = run_syn(coarsen(fixed, spacing), coarsen(moving, spacing), transform=transform,
-                     reg_iterations=reg_iterations, seed=seed, out_prefix=out_prefix)
-    result["warpedmovout"] = (ants.apply_transforms(fixed, moving, result["fwdtransforms"], interpolator="linear")
-                              if warp_moving else None)
+    syn_fixed = coarsen(fixed, spacing)
+    result = ants.registration(
+        fixed=syn_fixed,
+        moving=coarsen(moving, spacing),
+        type_of_transform=transform,
+        reg_iterations=tuple(reg_iterations),
+        random_seed=ants_seed(seed),
+        outprefix=out_prefix,
+        verbose=False,
+    )
+    if syn_fixed is not fixed:  # ANTs warped onto the coarse grid: warp the fine image instead
+        result["warpedmovout"] = (ants.apply_transforms(fixed, moving, result["fwdtransforms"], interpolator="linear")
+                                  if warp_moving else None)
     return result
 
 
