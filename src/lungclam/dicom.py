@@ -61,6 +61,7 @@ from pydicom.errors import InvalidDicomError
 from scipy import ndimage
 
 from lungclam import __version__
+from lungclam.atomic import atomic_path
 from lungclam.errors import SubjectError
 from lungclam.imageio import write_image
 
@@ -1063,16 +1064,9 @@ def _version(package: str) -> str | None:
 
 def _write_json(data: dict[str, Any], path: Path) -> None:
     """Write JSON atomically (temporary name in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, tmp.open("w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=False)
+        handle.write("\n")
 
 
 def convert_subject(

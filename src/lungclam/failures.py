@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lungclam.atomic import atomic_path
+
 #: Where the summary is written, under the working directory.
 SUMMARY_PATH = Path("results") / "failed_subjects.tsv"
 COLUMNS = ("subject", "rule", "cause", "log")
@@ -112,14 +114,10 @@ def summarise_failures(
         log = job.log[0] if job.log else ""
         cause = cause_from_log(log) if log else "no log (see the Snakemake output above)"
         rows.append({"subject": subject or "", "rule": job.rule, "cause": cause, "log": log})
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", newline="") as handle:
+    with atomic_path(out) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS, delimiter="\t", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(out)
     return rows
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lungclam.atomic import atomic_path
 from lungclam.errors import LungclamError
 
 
@@ -208,17 +209,14 @@ class Checkpoint:
 def save_checkpoint(path: str | Path, model: ConvAutoencoder, centroids: torch.Tensor | None = None,
                     meta: dict[str, Any] | None = None) -> None:
     """Write weights and spec (plain types only, so ``weights_only=True`` can load them)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "spec": model.spec.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "centroids": None if centroids is None else centroids.detach().cpu(),
         "meta": dict(meta or {}),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -22,17 +22,16 @@ import shutil
 import socket
 from pathlib import Path
 
+from lungclam.atomic import atomic_path
+
 OWNER_FILE = Path(".snakemake") / "lungclam-run-owner.json"
 LOCK_DIR = Path(".snakemake") / "locks"
 
 
 def record_owner(root: str | Path = ".") -> None:
     """Note this process (the Snakemake that holds the lock) as the lock's owner."""
-    path = Path(root) / OWNER_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
-    tmp.replace(path)
+    with atomic_path(Path(root) / OWNER_FILE) as tmp:
+        tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
 
 
 def forget_owner(root: str | Path = ".") -> None:
