@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 import yaml
+from snakemake.utils import update_config
 
 from lungclam.dicom import convert_subject
 from lungclam.imageio import read_image
@@ -46,16 +47,6 @@ def lung_centroid_x(labels: sitk.Image, label: int) -> float:
     if not len(x):
         return float("nan")
     return float(lps.TransformContinuousIndexToPhysicalPoint((float(x.mean()), float(y.mean()), float(z.mean())))[0])
-
-
-def overlay(base: dict, extra: dict) -> dict:
-    """Merge ``extra`` into ``base`` key by key, nested dicts included (Snakemake's rule)."""
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            overlay(base[key], value)
-        else:
-            base[key] = value
-    return base
 
 
 def run_subject(folder: Path, work: Path, template: sitk.Image, template_mask: sitk.Image,
@@ -99,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config: dict = {}
     for path in args.config:
-        overlay(config, yaml.safe_load(path.read_text()))
+        update_config(config, yaml.safe_load(path.read_text()))
     if args.syn_spacing_mm is not None:
         config["register"]["syn_spacing_mm"] = args.syn_spacing_mm
     spacing = args.spacing_mm or float(config["resample"]["spacing_mm"])
