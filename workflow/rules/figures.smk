@@ -64,23 +64,6 @@ rule figure_forest:
         "../scripts/figure_forest.py"
 
 
-rule qc_subject:
-    input:
-        image="results/resampled/{subject}.nii.gz",
-        labels="results/lungmask/{subject}.nii.gz",
-        registered="results/registered/{subject}.nii.gz",
-        template_mask="results/template/template_mask.nii.gz",
-    output:
-        "results/qc/{subject}.png",
-    log:
-        "results/logs/qc/{subject}.log",
-    threads: 1
-    conda:
-        "../../envs/imaging.yaml"
-    script:
-        "../scripts/qc_subject.py"
-
-
 rule qc_contact_sheet:
     input:
         expand("results/qc/{subject}.png", subject=SUBJECTS),

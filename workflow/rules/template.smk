@@ -40,6 +40,9 @@ rule register:
         affine="results/transforms/{subject}/0GenericAffine.mat",
         warp="results/transforms/{subject}/1Warp.nii.gz",
         inverse_warp="results/transforms/{subject}/1InverseWarp.nii.gz",
+        # The QC page shows exactly this job's inputs and output; drawing it here rather
+        # than in a job of its own saves a job per subject (Slurm jobs, DAG build time).
+        qc="results/qc/{subject}.png",
     params:
         settings=registration_settings(),
         seed=config["seed"],
