@@ -166,6 +166,7 @@ def test_tiny_demo_through_the_slurm_profile_matches_a_local_run(slurm, tmp_path
     slurm_logs = list((remote / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert any("rule_train" in str(p) for p in slurm_logs), slurm_logs
     assert any("group_preprocess" in str(p) for p in slurm_logs), slurm_logs
+    assert any("group_to_template" in str(p) for p in slurm_logs), slurm_logs
 
     differences = _compare_runs(local / "results", remote / "results")
     assert not differences, "\n".join(differences)
