@@ -167,12 +167,13 @@ def register_to_template(
     spacing = float(template.GetSpacing()[0])
     moving_hu, moving_labels = prepare_moving(image, labels, spacing, margin_mm)
     fixed = ants.from_sitk(sitk.Cast(template, sitk.sitkFloat32))
+    moving = ants.from_sitk(moving_hu)
     prefix = str(transform_dir / "ants_")
-    result = register_images(fixed, ants.from_sitk(moving_hu), transform=transform,
+    result = register_images(fixed, moving, transform=transform,
                              reg_iterations=reg_iterations, seed=seed, out_prefix=prefix,
                              syn_spacing_mm=syn_spacing_mm, warp_moving=False)
     forward, inverse = _keep_transforms(result, transform_dir)
-    warped = ants.to_sitk(ants.apply_transforms(fixed, ants.from_sitk(moving_hu), forward,
+    warped = ants.to_sitk(ants.apply_transforms(fixed, moving, forward,
                                                 interpolator="linear", defaultvalue=float(AIR_HU)))
     warped_labels = warp_labels(moving_labels, fixed, forward)
     score = lung_dice(warped_labels, template_labels)
