@@ -1,0 +1,549 @@
+"""An offline viewer of the model-grid scans and CLAMs: one HTML page built on NiiVue.
+
+The page opens from disk (``file://``) with no server and no network: the vendored NiiVue
+bundle (a classic UMD script, so no module import from another file, which ``file://``
+forbids) and every volume are inlined into the page, and its Content-Security-Policy allows
+no request to anywhere (``default-src 'none'``).
+
+Volumes are the files the workflow wrote, re-encoded for the page only where it changes
+nothing a reader sees: CT in HU is rounded to int16 (the lung window spans 1,200 HU),
+importance in ``[0, 1]`` is stored as uint8 with ``scl_slope = 1/255`` (steps of 0.004),
+and the template lung mask as uint8 0/1. Each becomes a fresh NIfTI-1 header with the
+source file's affine (nothing else of its header is copied, so no text from upstream
+reaches the page), gzipped and base64-encoded into a JSON block that the page decodes
+when a volume is first shown. Arrays here are in NIfTI voxel order ``(i, j, k)``, as
+nibabel reads them; NiiVue places them in world space by the affine.
+
+Display conventions follow :mod:`lungclam.figures`: radiological view (the patient's right
+on the screen's left in axial and coronal views), anterior on the left in sagittal views,
+CT in grey over the lung window -1000..200 HU, importance with the ``jet`` colour map on
+``[0, 1]``, and the template lung outline in gold.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import html
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from lungclam.atomic import atomic_path
+
+__all__ = [
+    "HU_WINDOW",
+    "start_point",
+    "ViewerInputs",
+    "build_page",
+    "decode_volume",
+    "encode_volume",
+    "read_page_data",
+    "read_assignments",
+    "write_viewer",
+]
+
+#: Lung window of the CT display, HU (low, high); as :data:`lungclam.figures.HU_WINDOW`.
+HU_WINDOW: tuple[float, float] = (-1000.0, 200.0)
+#: Default overlay opacity and the importance below which the CLAM is not drawn.
+DEFAULT_OPACITY = 0.55
+DEFAULT_THRESHOLD = 0.05
+
+_KINDS = ("ct", "importance", "mask")
+
+
+def encode_volume(path: str | Path, kind: str) -> tuple[str, tuple[int, ...], np.ndarray]:
+    """Read a 3D NIfTI and return it as a base64 string of a compact gzipped NIfTI-1.
+
+    Args:
+        path: the NIfTI file the workflow wrote.
+        kind: ``"ct"`` (HU, stored as int16, rounded and clipped to the int16 range),
+            ``"importance"`` (values in ``[0, 1]``, stored as uint8 with slope 1/255;
+            values outside are clipped) or ``"mask"`` (stored as uint8, 1 where > 0).
+
+    Returns:
+        ``(base64 text, shape (i, j, k), affine 4x4 in RAS mm)``.
+
+    ValueError (naming the file) for a volume that is not 3D or holds non-finite values.
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
+    image = nib.load(str(path))
+    data = np.asarray(image.dataobj, dtype=np.float64)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    if not np.isfinite(data).all():
+        raise ValueError(f"{path}: holds non-finite values (NaN or infinity)")
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if kind == "ct":
+        stored = np.clip(np.rint(data), -32768, 32767).astype(np.int16)
+        slope = 1.0
+    elif kind == "importance":
+        stored = np.rint(np.clip(data, 0.0, 1.0) * 255.0).astype(np.uint8)
+        slope = 1.0 / 255.0
+    else:
+        stored = (data > 0).astype(np.uint8)
+        slope = 1.0
+    out = nib.Nifti1Image(stored, affine)  # a fresh header: only the affine is carried over
+    out.header.set_slope_inter(slope, 0.0)
+    out.header.set_xyzt_units("mm")
+    out.set_qform(affine, code=1)
+    out.set_sform(affine, code=1)
+    # mtime=0: the same inputs give the same page, byte for byte
+    packed = gzip.compress(out.to_bytes(), compresslevel=9, mtime=0)
+    return base64.b64encode(packed).decode("ascii"), tuple(int(s) for s in stored.shape), affine
+
+
+def read_assignments(path: str | Path) -> pd.DataFrame:
+    """``clusters.tsv`` as the viewer lists it: ``subject`` (str), ``cluster`` (int),
+    ``q_1..q_K`` (float, in that order) and ``confidence`` when the table has one.
+
+    ValueError when the subject or cluster column or every q column is missing.
+    """
+    table = pd.read_csv(path, sep="\t", dtype={"subject": str})
+    missing = [c for c in ("subject", "cluster") if c not in table.columns]
+    q_columns = sorted((c for c in table.columns if c.startswith("q_") and c[2:].isdigit()), key=lambda c: int(c[2:]))
+    if missing or not q_columns:
+        raise ValueError(f"{path}: needs columns subject, cluster and q_1..q_K; missing "
+                         f"{missing + ([] if q_columns else ['q_1..q_K'])}")
+    columns = ["subject", "cluster", *q_columns] + (["confidence"] if "confidence" in table.columns else [])
+    out = table[columns].copy()
+    out["cluster"] = out["cluster"].astype(int)
+    return out
+
+
+@dataclass(frozen=True)
+class ViewerInputs:
+    """The files one viewer page shows (all on the model grid).
+
+    Attributes:
+        template: ``template/grid_template.nii.gz`` (HU).
+        mask: ``template/grid_mask.nii.gz`` (lung > 0).
+        cluster_means: cluster k (1..K) -> ``clam/cluster_{k}_mean.nii.gz``.
+        population_mean: ``clam/population_mean.nii.gz``.
+        scans: subject -> ``downsampled/{subject}.nii.gz`` (HU).
+        clams: subject -> ``clam/{subject}.nii.gz`` (importance).
+        assignments: :func:`read_assignments` of ``clusters.tsv``.
+    """
+
+    template: Path
+    mask: Path
+    cluster_means: Mapping[int, Path]
+    population_mean: Path
+    scans: Mapping[str, Path]
+    clams: Mapping[str, Path]
+    assignments: pd.DataFrame
+
+
+def _check_grid(name: str, shape: tuple[int, ...], affine: np.ndarray, ref_shape: tuple[int, ...],
+                ref_affine: np.ndarray, path: Path) -> None:
+    if shape != ref_shape or not np.allclose(affine, ref_affine, atol=1e-3):
+        raise ValueError(f"{name}: {path} is not on the model grid of the template "
+                         f"(shape {shape} vs {ref_shape}, or a different affine)")
+
+
+def _volumes(inputs: ViewerInputs) -> dict[str, str]:
+    """Every volume of the page, base64-encoded, keyed as the page's script names them."""
+    volumes: dict[str, str] = {}
+    volumes["template"], ref_shape, ref_affine = encode_volume(inputs.template, "ct")
+    listed: list[tuple[str, str, Path, str]] = [("mask", "template lung mask", inputs.mask, "mask"),
+                                                ("population", "population mean CLAM", inputs.population_mean,
+                                                 "importance")]
+    listed += [(f"cluster/{k}", f"cluster {k} mean CLAM", Path(p), "importance")
+               for k, p in sorted(inputs.cluster_means.items())]
+    for subject in inputs.assignments["subject"]:
+        for part, paths, kind in (("scan", inputs.scans, "ct"), ("clam", inputs.clams, "importance")):
+            if subject not in paths:
+                raise ValueError(f"subject {subject!r}: no {part} volume given to the viewer")
+            listed.append((f"subject/{subject}/{part}", f"subject {subject!r} {part}", Path(paths[subject]), kind))
+    for key, name, path, kind in listed:
+        text, shape, affine = encode_volume(path, kind)
+        _check_grid(name, shape, affine, ref_shape, ref_affine, Path(path))
+        volumes[key] = text
+    return volumes
+
+
+def _finite_or_none(value: object) -> float | None:
+    number = float(value)  # type: ignore[arg-type]
+    return number if math.isfinite(number) else None
+
+
+def _listing(assignments: pd.DataFrame, cluster_ids: Sequence[int]) -> dict:
+    """Subjects and clusters as the page's script reads them (plain JSON)."""
+    q_columns = [c for c in assignments.columns if c.startswith("q_")]
+    has_confidence = "confidence" in assignments.columns
+    subjects = []
+    for row in assignments.itertuples(index=False):
+        entry = {"id": row.subject, "cluster": int(row.cluster),
+                 "q": [_finite_or_none(getattr(row, c)) for c in q_columns]}
+        if has_confidence:
+            entry["confidence"] = _finite_or_none(row.confidence)
+        subjects.append(entry)
+    sizes = assignments["cluster"].value_counts()
+    clusters = [{"k": int(k), "n": int(sizes.get(k, 0))} for k in cluster_ids]
+    return {"subjects": subjects, "clusters": clusters, "q_columns": q_columns, "has_confidence": has_confidence}
+
+
+def start_point(mask_path: str | Path) -> list[float]:
+    """Where the page puts its crosshair first: world coordinates (RAS, mm) of the median
+    voxel of the right lung (label 1 where the mask has labels, else the mask's half
+    towards the patient's right), at the median height and depth of the whole mask.
+    The grid's centre if the mask is empty."""
+    image = nib.load(str(mask_path))
+    labels = np.asarray(image.dataobj)
+    labels = labels[..., 0] if labels.ndim == 4 else labels
+    affine = np.asarray(image.affine, dtype=np.float64)
+    voxels = np.argwhere(labels > 0)
+    if voxels.size == 0:
+        centre = (np.asarray(labels.shape, dtype=np.float64) - 1) / 2
+        return [float(v) for v in (affine @ np.append(centre, 1.0))[:3]]
+    world = (affine @ np.column_stack([voxels, np.ones(len(voxels))]).T).T[:, :3]
+    values = labels[tuple(voxels.T)]
+    right = world[values == 1] if ((values == 1).any() and (values == 2).any()) else \
+        world[world[:, 0] >= (world[:, 0].min() + world[:, 0].max()) / 2]  # RAS: +x is the patient's right
+    return [float(np.median(right[:, 0])), float(np.median(world[:, 1])), float(np.median(world[:, 2]))]
+
+
+def _script_safe(text: str) -> str:
+    """Text that cannot end or comment out the <script> element it is inlined into.
+
+    Only ``</script`` (any case) and ``<!--`` do that; in JavaScript they can occur inside
+    strings, template literals or regular expressions, where ``<\\/`` and ``<\\!`` read
+    the same.
+    """
+    return re.sub(r"</(script)", r"<\\/\1", text, flags=re.IGNORECASE).replace("<!--", "<\\!--")
+
+
+def build_page(inputs: ViewerInputs, niivue_js: str, title: str = "lungclam viewer") -> str:
+    """The viewer page as one HTML text (UTF-8), everything inlined.
+
+    Args:
+        inputs: the volumes and assignments to show (:class:`ViewerInputs`).
+        niivue_js: the vendored NiiVue UMD bundle (defines the global ``niivue``).
+        title: the page title.
+
+    ValueError when a subject lacks a volume, a volume is off the template's grid, or a
+    cluster in ``clusters.tsv`` has no mean map.
+    """
+    cluster_ids = sorted(int(k) for k in inputs.cluster_means)
+    assigned = sorted(set(inputs.assignments["cluster"].astype(int)))
+    orphans = [k for k in assigned if k not in cluster_ids]
+    if orphans:
+        raise ValueError(f"clusters {orphans} have subjects but no cluster-mean CLAM was given")
+    data = {"volumes": _volumes(inputs), **_listing(inputs.assignments, cluster_ids),
+            "start_mm": start_point(inputs.mask),
+            "hu_window": list(HU_WINDOW), "opacity": DEFAULT_OPACITY, "threshold": DEFAULT_THRESHOLD}
+    parts = {
+        "TITLE": html.escape(title),
+        "NIIVUE": _script_safe(niivue_js),
+        # "<" as a JSON unicode escape: the data cannot close its <script> element
+        "DATA": json.dumps(data, separators=(",", ":")).replace("<", "\\u003c"),
+        "APP": _APP,
+    }
+    # one pass, so that no inserted text is searched for placeholders again
+    return re.sub(r"%%(TITLE|NIIVUE|DATA|APP)%%", lambda m: parts[m.group(1)], _PAGE)
+
+
+def read_page_data(path: str | Path) -> dict:
+    """The data block a viewer page embeds: subjects, clusters and the base64 volumes
+    (keys ``template``, ``mask``, ``population``, ``cluster/{k}``,
+    ``subject/{id}/scan`` and ``subject/{id}/clam``). For checks and tests."""
+    text = Path(path).read_text(encoding="utf-8")
+    start = text.index('<script type="application/json" id="lungclam-data">')
+    start = text.index(">", start) + 1
+    return json.loads(text[start:text.index("</script>", start)])
+
+
+def decode_volume(text: str) -> nib.Nifti1Image:
+    """A volume of the page's data block as a nibabel image (scaled values via
+    ``get_fdata``)."""
+    return nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(text)))
+
+
+def write_viewer(inputs: ViewerInputs, niivue_js_path: str | Path, out: str | Path) -> int:
+    """Build the page (:func:`build_page`) and write it atomically; returns its size in bytes."""
+    page = build_page(inputs, Path(niivue_js_path).read_text(encoding="utf-8")).encode("utf-8")
+    with atomic_path(out) as tmp:
+        Path(tmp).write_bytes(page)
+    return len(page)
+
+
+# The page. No external resource of any kind: the policy below makes any attempt fail.
+_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval' 'wasm-unsafe-eval'; style-src 'unsafe-inline'; img-src data: blob:; worker-src blob:; connect-src data: blob:">
+<title>%%TITLE%%</title>
+<style>
+body { margin: 0; font: 14px/1.35 system-ui, sans-serif; color: #222; display: flex; height: 100vh; }
+#side { width: 330px; overflow-y: auto; padding: 8px 10px; border-right: 1px solid #ccc; box-sizing: border-box; }
+#main { flex: 1; display: flex; flex-direction: column; min-width: 0; }
+#showing { font-weight: 600; padding: 6px 10px; background: #f3f3f3; border-bottom: 1px solid #ccc; }
+#controls { padding: 4px 10px; display: flex; flex-wrap: wrap; gap: 4px 16px; align-items: center; }
+#view { flex: 1; min-height: 0; background: #000; }
+#gl { width: 100%; height: 100%; display: block; }
+#legend { display: flex; gap: 24px; padding: 4px 10px 8px; align-items: flex-start; font-size: 12px; }
+.bar { width: 220px; height: 12px; border: 1px solid #555; }
+.ticks { display: flex; justify-content: space-between; width: 222px; }
+#location { font-size: 12px; color: #444; min-height: 1.3em; }
+h2 { font-size: 15px; margin: 10px 0 4px; }
+table { border-collapse: collapse; width: 100%; font-size: 12px; margin-bottom: 6px; }
+th, td { text-align: right; padding: 1px 4px; }
+th:first-child, td:first-child { text-align: left; }
+button.pick { font: inherit; border: 1px solid #bbb; background: #fff; cursor: pointer; padding: 1px 6px; }
+button.pick.active { background: #ffd54a; border-color: #b08900; }
+.note { font-size: 12px; color: #555; }
+</style>
+</head>
+<body>
+<div id="side">
+<h2>Study template</h2>
+<div id="template-list"></div>
+<h2>Subjects by cluster</h2>
+<div id="subject-list"></div>
+<p class="note">q_k: the subject's soft assignment to cluster k. Volumes are the model-grid
+files of this run (<code>downsampled/</code>, <code>clam/</code>, <code>template/grid_*</code>).</p>
+</div>
+<div id="main">
+<div id="showing">loading ...</div>
+<div id="controls">
+<span>view:
+<label><input type="radio" name="slice" value="AXIAL"> axial</label>
+<label><input type="radio" name="slice" value="CORONAL"> coronal</label>
+<label><input type="radio" name="slice" value="SAGITTAL"> sagittal</label>
+<label><input type="radio" name="slice" value="MULTIPLANAR" checked> multiplanar</label></span>
+<label>CLAM opacity <input id="opacity" type="range" min="0" max="1" step="0.05"> <span id="opacity-value"></span></label>
+<label>threshold <input id="threshold" type="range" min="0" max="0.95" step="0.01"> <span id="threshold-value"></span></label>
+<label><input id="outline" type="checkbox" checked> template lung outline</label>
+</div>
+<div id="view"><canvas id="gl"></canvas></div>
+<div id="legend">
+<div><div>CT, HU (lung window)</div><div class="bar" id="hu-bar"></div><div class="ticks" id="hu-ticks"></div></div>
+<div><div>CLAM importance (0..1)</div><div class="bar" id="imp-bar"></div><div class="ticks" id="imp-ticks"></div></div>
+<div><div>Radiological view: patient's right on the left (R/L), anterior on top in axial (A/P), anterior on the left in sagittal.</div><div id="location"></div></div>
+</div>
+</div>
+<script>%%NIIVUE%%</script>
+<script type="application/json" id="lungclam-data">%%DATA%%</script>
+<script>%%APP%%</script>
+</body>
+</html>
+"""
+
+# The page's own script: lists, controls, and loading volumes from the embedded data.
+_APP = r"""
+"use strict";
+(function () {
+  const data = JSON.parse(document.getElementById("lungclam-data").textContent);
+  // matplotlib's jet at 0, 1/8, 3/8, 5/8, 7/8 and 1: the colours of the PNG figures
+  const JET = [[0, [0, 0, 128]], [32, [0, 0, 255]], [96, [0, 255, 255]], [159, [255, 255, 0]],
+               [223, [255, 0, 0]], [255, [128, 0, 0]]];
+  // Below the threshold (index 0 of the table) the overlay is transparent, above it opaque.
+  const JET_LUT = [[0, [0, 0, 128], 0], [1, [0, 0, 131], 255], ...JET.slice(1).map(p => [p[0], p[1], 255])];
+  const nv = new niivue.Niivue({
+    isRadiologicalConvention: true, sagittalNoseLeft: true, showAllOrientationMarkers: true,
+    multiplanarShowRender: niivue.SHOW_RENDER.NEVER, multiplanarLayout: niivue.MULTIPLANAR_TYPE.ROW,
+    isColorbar: false, show3Dcrosshair: false, crosshairColor: [0.3, 1, 0.3, 0.8], crosshairWidth: 0.5,
+    backColor: [0, 0, 0, 1], fontMinPx: 16,
+    logLevel: "error", loadingText: "loading ...",
+  });
+  nv.addColormap("lungclam_jet", {R: JET_LUT.map(p => p[1][0]), G: JET_LUT.map(p => p[1][1]),
+                                  B: JET_LUT.map(p => p[1][2]), A: JET_LUT.map(p => p[2]), I: JET_LUT.map(p => p[0])});
+  // the drawing layer holds the template lung mask; label 1 drawn in gold (figures.TEMPLATE_COLOUR)
+  nv.setDrawColormap({R: [0, 255], G: [0, 215], B: [0, 0], A: [0, 255], I: [0, 1], labels: ["", "template lungs"]});
+  const cache = new Map();
+  const state = {opacity: data.opacity, threshold: data.threshold, outline: true, selection: null};
+  let drawn = null;  // the volumes on screen: [background, overlay]
+
+  function volume(key, name) {
+    if (!cache.has(key)) {
+      if (!(key in data.volumes)) throw new Error("no volume " + key);
+      // NiiVue picks the reader by the name's extension
+      cache.set(key, niivue.NVImage.loadFromBase64({base64: data.volumes[key], name: name + ".nii.gz"}));
+    }
+    return cache.get(key);
+  }
+  const subjectOf = id => data.subjects.find(s => s.id === id);
+  const fmt = x => (x === null || x === undefined) ? "n/a" : x.toFixed(2);
+
+  function describe(sel) {
+    if (sel.subject) {
+      const s = subjectOf(sel.subject);
+      let text = "Subject " + s.id + ", cluster " + s.cluster + " (q_" + s.cluster + " = " + fmt(s.q[s.cluster - 1]) + ")";
+      if (data.has_confidence) text += ", confidence " + fmt(s.confidence);
+      return text + ": its model-grid scan with its CLAM for cluster " + s.cluster;
+    }
+    if (sel.cluster) {
+      const c = data.clusters.find(c => c.k === sel.cluster);
+      return "Cluster " + sel.cluster + " (n = " + c.n + "): mean CLAM on the study template";
+    }
+    return "Population (all clusters): mean of the cluster-mean CLAMs on the study template";
+  }
+
+  function styleOverlay(overlay) {
+    overlay.colormap = "lungclam_jet";
+    overlay.cal_min = state.threshold;
+    overlay.cal_max = 1.0;
+    overlay.opacity = state.opacity;
+  }
+
+  async function show(sel) {
+    let back, over;
+    if (sel.subject) {
+      if (!subjectOf(sel.subject)) throw new Error("no subject " + sel.subject);
+      back = await volume("subject/" + sel.subject + "/scan", sel.subject + "_scan");
+      over = await volume("subject/" + sel.subject + "/clam", sel.subject + "_clam");
+    } else {
+      back = await volume("template", "grid_template");
+      over = await volume(sel.cluster ? "cluster/" + sel.cluster : "population",
+                          sel.cluster ? "cluster_" + sel.cluster + "_mean" : "population_mean");
+    }
+    back.colormap = "gray";
+    back.cal_min = data.hu_window[0];
+    back.cal_max = data.hu_window[1];
+    back.opacity = 1.0;
+    styleOverlay(over);
+    if (drawn) { for (const v of drawn.slice().reverse()) nv.removeVolume(v); }
+    nv.addVolume(back);
+    nv.addVolume(over);
+    drawn = [back, over];
+    const mask = await volume("mask", "grid_mask");
+    nv.loadDrawing(mask);
+    applyOutline();
+    nv.updateGLVolume();
+    state.selection = sel;
+    document.getElementById("showing").textContent = describe(sel);
+    document.querySelectorAll("button.pick").forEach(b =>
+      b.classList.toggle("active", b.dataset.key === keyOf(sel)));
+  }
+  const keyOf = sel => sel.subject ? "s:" + sel.subject : (sel.cluster ? "c:" + sel.cluster : "population");
+
+  function applyOutline() {
+    // The lung mask is loaded as NiiVue's drawing layer: its inside is left clear and its
+    // rim (edge pixels of each slice) drawn opaque in the drawing colour of label 1.
+    nv.drawOpacity = state.outline ? 0.001 : 0.0;
+    nv.drawRimOpacity = state.outline ? 1.0 : -1.0;
+  }
+
+  function button(label, sel, title) {
+    const b = document.createElement("button");
+    b.className = "pick";
+    b.textContent = label;
+    b.dataset.key = keyOf(sel);
+    if (title) b.title = title;
+    b.addEventListener("click", () => show(sel).catch(report));
+    return b;
+  }
+
+  function buildLists() {
+    const tl = document.getElementById("template-list");
+    tl.appendChild(button("population mean", {}));
+    for (const c of data.clusters) {
+      tl.appendChild(document.createTextNode(" "));
+      tl.appendChild(button("cluster " + c.k + " mean (n = " + c.n + ")", {cluster: c.k}));
+    }
+    const sl = document.getElementById("subject-list");
+    for (const c of data.clusters) {
+      const h = document.createElement("div");
+      h.textContent = "Cluster " + c.k + " (n = " + c.n + ")";
+      h.style.fontWeight = "600";
+      sl.appendChild(h);
+      const table = document.createElement("table");
+      const head = table.insertRow();
+      for (const name of ["subject", ...data.q_columns, ...(data.has_confidence ? ["confidence"] : [])]) {
+        const th = document.createElement("th");
+        th.textContent = name;
+        head.appendChild(th);
+      }
+      for (const s of data.subjects.filter(s => s.cluster === c.k)) {
+        const row = table.insertRow();
+        row.insertCell().appendChild(button(s.id, {subject: s.id}));
+        s.q.forEach(q => { row.insertCell().textContent = fmt(q); });
+        if (data.has_confidence) row.insertCell().textContent = fmt(s.confidence);
+      }
+      sl.appendChild(table);
+    }
+  }
+
+  function gradient(stops) {
+    return "linear-gradient(to right, " + stops.map(([i, c]) => "rgb(" + c.join(",") + ") " + (100 * i / 255).toFixed(1) + "%").join(", ") + ")";
+  }
+  function ticks(id, values) {
+    const el = document.getElementById(id);
+    for (const v of values) { const s = document.createElement("span"); s.textContent = v; el.appendChild(s); }
+  }
+  function buildLegend() {
+    document.getElementById("hu-bar").style.background = gradient([[0, [0, 0, 0]], [255, [255, 255, 255]]]);
+    const [lo, hi] = data.hu_window;
+    ticks("hu-ticks", [lo, lo + (hi - lo) / 4, lo + (hi - lo) / 2, lo + 3 * (hi - lo) / 4, hi].map(v => v.toFixed(0)));
+    document.getElementById("imp-bar").style.background = gradient(JET);
+    ticks("imp-ticks", ["0", "0.25", "0.5", "0.75", "1"]);
+  }
+
+  function buildControls() {
+    document.querySelectorAll("input[name=slice]").forEach(r => r.addEventListener("change", () => {
+      nv.setSliceType(niivue.SLICE_TYPE[r.value]);
+    }));
+    const opacity = document.getElementById("opacity"), threshold = document.getElementById("threshold");
+    opacity.value = state.opacity;
+    threshold.value = state.threshold;
+    const label = () => {
+      document.getElementById("opacity-value").textContent = Number(state.opacity).toFixed(2);
+      document.getElementById("threshold-value").textContent = Number(state.threshold).toFixed(2);
+    };
+    label();
+    opacity.addEventListener("input", () => {
+      state.opacity = Number(opacity.value);
+      if (drawn) { drawn[1].opacity = state.opacity; nv.updateGLVolume(); }
+      label();
+    });
+    threshold.addEventListener("input", () => {
+      state.threshold = Number(threshold.value);
+      if (drawn) { drawn[1].cal_min = state.threshold; nv.updateGLVolume(); }
+      label();
+    });
+    document.getElementById("outline").addEventListener("change", e => {
+      state.outline = e.target.checked;
+      applyOutline();
+      nv.drawScene();
+    });
+    nv.onLocationChange = d => { document.getElementById("location").textContent = d.string || ""; };
+  }
+
+  function report(err) {
+    console.error(err);
+    document.getElementById("showing").textContent = "Error: " + (err && err.message ? err.message : err);
+  }
+
+  // For scripted checks and the browser console: the NiiVue instance and show().
+  // timings: ms since navigation start when this script began, NiiVue was ready, and the
+  // first view was drawn
+  const timings = {script: performance.now()};
+  window.lungclamViewer = {nv, data, show, state, timings, ready: null};
+  window.lungclamViewer.ready = (async () => {
+    buildLists();
+    buildLegend();
+    buildControls();
+    await nv.attachToCanvas(document.getElementById("gl"));
+    timings.niivue = performance.now();
+    nv.setSliceType(nv.sliceTypeMultiplanar);
+    await show(data.clusters.length ? {cluster: data.clusters[0].k} : {});
+    // start inside the right lung, as the figures' sagittal panels do (the centre of the
+    // grid lies between the lungs)
+    nv.scene.crosshairPos = nv.mm2frac(data.start_mm);
+    nv.drawScene();
+    timings.first_view = performance.now();
+    document.body.dataset.ready = "1";
+  })().catch(report);
+})();
+"""
