@@ -29,6 +29,7 @@ include: "workflow/rules/model.smk"
 include: "workflow/rules/clam.smk"
 include: "workflow/rules/stats.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/viewer.smk"
 include: "workflow/rules/simulation.smk"
 
 
@@ -38,4 +39,5 @@ rule all:
         model_targets(),
         stats_targets(),
         figure_targets(),
+        viewer_targets(),
     default_target: True

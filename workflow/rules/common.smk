@@ -182,6 +182,11 @@ def model_targets():
     ]
 
 
+def viewer_targets():
+    """The offline NiiVue viewer page (workflow/rules/viewer.smk)."""
+    return ["results/viewer/index.html"]
+
+
 def simulation_case_files(name):
     """One file per (scenario, true K) case of the simulation study."""
     sim = config.get("simulation", {})

@@ -1,0 +1,29 @@
+# The offline viewer: one HTML page (NiiVue, vendored) of the model-grid scans, the
+# subjects' CLAMs and the cluster-mean CLAMs on the template. It embeds the very files the
+# rules above wrote, so it shows the same subjects, clusters and maps.
+
+# NiiVue 0.69.0: dist/niivue.umd.js of the npm package @niivue/niivue (README: updating it).
+NIIVUE_JS = os.path.join(workflow.basedir, "workflow/resources/niivue/niivue-0.69.0.umd.js")
+
+
+rule viewer:
+    input:
+        template="results/template/grid_template.nii.gz",
+        mask="results/template/grid_mask.nii.gz",
+        cluster_means=clam_cluster_means,
+        population_mean="results/clam/population_mean.nii.gz",
+        scans=model_inputs(),
+        clams=expand("results/clam/{subject}.nii.gz", subject=SUBJECTS),
+        clusters="results/clusters.tsv",
+        niivue=NIIVUE_JS,
+    output:
+        page=report("results/viewer/index.html", caption="../report/viewer.rst", category="Viewer"),
+    params:
+        subjects=SUBJECTS,
+    log:
+        "results/logs/viewer.log",
+    threads: 1
+    conda:
+        "../../envs/imaging.yaml"
+    script:
+        "../scripts/viewer.py"
