@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 from pathlib import Path
 
 import pydicom
@@ -41,3 +43,18 @@ def test_no_identifier_in_outputs_or_logs(demo_run: Path) -> None:
         for value in values:
             assert value.encode() not in data, f"{value!r} found in {path}"
     assert scanned > 50
+
+
+def test_no_identifier_in_the_viewer_volumes(demo_run: Path) -> None:
+    """The viewer page holds its volumes base64-encoded and gzipped, where a plain search
+    of its bytes would miss a value: decode each and search that too."""
+    from lungclam.viewer import read_page_data
+
+    values = _identifying_values(demo_run / "demo" / "dicom")
+    page = demo_run / "viewer" / "index.html"
+    volumes = read_page_data(page)["volumes"]
+    assert volumes  # the page is written and holds its volumes
+    for key, text in volumes.items():
+        data = gzip.decompress(base64.b64decode(text))
+        for value in values:
+            assert value.encode() not in data, f"{value!r} found in {page}, volume {key}"

@@ -1,0 +1,275 @@
+"""Open the viewer page (results/viewer/index.html) in headless Chromium and check it.
+
+    python tools/viewer_check.py results/viewer/index.html --out viewer.png
+
+Drives Debian's ``chromium`` over the DevTools protocol on a pipe (``--remote-debugging-pipe``;
+no port, no extra Python package), with software WebGL2 (ANGLE on SwiftShader), and:
+
+- loads the page from ``file://`` and records every network request Chromium reports,
+  every console error, JavaScript exception and browser log error;
+- times the load: milliseconds from navigation start until the page's first view is
+  drawn (``lungclamViewer.ready``), measured by the page's own clock;
+- shows the page's default view (cluster 1 on the template), then another cluster, the
+  population mean and two subjects in turn; after each, reads the page's statement of what
+  it shows and screenshots the canvas, counting its non-black pixels and comparing it with
+  the view before;
+- writes the screenshot of the last view as ``--out``.
+
+Prints the outcome as JSON; exit status 1 when anything above failed (the reasons on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import fcntl
+import io
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+WIDTH, HEIGHT = 1400, 800
+
+
+def find_chromium() -> str | None:
+    """Path of a Chromium binary, or None."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+class DevTools:
+    """A minimal DevTools-protocol client over Chromium's pipe (fd 3 in, fd 4 out;
+    messages are JSON texts ended by a NUL byte)."""
+
+    def __init__(self, chromium: str, profile: str, flags: list[str]):
+        to_chrome_r, self._to_chrome = os.pipe()
+        self._from_chrome, from_chrome_w = os.pipe()
+        # the child's ends move to fds of 10 and up first, so that none of them is 3 or 4
+        to_chrome_r, from_chrome_w = (self._above_ten(fd) for fd in (to_chrome_r, from_chrome_w))
+        # bash moves the pipe ends to fds 3 and 4, where Chromium looks for them
+        script = f'exec "$0" "$@" 3<&{to_chrome_r} 4>&{from_chrome_w} {to_chrome_r}<&- {from_chrome_w}>&-'
+        self.proc = subprocess.Popen(
+            ["bash", "-c", script, chromium, "--remote-debugging-pipe", f"--user-data-dir={profile}", *flags],
+            pass_fds=(to_chrome_r, from_chrome_w), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        os.close(to_chrome_r)
+        os.close(from_chrome_w)
+        self._buffer = b""
+        self._next_id = 0
+        self.events: list[dict] = []
+
+    @staticmethod
+    def _above_ten(fd: int) -> int:
+        moved = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
+        os.close(fd)
+        return moved
+
+    def _read_message(self, deadline: float) -> dict:
+        while b"\0" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._from_chrome], [], [], left)[0]:
+                raise TimeoutError("Chromium did not answer in time")
+            chunk = os.read(self._from_chrome, 1 << 20)
+            if not chunk:
+                raise RuntimeError("Chromium closed the DevTools pipe")
+            self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def send(self, method: str, params: dict | None = None, session: str | None = None,
+             timeout: float = 60.0) -> dict:
+        """Send one command and wait for its answer; events seen meanwhile are kept."""
+        self._next_id += 1
+        command = {"id": self._next_id, "method": method, "params": params or {}}
+        if session:
+            command["sessionId"] = session
+        os.write(self._to_chrome, json.dumps(command).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self._read_message(deadline)
+            if message.get("id") == self._next_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message.get("result", {})
+            self.events.append(message)
+
+    def wait_event(self, method: str, timeout: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout
+        for event in self.events:
+            if event.get("method") == method:
+                return event
+        while True:
+            message = self._read_message(deadline)
+            self.events.append(message)
+            if message.get("method") == method:
+                return message
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close", timeout=10)
+        except Exception:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._to_chrome)
+        os.close(self._from_chrome)
+
+
+def _evaluate(tools: DevTools, session: str, expression: str, timeout: float = 60.0):
+    result = tools.send("Runtime.evaluate", {"expression": expression, "awaitPromise": True,
+                                             "returnByValue": True}, session, timeout)
+    if "exceptionDetails" in result:
+        raise RuntimeError(f"{expression}: {result['exceptionDetails'].get('text')} "
+                           f"{result['exceptionDetails'].get('exception', {}).get('description', '')}")
+    return result["result"].get("value")
+
+
+def _canvas_pixels(tools: DevTools, session: str) -> np.ndarray:
+    """The canvas as drawn on screen: RGB uint8 array (rows, columns, 3)."""
+    box = _evaluate(tools, session, "(() => { const r = document.getElementById('gl').getBoundingClientRect();"
+                                    " return [r.left, r.top, r.width, r.height]; })()")
+    shot = tools.send("Page.captureScreenshot", {"format": "png", "clip": {
+        "x": box[0], "y": box[1], "width": box[2], "height": box[3], "scale": 1}}, session)
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(shot["data"]))).convert("RGB"))
+
+
+def _problems_in(events: list[dict], page_url: str) -> tuple[list[str], list[str]]:
+    """(network requests other than the page itself, errors) among the DevTools events."""
+    requests, errors = [], []
+    for event in events:
+        method, params = event.get("method"), event.get("params", {})
+        if method == "Network.requestWillBeSent":
+            url = params.get("request", {}).get("url", "")
+            if url != page_url and not url.startswith("data:"):
+                requests.append(url)
+        elif method == "Runtime.exceptionThrown":
+            details = params.get("exceptionDetails", {})
+            errors.append(f"exception: {details.get('text')} {details.get('exception', {}).get('description', '')}")
+        elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+            errors.append("console: " + " ".join(str(a.get("value", a.get("description", "")))
+                                                 for a in params.get("args", [])))
+        elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
+            errors.append(f"log: {params['entry'].get('text')} {params['entry'].get('url', '')}")
+    return requests, errors
+
+
+def check_viewer(page: Path, out: Path, chromium: str | None = None, timeout: float = 120.0) -> dict:
+    """Open ``page`` and walk through its views (module docstring); return the outcome."""
+    chromium = chromium or find_chromium()
+    if chromium is None:
+        raise FileNotFoundError("no chromium on PATH (Debian: apt-get install chromium)")
+    flags = ["--headless", "--no-sandbox", "--use-gl=angle", "--use-angle=swiftshader",
+             "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist", f"--window-size={WIDTH},{HEIGHT}",
+             "--hide-scrollbars", "--no-first-run", "--no-default-browser-check", "--disable-sync",
+             "--disable-background-networking", "--disable-component-update", "--disable-extensions",
+             "--force-device-scale-factor=1"]
+    url = page.resolve().as_uri()
+    outcome: dict = {"page": str(page), "page_mb": round(page.stat().st_size / 1e6, 2), "views": []}
+    with tempfile.TemporaryDirectory() as profile:
+        tools = DevTools(chromium, profile, flags)
+        try:
+            target = tools.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+            session = tools.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+            for domain in ("Page", "Runtime", "Network", "Log"):
+                tools.send(f"{domain}.enable", session=session)
+            tools.send("Emulation.setDeviceMetricsOverride", {"width": WIDTH, "height": HEIGHT,
+                                                              "deviceScaleFactor": 1, "mobile": False}, session)
+            started = time.monotonic()
+            tools.send("Page.navigate", {"url": url}, session)
+            tools.wait_event("Page.loadEventFired", timeout)
+            outcome["load_ms"] = _evaluate(tools, session, "window.lungclamViewer.ready.then(() => "
+                                           "document.body.dataset.ready === '1' ? performance.now() : -1)", timeout)
+            outcome["load_wall_s"] = round(time.monotonic() - started, 2)
+            outcome["timings_ms"] = _evaluate(tools, session, "lungclamViewer.timings")
+            data = _evaluate(tools, session, "({clusters: lungclamViewer.data.clusters.map(c => c.k),"
+                                             " subjects: lungclamViewer.data.subjects})")
+            outcome["subjects"] = [[s["id"], s["cluster"]] for s in data["subjects"]]
+            views: list[dict] = [{"cluster": data["clusters"][0], "initial": True}]  # as the page opened
+            if len(data["clusters"]) > 1:
+                views.append({"cluster": data["clusters"][1]})
+            views.append({"population": True})
+            first_of = {}
+            for s in data["subjects"]:
+                first_of.setdefault(s["cluster"], s)
+            views += [{"subject": s["id"], "expect_cluster": s["cluster"]} for s in list(first_of.values())[:2]]
+            before = None
+            for view in views:
+                if not view.get("initial"):
+                    selection = ({"subject": view["subject"]} if "subject" in view else
+                                 {"cluster": view["cluster"]} if "cluster" in view else {})
+                    _evaluate(tools, session, f"lungclamViewer.show({json.dumps(selection)})", timeout)
+                _evaluate(tools, session, "new Promise(r => requestAnimationFrame(() => "
+                                          "requestAnimationFrame(() => r(1))))")
+                pixels = _canvas_pixels(tools, session)
+                lit = pixels.max(axis=2) > 16
+                record = {**view, "showing": _evaluate(tools, session,
+                                                       "document.getElementById('showing').textContent"),
+                          "canvas": list(pixels.shape[:2]), "lit_fraction": round(float(lit.mean()), 4),
+                          "colours": int(len(np.unique(pixels.reshape(-1, 3).astype(np.uint32)
+                                                       @ np.array([1 << 16, 1 << 8, 1], dtype=np.uint32))))}
+                if before is not None and before.shape == pixels.shape:
+                    record["changed_fraction"] = round(float((np.abs(pixels.astype(int) - before).max(axis=2)
+                                                               > 8).mean()), 4)
+                before = pixels.astype(int)
+                outcome["views"].append(record)
+            shot = tools.send("Page.captureScreenshot", {"format": "png"}, session)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(base64.b64decode(shot["data"]))
+        finally:
+            tools.close()
+    outcome["requests"], outcome["errors"] = _problems_in(tools.events, url)
+    return outcome
+
+
+def problems(outcome: dict) -> list[str]:
+    """What in an outcome of :func:`check_viewer` is wrong (empty: all is well)."""
+    found = [f"network request: {u}" for u in outcome["requests"]] + [f"error: {e}" for e in outcome["errors"]]
+    if outcome.get("load_ms", -1) < 0:
+        found.append("the page never finished drawing its first view")
+    for view in outcome["views"]:
+        name = json.dumps({k: v for k, v in view.items() if k in ("subject", "cluster", "population")})
+        if view["lit_fraction"] < 0.02 or view["colours"] < 20:
+            found.append(f"view {name}: the canvas is blank "
+                         f"({view['lit_fraction']:.1%} lit, {view['colours']} colours)")
+        if "changed_fraction" in view and view["changed_fraction"] < 0.005:
+            found.append(f"view {name}: the canvas did not change ({view['changed_fraction']:.2%} of pixels)")
+        text = view["showing"]
+        if "subject" in view and not (f"Subject {view['subject']}," in text
+                                      and f"cluster {view['expect_cluster']} " in text):
+            found.append(f"view {name}: the page says {text!r}")
+        if "cluster" in view and not text.startswith(f"Cluster {view['cluster']} "):
+            found.append(f"view {name}: the page says {text!r}")
+        if "population" in view and not text.startswith("Population"):
+            found.append(f"view {name}: the page says {text!r}")
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("page", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("viewer.png"))
+    args = parser.parse_args()
+    outcome = check_viewer(args.page, args.out)
+    print(json.dumps(outcome, indent=1))
+    for problem in problems(outcome):
+        print(problem, file=sys.stderr)
+    print(f"screenshot: {args.out}")
+    return 1 if problems(outcome) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
