@@ -13,6 +13,7 @@ no port, no extra Python package), with software WebGL2 (ANGLE on SwiftShader), 
   population mean and two subjects in turn; after each, reads the page's statement of what
   it shows and screenshots the canvas, counting its non-black pixels and comparing it with
   the view before;
+- moves the threshold and opacity sliders, checking that the canvas changes each time;
 - writes the screenshot of the last view as ``--out``.
 
 Prints the outcome as JSON; exit status 1 when anything above failed (the reasons on stderr).
@@ -206,9 +207,15 @@ def check_viewer(page: Path, out: Path, chromium: str | None = None, timeout: fl
             for s in data["subjects"]:
                 first_of.setdefault(s["cluster"], s)
             views += [{"subject": s["id"], "expect_cluster": s["cluster"]} for s in list(first_of.values())[:2]]
+            # then the sliders, moved as a user would: the overlay must change with each
+            views += [{"slider": "threshold", "value": 0.6}, {"slider": "opacity", "value": 1.0}]
             before = None
             for view in views:
-                if not view.get("initial"):
+                if "slider" in view:
+                    _evaluate(tools, session, f"(() => {{ const e = document.getElementById('{view['slider']}');"
+                                              f" e.value = {view['value']}; e.dispatchEvent(new Event('input'));"
+                                              " return e.value; })()")
+                elif not view.get("initial"):
                     selection = ({"subject": view["subject"]} if "subject" in view else
                                  {"cluster": view["cluster"]} if "cluster" in view else {})
                     _evaluate(tools, session, f"lungclamViewer.show({json.dumps(selection)})", timeout)

@@ -348,8 +348,26 @@ _APP = r"""
   // matplotlib's jet at 0, 1/8, 3/8, 5/8, 7/8 and 1: the colours of the PNG figures
   const JET = [[0, [0, 0, 128]], [32, [0, 0, 255]], [96, [0, 255, 255]], [159, [255, 255, 0]],
                [223, [255, 0, 0]], [255, [128, 0, 0]]];
-  // Below the threshold (index 0 of the table) the overlay is transparent, above it opaque.
-  const JET_LUT = [[0, [0, 0, 128], 0], [1, [0, 0, 131], 255], ...JET.slice(1).map(p => [p[0], p[1], 255])];
+  // The overlay always maps importance 0..1 onto the whole table, so colours mean what the
+  // colour bar says; the threshold makes the table transparent up to its own index instead.
+  function jetAt(i) {
+    for (let n = 1; n < JET.length; n++) {
+      const [i0, c0] = JET[n - 1], [i1, c1] = JET[n];
+      if (i <= i1) return c0.map((v, j) => Math.round(v + (c1[j] - v) * (i - i0) / (i1 - i0)));
+    }
+    return JET[JET.length - 1][1];
+  }
+  function thresholdedJet(threshold) {
+    const cut = Math.min(254, Math.max(0, Math.round(threshold * 255)));  // 0 is never drawn
+    const name = "lungclam_jet_" + cut;
+    if (!nv.colormaps().includes(name)) {
+      const points = [[0, jetAt(0), 0], [cut, jetAt(cut), 0], [cut + 1, jetAt(cut + 1), 255],
+                      ...JET.filter(p => p[0] > cut + 1).map(p => [p[0], p[1], 255])].filter((p, n) => n !== 1 || cut > 0);
+      nv.addColormap(name, {R: points.map(p => p[1][0]), G: points.map(p => p[1][1]), B: points.map(p => p[1][2]),
+                            A: points.map(p => p[2]), I: points.map(p => p[0])});
+    }
+    return name;
+  }
   const nv = new niivue.Niivue({
     isRadiologicalConvention: true, sagittalNoseLeft: true, showAllOrientationMarkers: true,
     multiplanarShowRender: niivue.SHOW_RENDER.NEVER, multiplanarLayout: niivue.MULTIPLANAR_TYPE.ROW,
@@ -357,8 +375,6 @@ _APP = r"""
     backColor: [0, 0, 0, 1], fontMinPx: 16,
     logLevel: "error", loadingText: "loading ...",
   });
-  nv.addColormap("lungclam_jet", {R: JET_LUT.map(p => p[1][0]), G: JET_LUT.map(p => p[1][1]),
-                                  B: JET_LUT.map(p => p[1][2]), A: JET_LUT.map(p => p[2]), I: JET_LUT.map(p => p[0])});
   // the drawing layer holds the template lung mask; label 1 drawn in gold (figures.TEMPLATE_COLOUR)
   nv.setDrawColormap({R: [0, 255], G: [0, 215], B: [0, 0], A: [0, 255], I: [0, 1], labels: ["", "template lungs"]});
   const cache = new Map();
@@ -391,8 +407,8 @@ _APP = r"""
   }
 
   function styleOverlay(overlay) {
-    overlay.colormap = "lungclam_jet";
-    overlay.cal_min = state.threshold;
+    overlay.colormap = thresholdedJet(state.threshold);
+    overlay.cal_min = 0.0;
     overlay.cal_max = 1.0;
     overlay.opacity = state.opacity;
   }
@@ -509,7 +525,7 @@ _APP = r"""
     });
     threshold.addEventListener("input", () => {
       state.threshold = Number(threshold.value);
-      if (drawn) { drawn[1].cal_min = state.threshold; nv.updateGLVolume(); }
+      if (drawn) { drawn[1].colormap = thresholdedJet(state.threshold); nv.updateGLVolume(); }
       label();
     });
     document.getElementById("outline").addEventListener("change", e => {
