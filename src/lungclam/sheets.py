@@ -15,7 +15,13 @@ from lungclam.errors import SheetError
 
 #: Subject IDs become file names under ``results/``: no separators, no leading dot or dash.
 SUBJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+#: Longest subject ID. IDs become file names (``{id}.nii.gz``, ``{id}.json``, 255 bytes at
+#: most on every common filesystem) and parts of Slurm job names and comments; 64 leaves
+#: room for every suffix the workflow adds.
+MAX_SUBJECT_ID_LENGTH = 64
 SAMPLE_COLUMNS = ("subject", "dicom")
+#: Optional columns: which PatientID / StudyInstanceUID to take from a folder holding several.
+OPTIONAL_SAMPLE_COLUMNS = ("patient_id", "study_uid")
 
 
 def read_tsv(path: str | Path, what: str) -> pd.DataFrame:
@@ -42,6 +48,11 @@ def check_subject_ids(table: pd.DataFrame, path: Path, what: str) -> None:
         raise SheetError(f"{what} sheet {path}: no 'subject' column (columns: {list(table.columns)})")
     seen: dict[str, int] = {}
     for i, subject in enumerate(table["subject"]):
+        if len(subject) > MAX_SUBJECT_ID_LENGTH:
+            raise SheetError(
+                f"{what} sheet {path}, {_row(i)}: subject ID {subject[:20]!r}... is {len(subject)} characters "
+                f"long; IDs may have at most {MAX_SUBJECT_ID_LENGTH} (they become file and job names)"
+            )
         if not SUBJECT_ID.match(subject):
             raise SheetError(
                 f"{what} sheet {path}, {_row(i)}: illegal subject ID {subject!r}; IDs must "
@@ -58,15 +69,18 @@ def check_subject_ids(table: pd.DataFrame, path: Path, what: str) -> None:
 def read_samples(path: str | Path, check_folders: bool = True) -> pd.DataFrame:
     """Read and validate ``samples.tsv``; return it with ``dicom`` as absolute paths.
 
-    Columns are exactly ``subject`` and ``dicom``; relative ``dicom`` paths resolve against
-    the sheet's own folder, so a sheet and its data can move together.
+    Columns are ``subject`` and ``dicom``, and optionally ``patient_id`` and ``study_uid``
+    (empty cells allowed: which patient or study to take from a folder holding several);
+    relative ``dicom`` paths resolve against the sheet's own folder, so a sheet and its
+    data can move together.
     """
     path = Path(path).resolve()
     table = read_tsv(path, "samples")
-    unknown = [c for c in table.columns if c not in SAMPLE_COLUMNS]
+    unknown = [c for c in table.columns if c not in SAMPLE_COLUMNS + OPTIONAL_SAMPLE_COLUMNS]
     if unknown:
         raise SheetError(
-            f"samples sheet {path}: unknown column(s) {unknown}; expected exactly {list(SAMPLE_COLUMNS)}"
+            f"samples sheet {path}: unknown column(s) {unknown}; expected {list(SAMPLE_COLUMNS)} "
+            f"and optionally {list(OPTIONAL_SAMPLE_COLUMNS)}"
         )
     missing = [c for c in SAMPLE_COLUMNS if c not in table.columns]
     if missing:
@@ -79,6 +93,11 @@ def read_samples(path: str | Path, check_folders: bool = True) -> pd.DataFrame:
         if not folder.strip():
             raise SheetError(f"samples sheet {path}, {_row(i)}: subject {subject!r} has an empty 'dicom' path")
         resolved = (path.parent / folder.strip()).resolve()
+        if check_folders and resolved.exists() and not resolved.is_dir():
+            raise SheetError(
+                f"samples sheet {path}, {_row(i)}: 'dicom' of subject {subject!r} is a file, not a folder: "
+                f"{resolved}; give the folder that holds the subject's DICOM files"
+            )
         if check_folders and not resolved.is_dir():
             raise SheetError(
                 f"samples sheet {path}, {_row(i)}: DICOM folder of subject {subject!r} "
@@ -86,6 +105,9 @@ def read_samples(path: str | Path, check_folders: bool = True) -> pd.DataFrame:
             )
         folders.append(str(resolved))
     table["dicom"] = folders
+    for column in OPTIONAL_SAMPLE_COLUMNS:
+        if column in table.columns:
+            table[column] = table[column].str.strip()
     return table.set_index("subject", drop=False)
 
 

@@ -58,6 +58,32 @@ def test_missing_folder(folders: Path) -> None:
         read_samples(sheet)
 
 
+def test_dicom_path_pointing_at_a_file_says_so(folders: Path) -> None:
+    (folders / "dicom" / "a" / "CT1.dcm").write_bytes(b"x")
+    sheet = write(folders / "samples.tsv", "subject\tdicom\nA\tdicom/a\nB\tdicom/a/CT1.dcm\n")
+    with pytest.raises(SheetError, match=r"row 2 .*'dicom' of subject 'B' is a file, not a folder: .*CT1\.dcm"):
+        read_samples(sheet)
+
+
+@pytest.mark.parametrize("length", [65, 250])
+def test_overlong_subject_id_names_the_row(folders: Path, length: int) -> None:
+    """A 250-character ID used to pass and kill the run later with 'File name too long'."""
+    long_id = "S" * length
+    sheet = write(folders / "samples.tsv", f"subject\tdicom\nok1\tdicom/a\n{long_id}\tdicom/b\n")
+    with pytest.raises(SheetError, match=rf"row 2 \(line 3\): subject ID 'S{{20}}'\.\.\. is {length} characters "
+                                         r"long; IDs may have at most 64"):
+        read_samples(sheet)
+    (folders / "samples.tsv").write_text(f"subject\tdicom\n{'S' * 64}\tdicom/a\n")
+    assert read_samples(folders / "samples.tsv")["subject"].str.len().tolist() == [64]
+
+
+def test_optional_patient_and_study_columns(folders: Path) -> None:
+    sheet = write(folders / "samples.tsv",
+                  "subject\tdicom\tpatient_id\tstudy_uid\nA\tdicom/a\t P-1 \t\nB\tdicom/b\t\t1.2.3\n")
+    table = read_samples(sheet)
+    assert table["patient_id"].tolist() == ["P-1", ""] and table["study_uid"].tolist() == ["", "1.2.3"]
+
+
 def test_unknown_column(folders: Path) -> None:
     sheet = write(folders / "samples.tsv", "subject\tdicom\tage\nA\tdicom/a\t50\n")
     with pytest.raises(SheetError, match=r"unknown column\(s\) \['age'\]"):
