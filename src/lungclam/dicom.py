@@ -2,16 +2,20 @@
 
 The ``convert`` stage calls :func:`convert_subject`. The steps, each usable on its own:
 
-1. :func:`find_series` walks a folder of any layout, reads headers only and groups the
-   files by SeriesInstanceUID. Files without the DICOM preamble are skipped and counted.
+1. :func:`find_series` walks a folder of any layout (:mod:`lungclam.dicom_files`), reads
+   headers only and groups the files by SeriesInstanceUID, setting scouts that share the
+   CT's UID aside. Every entry is accounted for: only files that are clearly not DICOM
+   (no preamble and not a DICOM-looking name) are skipped; see :func:`_read_header`.
+   :func:`one_patient_and_study` refuses a folder mixing patients or studies.
 2. :func:`choose_ct_series` picks the axial CT series with the most slice positions and
    says why every other series was passed over.
 3. :func:`convert_series` checks the slice geometry (one orientation, one pixel spacing,
    no stacked duplicates, slices at more than one position, no large gaps), converts with
    dicom2nifti, and falls back to SimpleITK plus our own resampler if dicom2nifti fails or
    its result disagrees with the headers. The result is int16 HU in LPS orientation.
-4. :func:`sidecar` lists scanner and geometry facts; never anything that identifies the
-   patient (an allow-list, not a block-list).
+4. :func:`check_rescale` (before) and :func:`check_hu` (after conversion) refuse values
+   that are not HU. :func:`sidecar` lists scanner and geometry facts; never anything that
+   identifies the patient (an allow-list, not a block-list).
 
 Series choice: non-CT modalities, Secondary Capture objects, localizers (ImageType
 LOCALIZER or PROJECTION IMAGE, or fewer than three slice positions), multi-frame
@@ -26,13 +30,15 @@ Geometry policy (all distances in mm, measured along the slice normal n = row x 
   column and the slice normal. The axes stay orthogonal, so the volume is no longer
   sheared; for a tilted scan they stay rotated by the tilt angle about the patient's
   left-right axis (as dcm2niix does). Values outside the acquired slab are -1024 HU.
-- An uneven series is resampled only when no step exceeds ``MAX_GAP_RATIO`` (2) times the
-  median step, i.e. at most one missing slice in a row is bridged by interpolation; a
-  larger gap means missing data and the subject is refused.
+- An uneven series is resampled only when no step exceeds ``MAX_GAP_RATIO`` (1.8) times
+  the median step. One missing slice makes a step of 2 x the median, so any missing slice
+  is refused, naming the files on either side, while variable pitch (the GE tilted head
+  in ../shared/data has steps of 1 and 1.75 x its median) and jitter are resampled.
 - Two files at one position: the same SOP instance, or identical pixel data, is kept once;
   different pixel data at one position (two phases in one series?) is refused.
-- A file that has the DICOM preamble but cannot be parsed, or whose pixel data is
-  truncated or cannot be decoded, fails the subject with that file's name: dropping it
+- A DICOM-looking file without the preamble, a file with the preamble whose header
+  cannot be parsed or is implausible, or whose pixel data is truncated, cannot be decoded
+  or decodes beyond BitsStored, fails the subject with that file's name: dropping it
   silently would leave a hole in the volume.
 - Values are rounded and clipped to int16; scanner padding (-2048, -3024) is left alone.
 """
@@ -43,7 +49,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 import warnings
@@ -57,11 +62,11 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from scipy import ndimage
 
 from lungclam import __version__
 from lungclam.atomic import atomic_path
+from lungclam.dicom_files import list_dicom_folder
 from lungclam.errors import SubjectError
 from lungclam.imageio import write_image
 
@@ -70,16 +75,21 @@ log = logging.getLogger(__name__)
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # plus the multi-frame SC variants
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima")
 
 AXIAL_MIN_COS = math.cos(math.radians(45.0))  # slice normal within 45 deg of head-feet
 MIN_POSITIONS = 3  # one or two slices are a localizer or a test shot, not a volume
-MAX_GAP_RATIO = 2.0  # largest step / median step that is still resampled
+MAX_GAP_RATIO = 1.8  # largest step / median step still resampled (a missing slice makes 2)
 STEP_TOL_MM = 0.02  # steps this close (or 1% of the step) count as equal
 STEP_TOL_REL = 0.01
 DUPLICATE_TOL_MM = 0.01  # two slices closer than this along the normal share a position
 TILT_TOL_PIXELS = 0.1  # in-plane drift of the slice origins that counts as tilt
 ORIENTATION_TOL = 1e-3  # direction cosines that differ by less are the same orientation
 PADDING_HU = -1024  # fill value outside the acquired slab after resampling
+AIR_HU = (-1100.0, -900.0)  # where air lies in a CT in HU
+TISSUE_HU = (-200.0, 200.0)  # fat, water, muscle, blood: most of a body
+MIN_AIR_FRACTION = 0.002  # of the voxels above -1500 (scanner padding left out)
+MIN_TISSUE_FRACTION = 0.01
 INT16_MIN, INT16_MAX = -32768, 32767
 
 
@@ -157,6 +167,7 @@ class SeriesList(list):
         self.n_files = n_files  # every regular file seen
         self.n_non_dicom = n_non_dicom  # no DICM preamble: skipped
         self.n_non_image = n_non_image  # DICOMDIR and the like: skipped
+        self.skipped: list[Path] = []  # the non-DICOM files, by path
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -189,32 +200,92 @@ def _sop_class(ds: Dataset) -> str:
     return uid
 
 
-def _iter_files(folder: Path) -> Iterator[Path]:
-    """Every regular file under ``folder``, in a stable order."""
-    for root, dirs, names in os.walk(folder):
-        dirs.sort()
-        for name in sorted(names):
-            path = Path(root) / name
-            if path.is_file():
-                yield path
+def _looks_like_dicom_name(path: Path) -> bool:
+    """True for a name a DICOM file may carry: no suffix, a numeric suffix (UID-like names
+    such as ``CT.1.3.12.2.30000022``), or .dcm/.dicom/.dic/.ima. Hidden files (``.DS_Store``)
+    and other suffixes (.txt, .png, .xml, .db, ...) are not DICOM-looking."""
+    name = path.name
+    if name.startswith("."):
+        return False
+    suffix = path.suffix.lower()
+    return suffix in ("", *DICOM_SUFFIXES) or suffix[1:].isdigit()
 
 
 def _read_header(path: Path, subject: str | None) -> Dataset | None:
-    """Header of one file; None when it is not DICOM; SubjectError when it is broken.
+    """Header of one file; None when it is clearly not DICOM; SubjectError when it is broken.
 
-    A file with the DICM preamble whose header cannot be parsed, or holds nothing beyond
-    the file meta group, is corrupt or truncated: we cannot tell which series it belonged
-    to, so we stop rather than risk converting a series with a slice missing.
+    The intake rule (every file in the folder is accounted for): a file is skipped as not
+    DICOM only when it lacks the 'DICM' preamble *and* its name is not DICOM-looking (see
+    :func:`_looks_like_dicom_name`). A DICOM-looking file without the preamble (empty, cut
+    short, header overwritten), a file that cannot be opened, and a file with the preamble
+    whose header cannot be parsed or holds nothing beyond the file meta group all fail the
+    subject, naming the file: we cannot tell which series it belonged to, and skipping it
+    could leave a slice out of the volume.
     """
     try:
+        with path.open("rb") as handle:
+            head = handle.read(132)
+    except OSError as exc:
+        raise SubjectError(subject, f"cannot read {path.name}: {exc.strerror or exc}", path) from exc
+    if len(head) < 132 or head[128:132] != b"DICM":
+        if not _looks_like_dicom_name(path):
+            return None
+        size = path.stat().st_size
+        raise SubjectError(
+            subject,
+            f"{path.name} is not a readable DICOM file ({size} bytes, no 'DICM' preamble at byte 128: "
+            "empty, truncated or header overwritten?); a file with a DICOM-looking name is never skipped "
+            "(remove it, or rename it if it is not an image)",
+            path,
+        )
+    try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=False)
-    except InvalidDicomError:
-        return None
     except Exception as exc:  # pydicom raises OSError, EOFError, ValueError, ... on damage
-        raise SubjectError(subject, f"corrupt DICOM file {path.name}: {exc}", path) from exc
+        raise SubjectError(subject, f"corrupt DICOM file {path.name}: {_one_line(exc)}", path) from exc
     if len(ds) == 0:
         raise SubjectError(subject, f"truncated DICOM file {path.name}: nothing after the file meta header", path)
+    damage = _header_damage(ds)
+    if damage:
+        raise SubjectError(subject, f"corrupt DICOM header in {path.name}: {damage}", path)
     return ds
+
+
+def _header_damage(ds: Dataset) -> str | None:
+    """What makes a parsed header implausible (bytes overwritten?), or None.
+
+    Every DICOM object names its transfer syntax, SOP class and SOP instance, and stores
+    its elements in ascending tag order; garbage parsed as elements breaks one of these.
+    """
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        return "no TransferSyntaxUID (0002,0010) in the file meta header"
+    if not _sop_class(ds):
+        return "no SOPClassUID (0008,0016)"
+    if not (_text(ds, "SOPInstanceUID") or _text(meta, "MediaStorageSOPInstanceUID")):
+        return "no SOPInstanceUID (0008,0018)"
+    tags = list(ds.keys())
+    for before, after in zip(tags, tags[1:]):
+        if after <= before:
+            return f"elements out of order ({after} after {before})"
+    return None
+
+
+def _syntax_name(ds: Dataset) -> str:
+    """The transfer syntax for messages: its name and UID."""
+    syntax = _transfer_syntax(ds)
+    return "?" if syntax is None else f"{syntax.name} ({syntax})"
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (ITK's span several and start with a source path)."""
+    text = " ".join(str(exc).split())
+    # "Exception thrown in SimpleITK ...: /path/itkGDCMImageIO.cxx:359: ITK ERROR: GDCMImageIO(0x..): cause"
+    if "sitk::ERROR:" in text:
+        text = text.split("sitk::ERROR:", 1)[1].strip()
+    if "ITK ERROR:" in text:
+        text = text.split("ITK ERROR:", 1)[1].strip()
+        text = text.split("):", 1)[1].strip() if text.startswith("GDCMImageIO(") and "):" in text else text
+    return text or type(exc).__name__
 
 
 def _transfer_syntax(ds: Dataset) -> pydicom.uid.UID | None:
@@ -237,34 +308,87 @@ def _series_key(ds: Dataset, path: Path, folder: Path) -> tuple[str, str]:
 def find_series(folder: Path, subject: str | None = None) -> SeriesList:
     """Group the DICOM files under ``folder`` (any layout, any names) into series.
 
-    Only headers are read. Non-DICOM files are skipped and counted; a corrupt DICOM file
-    raises :class:`SubjectError` naming it. Each series' ``reason_rejected`` says why it
-    cannot be the CT volume (None when it can). Returns a list (sorted by series number,
-    then UID) that also carries ``n_files``, ``n_non_dicom`` and ``n_non_image``.
+    Only headers are read. Every entry is accounted for (see :func:`_read_header`): clearly
+    non-DICOM files are skipped and counted; a broken or looping link, an unreadable,
+    truncated or corrupt DICOM file raises :class:`SubjectError` naming it. Localizer
+    images that share the CT's SeriesInstanceUID are split off as a series of their own
+    (:func:`_split_scouts`). Each series' ``reason_rejected`` says why it cannot be the CT
+    volume (None when it can). Returns a list (sorted by series number, then UID) that also
+    carries ``n_files``, ``n_non_dicom``, ``n_non_image`` and ``skipped``.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise SubjectError(subject, "DICOM folder does not exist or is not a folder", folder)
+    listing = list_dicom_folder(folder)
+    if listing.problems:
+        raise SubjectError(subject, _listing_problems(listing.problems, folder), listing.problems[0][0])
     groups: dict[str, tuple[str, list[tuple[Path, Dataset]]]] = {}
-    n_files = n_non_dicom = n_non_image = 0
-    for path in _iter_files(folder):
-        n_files += 1
+    skipped: list[Path] = []
+    n_non_image = 0
+    for path in listing.files:
         ds = _read_header(path, subject)
         if ds is None:
-            n_non_dicom += 1
+            skipped.append(path)
             continue
         if _sop_class(ds) == MEDIA_STORAGE_DIRECTORY:
             n_non_image += 1
             continue
         key, label = _series_key(ds, path, folder)
         groups.setdefault(key, (label, []))[1].append((path, ds))
-    series = [_summarise(label, members, folder) for label, members in groups.values()]
+    series = []
+    for label, members in groups.values():
+        main, scouts = _split_scouts(members)
+        series.append(_summarise(label, main, folder))
+        if scouts:
+            scout_label = f"<{len(scouts)} localizer image(s) in series UID {label}>"
+            series.append(_summarise(scout_label, scouts, folder))
+            log.warning("%s: %d localizer image(s) set aside: %s", series[-2].name, len(scouts),
+                        ", ".join(p.name for p, _ in scouts[:5]))
     series.sort(key=lambda s: (s.series_number if s.series_number is not None else 1 << 30, s.label))
-    log.info(
-        "%s: %d files, %d series, %d non-DICOM files skipped",
-        folder, n_files, len(series), n_non_dicom,
-    )
-    return SeriesList(series, folder, n_files, n_non_dicom, n_non_image)
+    log.info("%s: %d files, %d series, %d non-DICOM files skipped", folder, len(listing.files), len(series),
+             len(skipped))
+    if skipped:
+        log.warning("skipped as not DICOM (no preamble, not a DICOM-looking name): %s%s",
+                    ", ".join(p.name for p in skipped[:10]), " ..." if len(skipped) > 10 else "")
+    found = SeriesList(series, folder, len(listing.files), len(skipped), n_non_image)
+    found.skipped = skipped
+    return found
+
+
+def _listing_problems(problems: list[tuple[Path, str]], folder: Path) -> str:
+    """One message for the entries a folder listing could not account for (first four)."""
+
+    def one(path: Path, cause: str) -> str:
+        return f"{'DICOM folder' if path == folder else path.relative_to(folder)}: {cause}"
+
+    text = "; ".join(one(path, cause) for path, cause in problems[:4])
+    return text + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+
+
+def _is_localizer_image(ds: Dataset) -> bool:
+    """ImageType says LOCALIZER or PROJECTION IMAGE (a scout / topogram)."""
+    image_type = _text(ds, "ImageType").upper()
+    return "LOCALIZER" in image_type or "PROJECTION IMAGE" in image_type
+
+
+def _split_scouts(
+    members: list[tuple[Path, Dataset]]
+) -> tuple[list[tuple[Path, Dataset]], list[tuple[Path, Dataset]]]:
+    """(images, scouts) of one series: scouts by ImageType, or by plane, never by file name.
+
+    Some scanners give the scout the axial series' UID. When a series mixes them, the
+    LOCALIZER / PROJECTION IMAGE files go; and when most images are axial, the coronal or
+    sagittal ones go too. A series made only of scouts stays whole (and is rejected as a
+    localizer); a slightly different axial orientation stays in (and fails, named, in the
+    geometry check).
+    """
+    scouts = [m for m in members if _is_localizer_image(m[1])]
+    if len(scouts) == len(members):
+        return members, []
+    rest = [m for m in members if not _is_localizer_image(m[1])]
+    planes = [_plane(_floats(ds, "ImageOrientationPatient")) for _, ds in rest]
+    if Counter(planes).most_common(1)[0][0] == "axial":
+        scouts += [m for m, plane in zip(rest, planes) if plane in ("coronal", "sagittal")]
+        rest = [m for m, plane in zip(rest, planes) if plane not in ("coronal", "sagittal")]
+    return rest, scouts
 
 
 def _plane(orientation: tuple[float, ...] | None) -> str:
@@ -347,6 +471,8 @@ def _rejection_reason(info: SeriesInfo) -> str | None:
         return f"not axial ({info.plane})"
     if info.n_positions == 1 and info.n_files > 1:
         return f"not a volume: all {info.n_files} slices at one position"
+    if info.n_positions == 0:
+        return f"no ImagePositionPatient in any of its {info.n_files} file(s) (e.g. {info.files[0].name})"
     if info.n_positions < MIN_POSITIONS:
         return f"{info.n_positions} slice position(s), a localizer?"
     return None
@@ -375,6 +501,44 @@ def choose_ct_series(series: list[SeriesInfo], subject: str | None) -> SeriesInf
     return best
 
 
+def one_patient_and_study(
+    series: SeriesList, subject: str | None, patient_id: str | None = None, study_uid: str | None = None
+) -> SeriesList:
+    """The series of one patient and one study; refuse a folder that mixes several.
+
+    ``patient_id`` / ``study_uid`` (empty or None: not given) keep only the series with
+    that PatientID / StudyInstanceUID. Without them, a folder whose series carry more than
+    one PatientID or StudyInstanceUID fails, listing each value and its series, because
+    picking one would be a guess.
+    """
+    folder = getattr(series, "folder", None)
+    kept = list(series)
+    for keyword, wanted, column in (("PatientID", patient_id, "patient_id"),
+                                    ("StudyInstanceUID", study_uid, "study_uid")):
+        values: dict[str, list[SeriesInfo]] = {}
+        for s in kept:
+            values.setdefault(_text(s.headers[0], keyword), []).append(s)
+        if wanted:
+            if wanted not in values:
+                listed = ", ".join(repr(v) for v in values)
+                raise SubjectError(subject, f"no series with {keyword} {wanted!r} (the sheet's {column}); "
+                                            f"the folder holds {listed}", folder)
+            kept = values[wanted]
+        elif len(values) > 1:
+            listed = "; ".join(f"{v!r}: " + ", ".join(s.name for s in ss) for v, ss in values.items())
+            raise SubjectError(
+                subject,
+                f"the folder holds {len(values)} different {keyword}s ({listed}); give the one to use in the "
+                f"samples sheet's {column} column, or split the folder",
+                folder,
+            )
+    if len(kept) == len(series):
+        return series
+    out = SeriesList(kept, series.folder, series.n_files, series.n_non_dicom, series.n_non_image)
+    out.skipped = series.skipped
+    return out
+
+
 def _preference(info: SeriesInfo) -> tuple:
     """Sort key: most slices first, then thinner slices, lower series number, UID."""
     thickness = _floats(info.headers[0], "SliceThickness")
@@ -390,11 +554,20 @@ def _nothing_usable(series: list[SeriesInfo]) -> str:
     """The message for a folder without any usable CT series."""
     n_files = getattr(series, "n_files", None)
     n_non_dicom = getattr(series, "n_non_dicom", 0)
+    n_non_image = getattr(series, "n_non_image", 0)
+    skipped_files = getattr(series, "skipped", [])
     if not series:
         if n_files == 0:
             return "no files in the DICOM folder"
+        if n_non_image and n_non_image + n_non_dicom == n_files:
+            return (
+                f"no DICOM images: the folder holds only {n_non_image} DICOMDIR index file(s)"
+                + (f" and {n_non_dicom} non-DICOM file(s)" if n_non_dicom else "")
+                + "; the images a DICOMDIR lists must be in this folder or below it"
+            )
         if n_files is not None:
-            return f"no DICOM files: {n_files} file(s), none with the DICOM preamble ('DICM')"
+            names = ", ".join(p.name for p in skipped_files[:5]) + (" ..." if len(skipped_files) > 5 else "")
+            return f"no DICOM files: {n_files} file(s), none of them DICOM (skipped: {names})"
         return "no DICOM series found"
     listed = "; ".join(f"{s.name} ({s.reason_rejected})" for s in series)
     skipped = f"; {n_non_dicom} non-DICOM file(s) skipped" if n_non_dicom else ""
@@ -488,24 +661,43 @@ def _same(values: list[tuple[float, ...] | None], tol: float) -> bool:
     return bool(np.all(np.abs(arr - arr[0]) <= tol))
 
 
+def _odd_ones_out(series: SeriesInfo, values: list, tol: float) -> str:
+    """Name the files whose value differs from the most common one (for messages)."""
+    rounded = [None if v is None else tuple(round(x / tol) * tol for x in v) for v in values]
+    counts = Counter(rounded)
+    common = counts.most_common(1)[0][0]
+    odd = [(f.name, v) for f, r, v in zip(series.files, rounded, values) if r != common]
+    listed = ", ".join(f"{name} ({_show(v)})" for name, v in odd[:5]) + (" ..." if len(odd) > 5 else "")
+    return f"{len(odd)} of {len(values)} file(s) differ from the other {counts[common]} ({_show(common)}): {listed}"
+
+
+def _show(value: tuple[float, ...] | None) -> str:
+    """A header tuple for messages: rounded numbers, or 'missing'."""
+    return "missing" if value is None else "[" + ", ".join(f"{v:g}" for v in np.round(value, 4)) + "]"
+
+
 def _check_uniform(series: SeriesInfo, subject: str | None) -> None:
-    """Refuse series whose slices disagree on orientation, pixel spacing or matrix size."""
+    """Refuse series whose slices disagree on orientation, pixel spacing or matrix size,
+    or lack a position; the message names the odd files."""
     headers, where = series.headers, series.files[0].parent
     orientations = [_floats(ds, "ImageOrientationPatient") for ds in headers]
-    if not _same(orientations, ORIENTATION_TOL):
-        counts = Counter(_rounded(o) for o in orientations)
-        listed = "; ".join(f"{n} x {o}" for o, n in counts.most_common())
-        raise SubjectError(subject, f"{series.name}: mixed slice orientations ({listed})", where)
+    if not _same(orientations, ORIENTATION_TOL) or len(orientations[0]) != 6:
+        odd = _odd_ones_out(series, orientations, ORIENTATION_TOL)
+        raise SubjectError(subject, f"{series.name}: mixed slice orientations (ImageOrientationPatient): {odd}", where)
     spacings = [_floats(ds, "PixelSpacing") for ds in headers]
     if not _same(spacings, 1e-4) or len(spacings[0]) != 2:
-        counts = Counter(_rounded(s, 4) for s in spacings)
-        listed = "; ".join(f"{n} x {s}" for s, n in counts.most_common())
-        raise SubjectError(subject, f"{series.name}: mixed or missing pixel spacing ({listed})", where)
-    sizes = {(int(ds.Rows), int(ds.Columns)) for ds in headers}
-    if len(sizes) != 1:
-        raise SubjectError(subject, f"{series.name}: mixed image sizes {sorted(sizes)}", where)
-    if any(_floats(ds, "ImagePositionPatient") is None for ds in headers):
-        raise SubjectError(subject, f"{series.name}: a slice lacks ImagePositionPatient", where)
+        odd = _odd_ones_out(series, spacings, 1e-4)
+        raise SubjectError(subject, f"{series.name}: mixed or missing pixel spacing (PixelSpacing): {odd}", where)
+    sizes = [(float(ds.Rows), float(ds.Columns)) for ds in headers]
+    if len(set(sizes)) != 1:
+        odd = _odd_ones_out(series, sizes, 1.0)
+        raise SubjectError(subject, f"{series.name}: mixed image sizes (Rows, Columns): {odd}", where)
+    missing = [f.name for f, ds in zip(series.files, headers) if _floats(ds, "ImagePositionPatient") is None]
+    if missing:
+        listed = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise SubjectError(
+            subject, f"{series.name}: {len(missing)} file(s) lack ImagePositionPatient: {listed}", where
+        )
 
 
 def plan_geometry(series: SeriesInfo, subject: str | None) -> SliceGeometry:
@@ -599,11 +791,14 @@ def _check_steps(geometry: SliceGeometry, series: SeriesInfo, subject: str | Non
     steps, median = geometry.steps, geometry.median_step
     worst = int(np.argmax(steps))
     if steps[worst] > MAX_GAP_RATIO * median * (1 + STEP_TOL_REL) + STEP_TOL_MM:
+        n_gaps = int(np.sum(steps > MAX_GAP_RATIO * median * (1 + STEP_TOL_REL) + STEP_TOL_MM))
+        others = f" ({n_gaps - 1} more such gap(s))" if n_gaps > 1 else ""
+        missing = max(1, round(steps[worst] / median) - 1)
         raise SubjectError(
             subject,
             f"{series.name}: gap of {steps[worst]:.2f} mm between {geometry.files[worst].name} and "
             f"{geometry.files[worst + 1].name} is more than {MAX_GAP_RATIO:g} x the median slice step "
-            f"({median:.2f} mm); slices missing?",
+            f"({median:.2f} mm); slices missing? (about {missing}){others}",
             where,
         )
 
@@ -634,16 +829,45 @@ def _hu_slice(ds: Dataset, path: Path, subject: str | None) -> np.ndarray:
     try:
         pixels = ds.pixel_array
     except Exception as exc:
-        raise SubjectError(subject, f"cannot decode pixel data of {path.name}: {exc}", path) from exc
+        raise SubjectError(subject, f"cannot decode {_syntax_name(ds)} pixel data of {path.name}: {_one_line(exc)}",
+                           path) from exc
+    _check_stored_range(ds, pixels, path, subject)
     return pydicom.pixels.apply_modality_lut(pixels, ds).astype(np.float64)
 
 
+def _check_stored_range(ds: Dataset, pixels: np.ndarray, path: Path, subject: str | None) -> None:
+    """Refuse decoded values that BitsStored cannot hold: a corrupt compressed stream
+    (JPEG-LS, JPEG 2000) can decode without an error, to garbage. Uncompressed data is
+    left alone (some scanners store a few values beyond BitsStored; the bytes are as sent)."""
+    syntax = _transfer_syntax(ds)
+    if syntax is None or not syntax.is_compressed:
+        return
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    if pixels.size and (int(pixels.min()) < low or int(pixels.max()) > high):
+        raise SubjectError(
+            subject,
+            f"pixel data of {path.name} ({_syntax_name(ds)}) decodes to values "
+            f"{int(pixels.min())}..{int(pixels.max())}, "
+            f"outside what BitsStored (0028,0101) = {bits} allows ({low}..{high}): corrupt pixel data?",
+            path,
+        )
+
+
 def _read_datasets(geometry: SliceGeometry, subject: str | None) -> list[Dataset]:
-    """Read the full datasets (with pixel data) of the slices we will use."""
+    """Read the full datasets (with pixel data) of the slices we will use, decode each
+    (pydicom keeps the array, so dicom2nifti does not decode again) and check its range."""
     datasets = []
     for path in geometry.files:
         ds = _read_full(path, subject)
         _check_pixel_data(ds, path, subject)
+        try:
+            pixels = ds.pixel_array
+        except Exception as exc:
+            cause = f"cannot decode {_syntax_name(ds)} pixel data of {path.name}: {_one_line(exc)}"
+            raise SubjectError(subject, cause, path) from exc
+        _check_stored_range(ds, pixels, path, subject)
         datasets.append(ds)
     return datasets
 
@@ -653,7 +877,7 @@ def _read_full(path: Path, subject: str | None) -> Dataset:
     try:
         return pydicom.dcmread(path)
     except Exception as exc:
-        raise SubjectError(subject, f"corrupt DICOM file {path.name}: {exc}", path) from exc
+        raise SubjectError(subject, f"corrupt DICOM file {path.name}: {_one_line(exc)}", path) from exc
 
 
 def _to_int16(values: np.ndarray) -> np.ndarray:
@@ -820,7 +1044,8 @@ def _read_block(geometry: SliceGeometry, subject: str | None) -> np.ndarray:
         block = sitk.GetArrayFromImage(reader.Execute())
     except RuntimeError as exc:
         _name_unreadable(geometry, subject)
-        raise SubjectError(subject, f"SimpleITK cannot read the series: {exc}", geometry.files[0].parent) from exc
+        cause = f"SimpleITK cannot read the series: {_one_line(exc)}"
+        raise SubjectError(subject, cause, geometry.files[0].parent) from exc
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(warn)
     if block.shape != (len(geometry.files), geometry.rows, geometry.cols):
@@ -834,12 +1059,16 @@ def _read_block(geometry: SliceGeometry, subject: str | None) -> np.ndarray:
 
 
 def _name_unreadable(geometry: SliceGeometry, subject: str | None) -> None:
-    """Raise naming the first file SimpleITK cannot read on its own."""
-    for path in geometry.files:
+    """Raise naming the first file SimpleITK (GDCM) cannot read on its own, with its
+    transfer syntax; when GDCM reads each file alone, the first one pydicom cannot decode."""
+    for path, ds in zip(geometry.files, geometry.headers):
         try:
             sitk.ReadImage(str(path))
         except RuntimeError as exc:
-            raise SubjectError(subject, f"cannot read pixel data of {path.name}: {exc}", path) from exc
+            cause = f"cannot decode {_syntax_name(ds)} pixel data of {path.name}: {_one_line(exc)}"
+            raise SubjectError(subject, cause, path) from exc
+    for path in geometry.files:
+        _hu_slice(_read_full(path, subject), path, subject)
 
 
 def _convert_simpleitk(geometry: SliceGeometry, subject: str | None) -> sitk.Image:
@@ -914,6 +1143,97 @@ def _place_slice(pixels: np.ndarray, shift: np.ndarray, shape: tuple[int, int]) 
     return canvas
 
 
+# ----------------------------------------------------------------------- HU checks
+
+
+def check_rescale(geometry: SliceGeometry, series: SeriesInfo, subject: str | None) -> None:
+    """Refuse CT slices whose stored values would not become HU.
+
+    Each slice needs RescaleSlope (0028,1053) and RescaleIntercept (0028,1052), unless it
+    carries a Modality LUT Sequence (0028,3000); a slope of 0 (or not a finite number)
+    would make every voxel the intercept.
+    """
+    where = geometry.files[0].parent
+    lacking, zero = [], []
+    for path, ds in zip(geometry.files, geometry.headers):
+        if "ModalityLUTSequence" in ds:
+            continue
+        slope, intercept = _floats(ds, "RescaleSlope"), _floats(ds, "RescaleIntercept")
+        if slope is None or intercept is None:
+            lacking.append(path.name)
+        elif slope[0] == 0 or not math.isfinite(slope[0]) or not math.isfinite(intercept[0]):
+            zero.append(f"{path.name} (slope {slope[0]:g}, intercept {intercept[0]:g})")
+    if lacking:
+        raise SubjectError(
+            subject,
+            f"{series.name}: {len(lacking)} of {len(geometry.files)} CT file(s) lack RescaleSlope (0028,1053) or "
+            f"RescaleIntercept (0028,1052) and have no Modality LUT, so stored values are not HU: "
+            + ", ".join(lacking[:5]) + (" ..." if len(lacking) > 5 else ""),
+            where,
+        )
+    if zero:
+        raise SubjectError(
+            subject,
+            f"{series.name}: RescaleSlope (0028,1053) of 0 or not a number in {len(zero)} file(s), every voxel "
+            "would be the intercept: " + ", ".join(zero[:5]) + (" ..." if len(zero) > 5 else ""),
+            where,
+        )
+
+
+def _files_near(image: sitk.Image, values: np.ndarray, series: SeriesInfo) -> str:
+    """The source files nearest (along the slice normal) to the clipped voxels."""
+    iop = _floats(series.headers[0], "ImageOrientationPatient")
+    if iop is None or len(iop) != 6:
+        return "?"
+    normal = np.cross(iop[:3], iop[3:])
+    depths = np.array([np.dot(_floats(ds, "ImagePositionPatient") or (np.nan,) * 3, normal) for ds in series.headers])
+    names = []
+    for z, y, x in np.argwhere(values == INT16_MAX)[:: max(1, int(np.count_nonzero(values == INT16_MAX)) // 200)]:
+        depth = float(np.dot(image.TransformIndexToPhysicalPoint((int(x), int(y), int(z))), normal))
+        name = series.files[int(np.nanargmin(np.abs(depths - depth)))].name
+        if name not in names:
+            names.append(name)
+    return ", ".join(sorted(names)[:5]) + (" ..." if len(names) > 5 else "")
+
+
+def check_hu(image: sitk.Image, series: SeriesInfo, subject: str | None) -> None:
+    """Refuse a volume that does not look like CT in HU.
+
+    A CT of a body holds both air (about -1000 HU, outside the body and in the lungs) and
+    soft tissue (about 0 to 100 HU). We require at least ``MIN_AIR_FRACTION`` of the
+    voxels above -1500 HU (scanner padding, -2048 or -3024, left out) in ``AIR_HU`` and
+    ``MIN_TISSUE_FRACTION`` in ``TISSUE_HU``, and no voxel clipped at the int16 maximum.
+    The message names the rescale tags of the first slice, the usual cause.
+    """
+    values = sitk.GetArrayViewFromImage(image)
+    first = series.headers[0]
+    tags = (
+        f"RescaleSlope {_text(first, 'RescaleSlope') or 'missing'}, "
+        f"RescaleIntercept {_text(first, 'RescaleIntercept') or 'missing'} in {series.files[0].name}"
+    )
+    where = series.files[0].parent
+    clipped = int(np.count_nonzero(values == INT16_MAX))
+    if clipped:
+        raise SubjectError(
+            subject,
+            f"{clipped} voxel(s) clipped at {INT16_MAX} HU, in the slice(s) of {_files_near(image, values, series)}: "
+            f"values beyond the int16 range after rescaling ({tags}), or corrupt pixel data",
+            where,
+        )
+    body = values[values > -1500]
+    air = float(np.mean((body >= AIR_HU[0]) & (body <= AIR_HU[1]))) if body.size else 0.0
+    tissue = float(np.mean((body >= TISSUE_HU[0]) & (body <= TISSUE_HU[1]))) if body.size else 0.0
+    if air < MIN_AIR_FRACTION or tissue < MIN_TISSUE_FRACTION:
+        median = f"{float(np.median(body)):.0f}" if body.size else "n/a"
+        raise SubjectError(
+            subject,
+            f"the converted volume does not look like CT in HU: {air:.1%} of voxels near air "
+            f"({AIR_HU[0]:g}..{AIR_HU[1]:g}), {tissue:.1%} near soft tissue ({TISSUE_HU[0]:g}..{TISSUE_HU[1]:g}), "
+            f"median {median} (range {int(values.min())}..{int(values.max())}); check the rescale tags ({tags})",
+            where,
+        )
+
+
 # -------------------------------------------------------------------------- public
 
 
@@ -929,6 +1249,8 @@ def convert_series(series: SeriesInfo, subject: str | None, method: str = "auto"
         raise ValueError(f"unknown conversion method {method!r}")
     started = time.perf_counter()
     geometry = plan_geometry(series, subject)
+    if series.modality == "CT":
+        check_rescale(geometry, series, subject)
     log.info(
         "series %s: %d slices, step %.3f mm (%s), tilt %.2f deg",
         series.label, len(geometry.files), geometry.median_step,
@@ -970,9 +1292,9 @@ def _convert_with(
         raise  # a problem with the data itself, named; the fallback would hit it too
     except Exception as exc:  # dicom2nifti raises many kinds; all mean "try the other way"
         if method == "dicom2nifti":
-            cause = f"dicom2nifti failed on series {series.label}: {exc}"
+            cause = f"dicom2nifti failed on series {series.label}: {_one_line(exc)}"
             raise SubjectError(subject, cause, geometry.files[0].parent) from exc
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = f"{type(exc).__name__}: {_one_line(exc)}"
         log.warning("dicom2nifti failed (%s); falling back to SimpleITK", reason)
         return _convert_simpleitk(geometry, subject), "simpleitk", reason
 
@@ -1070,17 +1392,28 @@ def _write_json(data: dict[str, Any], path: Path) -> None:
 
 
 def convert_subject(
-    folder: Path, subject: str, out_nifti: Path, out_json: Path, method: str = "auto"
+    folder: Path,
+    subject: str,
+    out_nifti: Path,
+    out_json: Path,
+    method: str = "auto",
+    patient_id: str | None = None,
+    study_uid: str | None = None,
 ) -> dict[str, Any]:
     """Find, choose and convert the CT of one subject; write the NIfTI and JSON sidecar.
 
-    Both files are written atomically. Returns the sidecar. Every input problem raises a
-    :class:`SubjectError` naming the subject, the cause and the file or folder.
+    ``patient_id``/``study_uid`` (the sheet's optional columns) pick one patient or study
+    in a folder that holds several (see :func:`one_patient_and_study`). The volume must
+    pass :func:`check_hu` before anything is written. Both files are written atomically.
+    Returns the sidecar. Every input problem raises a :class:`SubjectError` naming the
+    subject, the cause and the file or folder.
     """
     log.info("subject %s: reading DICOM headers under %s", subject, folder)
     series = find_series(Path(folder), subject)
+    series = one_patient_and_study(series, subject, patient_id, study_uid)
     chosen = choose_ct_series(series, subject)
     image = convert_series(chosen, subject, method=method)
+    check_hu(image, chosen, subject)
     meta = sidecar(chosen, image)
     meta["series_found"] = len(series)
     write_image(image, out_nifti)

@@ -27,6 +27,7 @@ _ERROR_BLOCK = re.compile(r"^Error in rule (?P<rule>\w+):\s*$")
 _FIELD = re.compile(r"^\s+(?P<key>jobid|log|output|input|message):\s*(?P<value>.*)$")
 _LOG_HINT = " (check log file(s) for error details)"
 _RUN_JOB_FAILED = re.compile(r"\s\w+ failed: (?P<cause>.+)$")
+_LOG_RECORD = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")  # lungclam.runtime's log format
 _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*)?(?:Error|Exception|Interrupt|Exit)\b.*?:\s.+")
 
 
@@ -80,10 +81,17 @@ def cause_from_log(log_path: str | Path) -> str:
     if not path.is_file():
         return f"no log file {path}"
     lines = [line.rstrip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    for line in reversed(lines):
-        match = _RUN_JOB_FAILED.search(line)
-        if match and "unexpected error" not in line:
-            return match.group("cause")
+    for i in range(len(lines) - 1, -1, -1):
+        match = _RUN_JOB_FAILED.search(lines[i])
+        if match and "unexpected error" not in lines[i]:
+            # A message that spans lines (a library's multi-line error) is kept whole:
+            # the lines up to the next log record belong to it.
+            rest = []
+            for line in lines[i + 1 :]:
+                if _LOG_RECORD.match(line) or line.startswith("Traceback"):
+                    break
+                rest.append(line.strip())
+            return " ".join([match.group("cause"), *rest])
     for line in reversed(lines):
         if _EXCEPTION_LINE.match(line.strip()):
             return f"unexpected error: {line.strip()} (traceback in {path})"

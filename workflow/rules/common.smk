@@ -94,13 +94,28 @@ def dicom_input(wildcards):
     """The subject's DICOM files (for the demo, the cohort folder the demo rule makes).
 
     Files, not the folder: Snakemake compares a folder's own mtime only, so a replaced or
-    touched file would otherwise not re-run that subject's jobs.
+    touched file would otherwise not re-run that subject's jobs. Only files Snakemake can
+    stat are listed (lungclam.dicom_files): a broken or looping link, or a folder gone since
+    the sheet was read, must not stop the DAG build for every subject; the convert job
+    lists the folder again and fails that subject alone, naming the entry.
     """
     if DEMO:
         return f"{DEMO_DIR}/dicom"
-    folder = SAMPLES.loc[wildcards.subject, "dicom"]
-    files = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names)
-    return files or folder
+    from lungclam.dicom_files import snakemake_inputs
+
+    return snakemake_inputs(SAMPLES.loc[wildcards.subject, "dicom"])
+
+
+def sample_column(column):
+    """An input function giving a subject's value in an optional samples-sheet column
+    ('' when the sheet lacks the column, or for the demo)."""
+
+    def value(wildcards):
+        if DEMO or column not in SAMPLES.columns:
+            return ""
+        return SAMPLES.loc[wildcards.subject, column]
+
+    return value
 
 
 def dicom_folder(wildcards):

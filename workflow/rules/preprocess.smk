@@ -9,6 +9,8 @@ rule convert:
         sidecar="results/nifti/{subject}.json",
     params:
         folder=dicom_folder,
+        patient_id=sample_column("patient_id"),
+        study_uid=sample_column("study_uid"),
     log:
         "results/logs/convert/{subject}.log",
     benchmark:

@@ -7,7 +7,14 @@ smk = snakemake  # noqa: F821  (injected by Snakemake)
 
 run_job(
     "convert",
-    lambda: convert_subject(smk.params.folder, smk.wildcards.subject, smk.output.nifti, smk.output.sidecar),
+    lambda: convert_subject(
+        smk.params.folder,
+        smk.wildcards.subject,
+        smk.output.nifti,
+        smk.output.sidecar,
+        patient_id=smk.params.patient_id or None,
+        study_uid=smk.params.study_uid or None,
+    ),
     smk.log[0],
     smk.threads,
 )
