@@ -8,10 +8,17 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from lungclam.config_schema import config_problems, load_schema
 from lungclam.errors import SheetError
 from lungclam.runlock import clear_stale_lock, forget_owner, record_owner
 from lungclam.sheets import read_clinical, read_samples
 
+# One line per problem, a misspelt key with the nearest valid one; Snakemake's validate
+# (which also fills in the schema's defaults) would print the whole schema error instead.
+_config_problems = config_problems(config, load_schema(os.path.join(workflow.basedir, "config", "schema.yaml")))
+if _config_problems:
+    sys.exit("lungclam: configuration error (keys and types: config/schema.yaml):\n"
+             + "\n".join(f"  {problem}" for problem in _config_problems))
 validate(config, schema="../../config/schema.yaml")
 
 # A run killed outright (SIGKILL, a dead machine) leaves its lock; the same command then
