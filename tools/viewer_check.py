@@ -14,6 +14,9 @@ no port, no extra Python package), with software WebGL2 (ANGLE on SwiftShader), 
   it shows and screenshots the canvas, counting its non-black pixels and comparing it with
   the view before;
 - moves the threshold and opacity sliders, checking that the canvas changes each time;
+- clicks the axial and sagittal views to find where the patient's right and anterior are
+  on screen (radiological view: right on the left, anterior at the top; in sagittal views
+  anterior on the left, as in the PNG figures);
 - writes the screenshot of the last view as ``--out``.
 
 Prints the outcome as JSON; exit status 1 when anything above failed (the reasons on stderr).
@@ -148,6 +151,39 @@ def _canvas_pixels(tools: DevTools, session: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(shot["data"]))).convert("RGB"))
 
 
+def _click_world(tools: DevTools, session: str, fx: float, fy: float) -> list[float]:
+    """Click the canvas at fractions (fx, fy) of its width and height; the crosshair's
+    world position then (RAS, mm)."""
+    box = _evaluate(tools, session, "(() => { const r = document.getElementById('gl').getBoundingClientRect();"
+                                    " return [r.left, r.top, r.width, r.height]; })()")
+    x, y = box[0] + fx * box[2], box[1] + fy * box[3]
+    for kind in ("mousePressed", "mouseReleased"):
+        tools.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1},
+                   session)
+    return _evaluate(tools, session, "Array.from(lungclamViewer.nv.frac2mm(lungclamViewer.nv.scene.crosshairPos))"
+                                     ".slice(0, 3)")
+
+
+def _orientation(tools: DevTools, session: str) -> dict:
+    """Where the patient's sides are on screen, found by clicking: in the axial view the
+    world x (RAS: + is the patient's right) and y (+ anterior) at the left and right, top
+    and bottom of the middle; in the sagittal view y at the left and right. Leaves the page
+    in its multiplanar view."""
+    def view(name: str) -> None:
+        _evaluate(tools, session, f"(() => {{ const r = document.querySelector('input[name=slice][value={name}]');"
+                                  " r.checked = true; r.dispatchEvent(new Event('change')); return 1; })()")
+
+    view("AXIAL")
+    left, right = _click_world(tools, session, 0.4, 0.5), _click_world(tools, session, 0.6, 0.5)
+    top, bottom = _click_world(tools, session, 0.5, 0.3), _click_world(tools, session, 0.5, 0.7)
+    view("SAGITTAL")
+    sag_left, sag_right = _click_world(tools, session, 0.4, 0.5), _click_world(tools, session, 0.6, 0.5)
+    view("MULTIPLANAR")
+    return {"axial_screen_left_is_patient_right": left[0] > right[0],
+            "axial_screen_top_is_anterior": top[1] > bottom[1],
+            "sagittal_screen_left_is_anterior": sag_left[1] > sag_right[1]}
+
+
 def _problems_in(events: list[dict], page_url: str) -> tuple[list[str], list[str]]:
     """(network requests other than the page itself, errors) among the DevTools events."""
     requests, errors = [], []
@@ -233,6 +269,7 @@ def check_viewer(page: Path, out: Path, chromium: str | None = None, timeout: fl
                                                                > 8).mean()), 4)
                 before = pixels.astype(int)
                 outcome["views"].append(record)
+            outcome["orientation"] = _orientation(tools, session)
             shot = tools.send("Page.captureScreenshot", {"format": "png"}, session)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(base64.b64decode(shot["data"]))
@@ -245,6 +282,8 @@ def check_viewer(page: Path, out: Path, chromium: str | None = None, timeout: fl
 def problems(outcome: dict) -> list[str]:
     """What in an outcome of :func:`check_viewer` is wrong (empty: all is well)."""
     found = [f"network request: {u}" for u in outcome["requests"]] + [f"error: {e}" for e in outcome["errors"]]
+    found += [f"orientation: not {name}" for name, holds in outcome.get("orientation", {"checked": False}).items()
+              if not holds]
     if outcome.get("load_ms", -1) < 0:
         found.append("the page never finished drawing its first view")
     for view in outcome["views"]:

@@ -533,7 +533,13 @@ _APP = r"""
       applyOutline();
       nv.drawScene();
     });
-    nv.onLocationChange = d => { document.getElementById("location").textContent = d.string || ""; };
+    nv.onLocationChange = d => {
+      if (!drawn || !d || !d.mm) return;
+      const at = v => { const vox = v.mm2vox(Array.from(d.mm).slice(0, 3)); return v.getValue(vox[0], vox[1], vox[2]); };
+      document.getElementById("location").textContent = "crosshair at (" +
+        Array.from(d.mm).slice(0, 3).map(v => v.toFixed(0)).join(", ") + ") mm, RAS: CT " + at(drawn[0]).toFixed(0) +
+        " HU, importance " + at(drawn[1]).toFixed(2);
+    };
   }
 
   function report(err) {
