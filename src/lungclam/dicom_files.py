@@ -35,20 +35,21 @@ class FolderListing:
     problems: list[tuple[Path, str]] = field(default_factory=list)  # (entry, cause)
 
 
-def _link_cause(path: Path, exc: OSError) -> str:
+def _link_cause(path: str, exc: OSError) -> str:
     """Why a symbolic link cannot be followed, with its target."""
+    name = os.path.basename(path)
     try:
         target = os.readlink(path)
     except OSError:
         target = "?"
     if exc.errno == errno.ELOOP:
-        return f"symbolic link loop ({path.name} -> {target})"
+        return f"symbolic link loop ({name} -> {target})"
     if exc.errno == errno.ENOENT:
-        return f"broken symbolic link ({path.name} -> {target}: no such file)"
-    return f"symbolic link {path.name} -> {target} cannot be followed: {exc.strerror or exc}"
+        return f"broken symbolic link ({name} -> {target}: no such file)"
+    return f"symbolic link {name} -> {target} cannot be followed: {exc.strerror or exc}"
 
 
-def _folder_cause(path: Path, exc: OSError) -> str:
+def _folder_cause(exc: OSError) -> str:
     """Why a folder cannot be listed."""
     if exc.errno == errno.ENOENT:
         return "folder does not exist (vanished since the sheet was checked?)"
@@ -64,48 +65,63 @@ def list_dicom_folder(folder: str | Path) -> FolderListing:
 
     Never raises for anything on disk: a problem is recorded in ``problems`` instead.
     """
-    folder = Path(folder)
-    listing = FolderListing(folder)
+    files, problems = _list(str(folder))
+    return FolderListing(Path(folder), [Path(f) for f in files], [(Path(p), cause) for p, cause in problems])
+
+
+def _list(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """(files, problems) under ``folder``, as strings (pathlib objects cost more than the
+    listing itself, which matters at DAG build with many subjects)."""
+    files: list[str] = []
+    problems: list[tuple[str, str]] = []
     try:
         top = os.stat(folder)
     except OSError as exc:
-        listing.problems.append((folder, _folder_cause(folder, exc)))
-        return listing
+        return files, [(folder, _folder_cause(exc))]
     if not stat.S_ISDIR(top.st_mode):
-        listing.problems.append((folder, "not a folder"))
-        return listing
-    _walk(folder, {(top.st_dev, top.st_ino)}, listing)
-    listing.files.sort(key=str)
-    listing.problems.sort(key=lambda p: str(p[0]))
-    return listing
+        return files, [(folder, "not a folder")]
+    _walk(folder, {(top.st_dev, top.st_ino)}, files, problems)
+    files.sort()
+    problems.sort()
+    return files, problems
 
 
-def _walk(folder: Path, visited: set[tuple[int, int]], listing: FolderListing) -> None:
+def _walk(folder: str, visited: set[tuple[int, int]], files: list[str], problems: list[tuple[str, str]]) -> None:
     """Recurse into ``folder``; ``visited`` holds the (device, inode) of folders on the way."""
     try:
         with os.scandir(folder) as entries:
             names = sorted(entries, key=lambda e: e.name)
     except OSError as exc:
-        listing.problems.append((folder, _folder_cause(folder, exc)))
+        problems.append((folder, _folder_cause(exc)))
         return
     for entry in names:
-        path = Path(entry.path)
+        path = entry.path
         try:
-            info = os.stat(path)  # follows links: a broken one raises here
+            if not entry.is_symlink():  # the type comes with the listing: no stat per file
+                if entry.is_file(follow_symlinks=False):
+                    files.append(path)
+                elif entry.is_dir(follow_symlinks=False):
+                    info = entry.stat(follow_symlinks=False)
+                    _walk(path, visited | {(info.st_dev, info.st_ino)}, files, problems)
+                else:
+                    problems.append((path, "not a regular file (device, FIFO or socket)"))
+                continue
+            info = os.stat(path)  # follows the link: a broken or looping one raises here
         except OSError as exc:
             cause = _link_cause(path, exc) if entry.is_symlink() else f"cannot stat: {exc.strerror or exc}"
-            listing.problems.append((path, cause))
+            problems.append((path, cause))
             continue
         if stat.S_ISREG(info.st_mode):
-            listing.files.append(path)
+            files.append(path)
         elif stat.S_ISDIR(info.st_mode):
             key = (info.st_dev, info.st_ino)
             if key in visited:
-                listing.problems.append((path, f"symbolic link loop ({path.name} leads back to a folder above it)"))
+                name = os.path.basename(path)
+                problems.append((path, f"symbolic link loop ({name} leads back to a folder above it)"))
                 continue
-            _walk(path, visited | {key}, listing)
+            _walk(path, visited | {key}, files, problems)
         else:
-            listing.problems.append((path, "not a regular file (device, FIFO or socket)"))
+            problems.append((path, "not a regular file (device, FIFO or socket)"))
 
 
 def snakemake_inputs(folder: str | Path) -> list[str]:
@@ -116,9 +132,9 @@ def snakemake_inputs(folder: str | Path) -> list[str]:
     nothing when the folder cannot be listed at all, so the convert job runs and fails
     that subject alone with the cause.
     """
-    listing = list_dicom_folder(folder)
-    if listing.files:
-        return [str(p) for p in listing.files]
-    if any(p == Path(folder) for p, _ in listing.problems):
+    files, problems = _list(str(folder))
+    if files:
+        return files
+    if any(path == str(folder) for path, _ in problems):
         return []
     return [str(folder)]

@@ -319,20 +319,8 @@ def test_two_patients_or_studies_fail_with_a_list_unless_one_is_named(shared_dat
 
 
 def test_corrupt_jpeg_ls_stream_names_the_file(ct):
-    gdcm = pytest.importorskip("gdcm")
-    for path in sorted(ct.iterdir()):  # re-encode the copy as JPEG-LS lossless with GDCM
-        reader = gdcm.ImageReader()
-        reader.SetFileName(str(path))
-        assert reader.Read()
-        change = gdcm.ImageChangeTransferSyntax()
-        change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLSLossless))
-        change.SetInput(reader.GetImage())
-        assert change.Change()
-        writer = gdcm.ImageWriter()
-        writer.SetFileName(str(path))
-        writer.SetFile(reader.GetFile())
-        writer.SetImage(change.GetOutput())
-        assert writer.Write()
+    """A damaged JPEG-LS stream decodes without an error, to values no 12-bit CT holds."""
+    _transcode(ct, "JPEGLSLossless")
     lossless = convert(ct)
     assert lossless["TransferSyntaxUID"] == "1.2.840.10008.1.2.4.80"
     shutil.rmtree(ct.parent / "out")
@@ -343,6 +331,14 @@ def test_corrupt_jpeg_ls_stream_names_the_file(ct):
     with pytest.raises(SubjectError, match=r"pixel data of 1-04\.dcm \(JPEG-LS Lossless.*\) decodes to values "
                                            r".*outside what BitsStored \(0028,0101\) = 12 allows"):
         convert(ct)
+    # GDCM (the SimpleITK path) refuses the stream: its message, named and on one line.
+    chosen = dicom.choose_ct_series(dicom.find_series(ct, "s1"), "s1")
+    with pytest.raises(SubjectError) as err:
+        dicom.convert_series(chosen, "s1", method="simpleitk")
+    message = str(err.value)  # measured with GDCM 3.2: "...: Failed to change to Implicit Transfer Syntax [...]"
+    assert message.startswith("subject 's1': cannot decode JPEG-LS Lossless Image Compression "
+                              "(1.2.840.10008.1.2.4.80) pixel data of 1-04.dcm: ")
+    assert message.endswith(f" [{path}]") and "\n" not in message and ".cxx" not in message
 
 
 def test_multi_line_library_errors_stay_whole_in_the_cause(tmp_path):
@@ -364,3 +360,70 @@ def test_multi_line_library_errors_stay_whole_in_the_cause(tmp_path):
     assert dicom._one_line(RuntimeError("a: /x.cxx:359:\nITK ERROR: GDCMImageIO(0x5): Failed to change")) == (
         "Failed to change"
     )
+
+
+# ------------------------------------------------- valid inputs still convert unchanged
+
+
+def _transcode(folder: Path, syntax_name: str) -> None:
+    """Re-encode every file of ``folder`` losslessly with GDCM (in place)."""
+    gdcm = pytest.importorskip("gdcm")
+    for path in sorted(folder.iterdir()):
+        reader = gdcm.ImageReader()
+        reader.SetFileName(str(path))
+        assert reader.Read()
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, syntax_name)))
+        change.SetInput(reader.GetImage())
+        assert change.Change()
+        writer = gdcm.ImageWriter()
+        writer.SetFileName(str(path))
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        assert writer.Write()
+
+
+def _volume(folder: Path, out: Path) -> np.ndarray:
+    import SimpleITK as sitk
+
+    dicom.convert_subject(folder, "s1", out / "s1.nii.gz", out / "s1.json")
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(out / "s1.nii.gz")))
+
+
+@pytest.mark.parametrize(
+    "syntax_name, uid",
+    [("JPEGLSLossless", "1.2.840.10008.1.2.4.80"), ("JPEG2000Lossless", "1.2.840.10008.1.2.4.90"),
+     ("JPEGLosslessProcess14_1", "1.2.840.10008.1.2.4.70"), ("RLELossless", "1.2.840.10008.1.2.5")],
+)
+def test_lossless_compressed_copies_convert_to_the_same_volume(shared_data, tmp_path, syntax_name, uid):
+    """The intake checks (decode, BitsStored range, HU sanity) pass every lossless syntax,
+    and the volume equals the uncompressed one voxel for voxel."""
+    plain = copy_slices(shared_data, tmp_path / "plain")
+    packed = copy_slices(shared_data, tmp_path / "packed")
+    _transcode(packed, syntax_name)
+    assert str(pydicom.dcmread(packed / "1-01.dcm", stop_before_pixels=True).file_meta.TransferSyntaxUID) == uid
+    np.testing.assert_array_equal(_volume(packed, tmp_path / "b"), _volume(plain, tmp_path / "a"))
+
+
+def test_duplicate_file_and_per_slice_rescale_convert_unchanged(ct, tmp_path):
+    """A second copy of a slice is dropped; slices with their own rescale intercept (the
+    stored values shifted to match) give the same HU."""
+    expected = _volume(ct, tmp_path / "a")
+    shutil.copy(ct / "1-04.dcm", ct / "copy_of_1-04.dcm")
+
+    def own_intercept(ds):
+        k = int(ds.InstanceNumber) % 5
+        pixels = ds.pixel_array.astype(np.int32) + 10 * k
+        ds.RescaleIntercept = float(ds.RescaleIntercept) - 10 * k
+        ds.PixelData = pixels.astype(ds.pixel_array.dtype).tobytes()
+
+    rewrite(ct, own_intercept, [f"1-0{k}.dcm" for k in range(1, N_SLICES + 1)])
+    assert len({float(pydicom.dcmread(p).RescaleIntercept) for p in ct.iterdir()}) > 1
+    np.testing.assert_array_equal(_volume(ct, tmp_path / "b"), expected)
+    assert json_meta(tmp_path / "b")["conversion"]["duplicates_dropped"] == 1
+
+
+def json_meta(out: Path) -> dict:
+    import json
+
+    return json.loads((out / "s1.json").read_text())
