@@ -508,8 +508,9 @@ def one_patient_and_study(
 
     ``patient_id`` / ``study_uid`` (empty or None: not given) keep only the series with
     that PatientID / StudyInstanceUID. Without them, a folder whose series carry more than
-    one PatientID or StudyInstanceUID fails, listing each value and its series, because
-    picking one would be a guess.
+    one PatientID or StudyInstanceUID fails, listing the series of each, because picking
+    one would be a guess. PatientIDs identify people, so messages never show them (they
+    reach logs and results/failed_subjects.tsv): patients are numbered instead.
     """
     folder = getattr(series, "folder", None)
     kept = list(series)
@@ -518,14 +519,15 @@ def one_patient_and_study(
         values: dict[str, list[SeriesInfo]] = {}
         for s in kept:
             values.setdefault(_text(s.headers[0], keyword), []).append(s)
+        shown = {v: (f"patient {i}" if keyword == "PatientID" else repr(v)) for i, v in enumerate(values, 1)}
+        listed = "; ".join(f"{shown[v]}: " + ", ".join(s.name for s in ss) for v, ss in values.items())
         if wanted:
             if wanted not in values:
-                listed = ", ".join(repr(v) for v in values)
-                raise SubjectError(subject, f"no series with {keyword} {wanted!r} (the sheet's {column}); "
-                                            f"the folder holds {listed}", folder)
+                given = "the value" if keyword == "PatientID" else repr(wanted)
+                raise SubjectError(subject, f"no series with {given} the samples sheet's {column} column gives "
+                                            f"for {keyword}; the folder holds {listed}", folder)
             kept = values[wanted]
         elif len(values) > 1:
-            listed = "; ".join(f"{v!r}: " + ", ".join(s.name for s in ss) for v, ss in values.items())
             raise SubjectError(
                 subject,
                 f"the folder holds {len(values)} different {keyword}s ({listed}); give the one to use in the "

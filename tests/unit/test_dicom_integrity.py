@@ -308,14 +308,20 @@ def test_two_patients_or_studies_fail_with_a_list_unless_one_is_named(shared_dat
     mixed = rf"holds 2 different {keyword}s .*the samples sheet's {column} column"
     with pytest.raises(SubjectError, match=mixed) as err:
         convert(folder)
-    assert f"'{keep}': series 3 " in str(err.value) and f"'{other}': series 2 " in str(err.value)
+    if keyword == "PatientID":  # identifying: numbered, never shown
+        assert "patient 1: series 2 " in str(err.value) and "patient 2: series 3 " in str(err.value)
+        assert keep not in str(err.value) and other not in str(err.value)
+    else:
+        assert f"'{keep}': series 3 " in str(err.value) and f"'{other}': series 2 " in str(err.value)
     meta = convert(folder, **{column: keep})
     assert meta["SeriesNumber"] == 3
     meta = convert(folder, **{column: other})
     assert meta["SeriesNumber"] == 2
     shutil.rmtree(tmp_path / "out")
-    with pytest.raises(SubjectError, match=rf"no series with {keyword} 'nobody'"):
+    with pytest.raises(SubjectError, match=rf"no series with .*the samples sheet's {column} column gives for "
+                                           rf"{keyword}; the folder holds ") as err:
         convert(folder, **{column: "nobody"})
+    assert (keyword == "PatientID") == ("nobody" not in str(err.value))
 
 
 def test_corrupt_jpeg_ls_stream_names_the_file(ct):

@@ -66,7 +66,7 @@ def _cohort(shared_data: Path, root: Path) -> dict[str, str]:
         "bad_loop": "loop.dcm: symbolic link loop",
         "bad_slope": "RescaleSlope (0028,1053) of 0",
         "bad_raw": "lack RescaleSlope (0028,1053) or RescaleIntercept (0028,1052)",
-        "bad_patients": "the folder holds 2 different PatientIDs ('OTHER': series 2 ",
+        "bad_patients": "the folder holds 2 different PatientIDs (patient 1: series 2 ",
     }
 
 
@@ -100,6 +100,7 @@ def test_each_dicom_fault_fails_only_its_subject(shared_data: Path, tmp_path: Pa
         assert "Traceback" not in log
         assert not list((results / "nifti").glob(f"{subject}.*")), subject  # nothing partial
     assert "Unable to obtain modification time" not in out and "Too many levels" not in out
+    assert "OTHER" not in failed.loc["bad_patients", "cause"]  # PatientIDs identify: never shown
 
 
 def test_overlong_subject_id_stops_before_any_job(shared_data: Path, tmp_path: Path) -> None:
