@@ -40,7 +40,10 @@ def _rewrite(folder: Path, edit) -> None:
 
 def _cohort(shared_data: Path, root: Path) -> dict[str, str]:
     """Write the subjects; returns, for each bad one, what its cause must say."""
-    _copy(shared_data, root / "intact")
+    intact = _copy(shared_data, root / "intact", n=7)
+    (intact / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + b"\x00" * 100)  # clearly not DICOM: skipped
+    (intact / "notes.txt").write_text("exported from PACS")
+    (intact / "1-08.dcm").symlink_to(shared_data / B40F / "1-08.dcm")  # a link to a good slice is followed
     trunc = _copy(shared_data, root / "bad_trunc")
     (trunc / "1-04.dcm").write_bytes(b"")
     header = _copy(shared_data, root / "bad_header")
@@ -88,6 +91,7 @@ def test_each_dicom_fault_fails_only_its_subject(shared_data: Path, tmp_path: Pa
     for subject in good:  # the DAG was built and the intact subjects converted
         assert (results / "nifti" / f"{subject}.nii.gz").is_file(), out[-3000:]
     assert pd.read_json(results / "nifti" / "pick_patient.json", typ="series")["SeriesNumber"] == 3
+    assert pd.read_json(results / "nifti" / "intact.json", typ="series")["n_files"] == 8
 
     failed = pd.read_csv(results / "failed_subjects.tsv", sep="\t", dtype=str, keep_default_na=False)
     failed = failed.set_index("subject")
