@@ -17,7 +17,8 @@ no port, no extra Python package), with software WebGL2 (ANGLE on SwiftShader), 
 - clicks the axial and sagittal views to find where the patient's right and anterior are
   on screen (radiological view: right on the left, anterior at the top; in sagittal views
   anterior on the left, as in the PNG figures);
-- writes the screenshot of the last view as ``--out``.
+- writes a screenshot of the last subject, sliders and crosshair as the page first set
+  them, as ``--out``.
 
 Prints the outcome as JSON; exit status 1 when anything above failed (the reasons on stderr).
 """
@@ -168,7 +169,7 @@ def _orientation(tools: DevTools, session: str) -> dict:
     """Where the patient's sides are on screen, found by clicking: in the axial view the
     world x (RAS: + is the patient's right) and y (+ anterior) at the left and right, top
     and bottom of the middle; in the sagittal view y at the left and right. Leaves the page
-    in its multiplanar view."""
+    in its multiplanar view, the crosshair where the page first put it."""
     def view(name: str) -> None:
         _evaluate(tools, session, f"(() => {{ const r = document.querySelector('input[name=slice][value={name}]');"
                                   " r.checked = true; r.dispatchEvent(new Event('change')); return 1; })()")
@@ -179,6 +180,9 @@ def _orientation(tools: DevTools, session: str) -> dict:
     view("SAGITTAL")
     sag_left, sag_right = _click_world(tools, session, 0.4, 0.5), _click_world(tools, session, 0.6, 0.5)
     view("MULTIPLANAR")
+    _evaluate(tools, session, "(() => { const V = lungclamViewer; V.nv.scene.crosshairPos = "
+                              "V.nv.mm2frac(V.data.start_mm); V.nv.drawScene(); V.nv.createOnLocationChange();"
+                              " return 1; })()")
     return {"axial_screen_left_is_patient_right": left[0] > right[0],
             "axial_screen_top_is_anterior": top[1] > bottom[1],
             "sagittal_screen_left_is_anterior": sag_left[1] > sag_right[1]}
@@ -269,6 +273,10 @@ def check_viewer(page: Path, out: Path, chromium: str | None = None, timeout: fl
                                                                > 8).mean()), 4)
                 before = pixels.astype(int)
                 outcome["views"].append(record)
+            # back to the page's own slider settings, for the screenshot
+            _evaluate(tools, session, "(() => { for (const id of ['threshold', 'opacity']) { const e = "
+                                      "document.getElementById(id); e.value = lungclamViewer.data[id]; "
+                                      "e.dispatchEvent(new Event('input')); } return 1; })()")
             outcome["orientation"] = _orientation(tools, session)
             shot = tools.send("Page.captureScreenshot", {"format": "png"}, session)
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -438,6 +438,7 @@ _APP = r"""
     applyOutline();
     nv.updateGLVolume();
     state.selection = sel;
+    nv.createOnLocationChange();
     document.getElementById("showing").textContent = describe(sel);
     document.querySelectorAll("button.pick").forEach(b =>
       b.classList.toggle("active", b.dataset.key === keyOf(sel)));
@@ -564,6 +565,7 @@ _APP = r"""
     // grid lies between the lungs)
     nv.scene.crosshairPos = nv.mm2frac(data.start_mm);
     nv.drawScene();
+    nv.createOnLocationChange();  // the values under the crosshair, below the image
     timings.first_view = performance.now();
     document.body.dataset.ready = "1";
   })().catch(report);
