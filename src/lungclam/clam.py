@@ -151,21 +151,14 @@ def iter_clam(model: ClusteringModel, images: np.ndarray, chunk_size: int | None
 
 
 def assigned_maps(maps_all: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Pick each image's map for its assigned cluster: ``(N, K, *s)`` -> ``(N, *s)``."""
-    return maps_all[np.arange(len(q)), q.argmax(1)]
+    """Each image's map for its assigned (most probable; the first on a tie) cluster.
 
-
-def cluster_means(maps: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:
-    """Voxel-wise mean of assigned-cluster maps ``(N, *s)`` per cluster: ``(K, *s)``.
-
-    A cluster with no members gets an all-zero map.
+    One image: ``maps_all (K, *s)`` with ``q (K,)`` -> ``(*s)``; a batch: ``(N, K, *s)``
+    with ``q (N, K)`` -> ``(N, *s)``.
     """
-    out = np.zeros((n_clusters, *maps.shape[1:]), dtype=np.float32)
-    for k in range(n_clusters):
-        members = maps[labels == k]
-        if len(members):
-            out[k] = members.mean(axis=0)
-    return out
+    if q.ndim == 1:
+        return maps_all[q.argmax()]
+    return maps_all[np.arange(len(q)), q.argmax(1)]
 
 
 def restrict_to_mask(maps: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from lungclam.clam import iter_clam, restrict_to_mask
+from lungclam.clam import assigned_maps, iter_clam, restrict_to_mask
 from lungclam.dec import fit_clusters, within_cluster_scale
 from lungclam.kselect import kmeans, silhouette
 from lungclam.model import ConvAutoencoder, ModelSpec
@@ -188,7 +188,7 @@ def _clam_scores(fit, x: np.ndarray, hu: np.ndarray, masks: np.ndarray, truth: n
     idx = _clam_subset(truth, settings.clam_images, settings.seed)
     maps = np.zeros((len(idx), *x.shape[2:]), dtype=np.float32)
     for i, all_maps, q in iter_clam(fit.model, x[idx], settings.chunk_size, device):
-        maps[i] = all_maps[q.argmax()]
+        maps[i] = assigned_maps(all_maps, q)
     if lungs is not None:
         maps = restrict_to_mask(maps, lungs)
     loc = localization_scores(maps, masks[idx]).reset_index()

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lungclam.clam import assigned_maps, clam_image, cluster_means, iter_clam, upsample
+from lungclam.clam import assigned_maps, clam_image, iter_clam, upsample
 from lungclam.dec import ClusteringModel, fit_clusters
 from lungclam.model import ConvAutoencoder, ModelSpec
 from lungclam.train import pretrain, seed_everything
@@ -105,8 +105,15 @@ def test_trained_clam_differs_from_randomised_model() -> None:
     own = _disc_mass(trained, truth, discs)
     assert own.mean() > 3 * disc_area
     assert own.mean() > 1.5 * _disc_mass(randomised, truth, discs).mean()
-    means = cluster_means(trained, fit.labels, 2)
-    assert means.shape == (2, 24, 24) and np.isfinite(means).all()
+
+
+def test_assigned_maps_picks_the_most_probable_cluster_for_one_image_or_a_batch() -> None:
+    maps = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)  # (N=2, K=3, s=4)
+    q = np.array([[0.2, 0.5, 0.3], [0.4, 0.1, 0.4]])  # the second image ties: the first wins
+    batch = assigned_maps(maps, q)
+    assert np.array_equal(batch, np.stack([maps[0, 1], maps[1, 0]]))
+    for i in range(2):
+        assert np.array_equal(assigned_maps(maps[i], q[i]), batch[i])
 
 
 def test_restrict_to_mask_rescales_inside_and_zeros_outside() -> None:

@@ -6,6 +6,8 @@ rule figure_maps:
     input:
         volumes=model_inputs(),
         maps=expand("results/clam/{subject}.nii.gz", subject=SUBJECTS),
+        cluster_means=clam_cluster_means,
+        population_mean="results/clam/population_mean.nii.gz",
         clusters="results/clusters.tsv",
         mask="results/template/grid_mask.nii.gz",
     output:

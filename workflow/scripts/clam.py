@@ -10,7 +10,7 @@ smk = snakemake  # noqa: F821
 
 
 def main() -> None:
-    from lungclam.clam import iter_clam, restrict_to_mask
+    from lungclam.clam import assigned_maps, iter_clam, restrict_to_mask
     from lungclam.dec import ClusteringModel
     from lungclam.imageio import read_array, read_image, write_map
     from lungclam.model import build_autoencoder, load_checkpoint, resolve_device
@@ -29,7 +29,7 @@ def main() -> None:
     every = max(1, len(subjects) // 10)
     for i, maps, q in iter_clam(model, images, None if smk.params.chunk_size == "auto" else int(smk.params.chunk_size),
                                   device, m["mixed_precision"]):
-        own = maps[q.argmax()] if lungs is None else restrict_to_mask(maps[q.argmax()], lungs)
+        own = assigned_maps(maps, q) if lungs is None else restrict_to_mask(assigned_maps(maps, q), lungs)
         write_map(own, reference, smk.output.maps[i])
         total += own
         if (i + 1) % every == 0 or i + 1 == len(subjects):
