@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lungclam.kselect import kmeans
+from lungclam.kmeans import kmeans
 from lungclam.model import ConvAutoencoder
 from lungclam.train import autocast, batched_inference, batches, embed_images
 
@@ -102,7 +102,7 @@ def within_cluster_scale(features: np.ndarray, n_clusters: int, seed: int = 0, n
     its cluster has q near one-hot for well-separated clusters, so KL(P||Q) refines the
     boundaries instead of pulling neighbouring clusters together. The simulation study
     uses a small multiple of it (``simulation.kernel_scale``). ``fit``: the
-    ``(labels, centroids)`` of :func:`lungclam.kselect.kmeans` on these features, when the
+    ``(labels, centroids)`` of :func:`lungclam.kmeans.kmeans` on these features, when the
     caller already has them (then ``n_clusters``, ``seed`` and ``n_init`` are not used).
     """
     x = np.asarray(features, dtype=np.float64)

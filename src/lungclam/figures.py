@@ -553,8 +553,9 @@ def loss_figure(pretrain: pd.DataFrame, cluster: pd.DataFrame | None, path: str 
     """Training curves: pretraining loss and, if given, the clustering-phase losses.
 
     Args:
-        pretrain: ``pretrain_loss.tsv``: ``epoch, loss`` (reconstruction MSE; other columns
-            ignored).
+        pretrain: ``pretrain_loss.tsv``: ``epoch, loss`` (reconstruction MSE), optionally
+            ``val_loss`` (held-out MSE, drawn when finite) and ``best`` (the epoch whose
+            weights were kept, marked); other columns ignored.
         cluster: ``cluster_loss.tsv``: ``epoch, reconstruction, kl, loss`` (reconstruction
             MSE, KL(P || Q) and their weighted sum), or None (then one panel).
         path: PNG to write.
@@ -567,7 +568,8 @@ def loss_figure(pretrain: pd.DataFrame, cluster: pd.DataFrame | None, path: str 
     axes = np.atleast_1d(fig.subplots(1, n_panels, squeeze=False)[0])
 
     def curves(ax: Axes, table: pd.DataFrame, columns: list[tuple[str, str, str]], title: str) -> None:
-        present = [(c, name, style) for c, name, style in columns if c in table.columns]
+        present = [(c, name, style) for c, name, style in columns
+                   if c in table.columns and np.isfinite(table[c].to_numpy(dtype=float)).any()]
         if table.empty or not present:
             ax.text(0.5, 0.5, "no epochs recorded", ha="center", va="center", transform=ax.transAxes)
             ax.set_title(title)
@@ -590,7 +592,13 @@ def loss_figure(pretrain: pd.DataFrame, cluster: pd.DataFrame | None, path: str 
         if len(present) > 1:
             ax.legend(fontsize=8)
 
-    curves(axes[0], pretrain, [("loss", "reconstruction MSE", "o-")], "Pretraining (reconstruction MSE)")
+    curves(axes[0], pretrain, [("loss", "reconstruction MSE", "o-"), ("val_loss", "held-out MSE", "s--")],
+           "Pretraining (reconstruction MSE)")
+    if "best" in pretrain.columns and pretrain["best"].astype(bool).any() and len(pretrain) > 1:
+        kept = int(pretrain.loc[pretrain["best"].astype(bool), "epoch"].iloc[0])
+        axes[0].axvline(kept, color="tab:red", linestyle=":", linewidth=1)
+        axes[0].text(kept, 0.98, f" weights kept: epoch {kept}", transform=axes[0].get_xaxis_transform(),
+                     va="top", fontsize=7, color="tab:red")
     if cluster is not None:
         curves(axes[1], cluster, [("reconstruction", "reconstruction MSE", "o-"), ("kl", "KL(P || Q)", "s--"),
                                   ("loss", "total loss", "^-")], "Clustering phase")
@@ -811,4 +819,54 @@ def contact_sheet(
     for ax, picture, label in zip(axes.ravel(), pictures, labels):
         ax.imshow(picture)
         ax.text(0.5, -0.02, str(label), transform=ax.transAxes, ha="center", va="top", fontsize=8)
+    _save(fig, path)
+
+
+#: A fitting is called solid when at least this share of subjects has confidence >= 0.9.
+SOLID_SHARE = 0.9
+
+
+def stability_verdict(stability: pd.DataFrame, clusters: pd.DataFrame, threshold: float) -> tuple[bool, str]:
+    """Whether the clusters are solid, and one line saying why.
+
+    Solid: the stability (mean pairwise ARI of subsample clusterings) at the fitted K is at
+    least ``threshold`` and at least :data:`SOLID_SHARE` of the subjects have a confidence
+    of 0.9 or more. ``stability``: ``model/stability.tsv``; ``clusters``: ``clusters.tsv``
+    with a ``confidence`` column.
+    """
+    k = len([c for c in clusters.columns if c.startswith("q_")])  # the fitted K, empty clusters included
+    row = stability.loc[stability["k"] == k]
+    value = float(row["stability"].iloc[0]) if len(row) else float("nan")
+    share = float((clusters["confidence"] >= 0.9).mean())
+    solid = bool(np.isfinite(value) and value >= threshold and share >= SOLID_SHARE)
+    word = "SOLID" if solid else "SHAKY"
+    return solid, (f"{word}: stability at K = {k} is {value:.2f} (threshold {threshold:.2f}); "
+                   f"{share:.0%} of subjects have confidence >= 0.9")
+
+
+def stability_figure(stability: pd.DataFrame, clusters: pd.DataFrame, threshold: float, path: str | Path) -> None:
+    """Stability per K (mean pairwise ARI of subsample clusterings, +/- sd; the fitted K
+    marked) and each subject's confidence by cluster (dots, jittered), titled with
+    :func:`stability_verdict`."""
+    _, verdict = stability_verdict(stability, clusters, threshold)
+    k_fit = len([c for c in clusters.columns if c.startswith("q_")])
+    fig = _new_figure(11.0, 4.0)
+    left, right = fig.subplots(1, 2)
+    data = stability.sort_values("k")
+    left.errorbar(data["k"], data["stability"], yerr=data["stability_sd"], fmt="o-", capsize=3, color="tab:purple")
+    left.axhline(threshold, color="tab:purple", linestyle=":", linewidth=1, label=f"threshold {threshold:.2f}")
+    left.axvline(k_fit, color="tab:red", linestyle="--", label=f"fitted K = {k_fit}")
+    left.set(xlabel="number of clusters K", ylabel="mean pairwise ARI of subsample clusterings",
+             ylim=(-0.05, 1.05), title="Stability per K")
+    left.set_xticks(data["k"].to_numpy())
+    left.legend(fontsize=8)
+    rng = np.random.default_rng(0)
+    for k, members in clusters.groupby("cluster"):
+        x = k + rng.uniform(-0.15, 0.15, len(members))
+        right.scatter(x, members["confidence"], s=14, alpha=0.8)
+    right.axhline(0.9, color="grey", linestyle=":", linewidth=1)
+    right.set(xlabel="cluster", ylabel="confidence (share of replicas that agree)", ylim=(-0.05, 1.05),
+              title="Each subject's confidence")
+    right.set_xticks(sorted(clusters["cluster"].unique()))
+    fig.suptitle(verdict)
     _save(fig, path)

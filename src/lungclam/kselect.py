@@ -18,65 +18,49 @@ thread): on matrices this small that is faster than threading and keeps runs rep
 
 from __future__ import annotations
 
-import functools
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import silhouette_score
-from threadpoolctl import threadpool_limits
+
+from lungclam.kmeans import as_matrix as _as_matrix
+from lungclam.kmeans import check_k as _check_k
+from lungclam.kmeans import fit_kmeans as _fit_kmeans
+from lungclam.kmeans import single_threaded as _single_threaded
+from lungclam.stability import StabilityRow, stability_criteria, subsample_indices
 
 SILHOUETTE_METHODS = ("silhouette_kmeans", "silhouette_sparse_kmeans")
-METHODS = (*SILHOUETTE_METHODS, "gap")
+RESAMPLING_METHODS = ("stability", "prediction_strength", "pac")
+METHODS = (*SILHOUETTE_METHODS, "gap", *RESAMPLING_METHODS)
 L1_RULES = ("one_sd", "max")
-TABLE_COLUMNS = ("k", *SILHOUETTE_METHODS, "l1_bound", "n_features_used", "gap", "gap_sd")
+TABLE_COLUMNS = ("k", *SILHOUETTE_METHODS, "l1_bound", "n_features_used", "gap", "gap_sd",
+                 "stability", "stability_sd", "prediction_strength", "prediction_strength_sd", "pac")
+RESAMPLING_COLUMNS = ("stability", "stability_sd", "prediction_strength", "prediction_strength_sd", "pac")
+#: Defaults of the rules that turn a resampling criterion into a K (see :func:`choose`).
+THRESHOLDS = {"stability": 0.9, "prediction_strength": 0.8, "pac": 0.05}
 _BISECTION_STEPS = 100
 
-F = TypeVar("F", bound=Callable[..., Any])
+
+@dataclass(frozen=True)
+class Resampling:
+    """Sizes of the resampling criteria (:mod:`lungclam.stability`).
+
+    n_replicas: subsamples for the stability and PAC; fraction: share of the samples in
+    each; n_splits: random halvings for the prediction strength (each used both ways);
+    n_init: k-means restarts per replica.
+    """
+
+    n_replicas: int = 30
+    fraction: float = 0.8
+    n_splits: int = 10
+    n_init: int = 10
 
 
-def _single_threaded(func: F) -> F:
-    """Run ``func`` with OpenMP (used by sklearn's k-means) limited to one thread."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with threadpool_limits(limits=1, user_api="openmp"):
-            return func(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-# ---------------------------------------------------------------------------- checks
-
-
-def _as_matrix(x: np.ndarray, name: str = "x") -> np.ndarray:
-    """``x`` as a float64 (n, p) array; ValueError if not 2-D, not finite or n < 3."""
-    arr = np.asarray(x, dtype=float)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (samples x features), got shape {arr.shape}")
-    n, p = arr.shape
-    if n < 3:
-        raise ValueError(f"{name} needs at least 3 samples to cluster, got {n}")
-    if p < 1:
-        raise ValueError(f"{name} has no features (shape {arr.shape})")
-    if np.isnan(arr).any():
-        raise ValueError(f"{name} contains NaN ({int(np.isnan(arr).sum())} values)")
-    if np.isinf(arr).any():
-        raise ValueError(f"{name} contains inf ({int(np.isinf(arr).sum())} values)")
-    return arr
-
-
-def _check_k(k: int, minimum: int, maximum: int) -> int:
-    """``k`` as an int in [minimum, maximum]; ValueError otherwise."""
-    if int(k) != k or not minimum <= k <= maximum:
-        raise ValueError(f"k must be an integer in [{minimum}, {maximum}] for this data, got {k}")
-    return int(k)
+# ---------------------------------------------------------------------------- helpers
 
 
 def _check_l1_bound(l1_bound: float, p: int) -> float:
@@ -87,40 +71,6 @@ def _check_l1_bound(l1_bound: float, p: int) -> float:
             f"l1_bound must lie in [1, sqrt(p)] = [1, {top:.4g}] for p={p} features, got {l1_bound}"
         )
     return float(min(l1_bound, top))
-
-
-# ---------------------------------------------------------------------------- k-means
-
-
-def _fit_kmeans(x: np.ndarray, k: int, seed: int, n_init: int, init: np.ndarray | None) -> KMeans:
-    """sklearn KMeans on ``x`` (n, p); ``init`` (k, p) starts a single run from given centres.
-
-    Fewer distinct points than ``k`` leaves fewer non-empty clusters; sklearn warns about
-    that and the callers handle it, so that warning is silenced here.
-    """
-    model = KMeans(
-        n_clusters=k,
-        init="k-means++" if init is None else init,
-        n_init=n_init if init is None else 1,
-        random_state=seed,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(x)
-    return model
-
-
-@_single_threaded
-def kmeans(x: np.ndarray, k: int, seed: int = 0, n_init: int = 20) -> tuple[np.ndarray, np.ndarray]:
-    """k-means (Lloyd's algorithm, k-means++ starts; sklearn KMeans) with ``n_init`` restarts.
-
-    x: (n, p) float. Returns labels (n,) int64 in [0, k) and centres (k, p); the restart with
-    the smallest within-cluster sum of squares wins.
-    """
-    arr = _as_matrix(x)
-    k = _check_k(k, 1, arr.shape[0])
-    model = _fit_kmeans(arr, k, seed, n_init, None)
-    return model.labels_.astype(np.int64), np.asarray(model.cluster_centers_, dtype=float)
 
 
 def _centroids(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -477,30 +427,53 @@ def _n_distinct_rows(x: np.ndarray) -> int:
 
 def _empty_row(k: int) -> dict[str, float]:
     """A result row with every value NaN, for a k that cannot be fitted."""
-    return {
-        "k": k,
-        "silhouette_kmeans": np.nan,
-        "silhouette_sparse_kmeans": np.nan,
-        "l1_bound": np.nan,
-        "n_features_used": np.nan,
-    }
+    return {column: np.nan for column in TABLE_COLUMNS} | {"k": k}
 
 
 def _row_for_k(x: np.ndarray, z: np.ndarray, k: int, seed: int, n_init: int,
-               n_permutations: int) -> dict[str, float]:
-    """Silhouettes for one k: k-means on ``x`` (n, p) as given, sparse k-means on its
-    column z-scores ``z`` (the lasso weights compare features only on a common scale)."""
+               n_permutations: int, resampling: Resampling) -> dict[str, float]:
+    """Every criterion for one k: k-means, its silhouette and the resampling criteria on
+    ``x`` (n, p) as given, sparse k-means on its column z-scores ``z`` (the lasso weights
+    compare features only on a common scale)."""
     labels = _fit_kmeans(x, k, seed, n_init, None).labels_
     bounds = _default_bounds(z.shape[1])
     bound, _, fits = _permutation_gap(z, k, bounds, n_permutations, seed, n_init, "one_sd")
     fit = fits[bound]
+    stable = _resampling_row(x, k, seed, resampling)
     return {
         "k": k,
         "silhouette_kmeans": silhouette(x, labels),
         "silhouette_sparse_kmeans": silhouette(z * np.sqrt(fit.weights), fit.labels),
         "l1_bound": bound,
         "n_features_used": int((fit.weights > 0).sum()),
+        "stability": stable.stability,
+        "stability_sd": stable.stability_sd,
+        "prediction_strength": stable.prediction_strength,
+        "prediction_strength_sd": stable.prediction_strength_sd,
+        "pac": stable.pac,
     }
+
+
+def _resampling_row(x: np.ndarray, k: int, seed: int, resampling: Resampling) -> StabilityRow:
+    """The resampling criteria of ``k`` clusters on ``x`` (n, p), on the seeded subsamples
+    that every k (and :func:`lungclam.stability.replica_confidence`) shares."""
+    subsets = subsample_indices(x.shape[0], resampling.n_replicas, resampling.fraction, seed)
+    return stability_criteria(x, k, subsets, seed, resampling.n_init, resampling.n_splits)[0]
+
+
+@_single_threaded
+def resampling_table(features: np.ndarray, ks: Sequence[int], seed: int = 0,
+                     resampling: Resampling = Resampling()) -> pd.DataFrame:
+    """Only the resampling columns of :func:`select_k` (k, stability, stability_sd,
+    prediction_strength, prediction_strength_sd, pac) for ``ks``, on ``features`` (n, p) as
+    given; NaN for a k outside [2, n - 1]. Cheaper than :func:`select_k` on large n, where
+    sparse k-means' permutations dominate."""
+    x = _as_matrix(features, "features")
+    rows = []
+    for k in sorted({int(k) for k in ks}):
+        row = _resampling_row(x, k, seed, resampling) if 2 <= k < x.shape[0] else None
+        rows.append(vars(row) if row is not None else {"k": k} | dict.fromkeys(RESAMPLING_COLUMNS, np.nan))
+    return pd.DataFrame(rows, columns=["k", *RESAMPLING_COLUMNS])
 
 
 def _progress_line(row: dict[str, float]) -> str:
@@ -508,7 +481,9 @@ def _progress_line(row: dict[str, float]) -> str:
     return (
         f"k={int(row['k'])}: silhouette {row['silhouette_kmeans']:.2f} (k-means), "
         f"{row['silhouette_sparse_kmeans']:.2f} (sparse k-means, {row['n_features_used']:.0f} features, "
-        f"L1 bound {row['l1_bound']:.2f}), gap {row['gap']:.3f} +/- {row['gap_sd']:.3f}"
+        f"L1 bound {row['l1_bound']:.2f}), gap {row['gap']:.3f} +/- {row['gap_sd']:.3f}, "
+        f"stability {row['stability']:.3f}, prediction strength {row['prediction_strength']:.3f}, "
+        f"PAC {row['pac']:.3f}"
     )
 
 
@@ -522,22 +497,30 @@ def select_k(
     n_references: int = 20,
     progress: Callable[[str], None] | None = None,
     standardise: bool = False,
+    resampling: Resampling = Resampling(),
 ) -> pd.DataFrame:
     """Criteria for choosing K on ``features`` (n, p), one row per k in ``ks`` (sorted).
 
-    k-means, its silhouette and the gap statistic work on the features as they are (as
-    the clustering layer sees them) unless ``standardise``; z-scoring gives every embedding
-    dimension equal say, so near-constant noise dimensions can outvote the informative
-    ones. Sparse k-means always works on column z-scores (constant columns become 0). Columns:
-    k; silhouette_kmeans (Euclidean silhouette of k-means); silhouette_sparse_kmeans
-    (silhouette of sparse k-means, on the features scaled by sqrt(weights)); l1_bound (the
-    sparse k-means bound for that k, chosen by the permutation gap with the one-sd rule, see
-    :func:`choose_l1_bound`); n_features_used (non-zero weights); gap and gap_sd (gap
-    statistic, :func:`gap_statistic`).
+    k-means, its silhouette, the gap statistic and the resampling criteria work on the
+    features as they are (as the clustering layer sees them) unless ``standardise``;
+    z-scoring gives every embedding dimension equal say, so near-constant noise dimensions
+    can outvote the informative ones. Sparse k-means always works on column z-scores
+    (constant columns become 0). Columns:
 
-    A k below 2 has NaN silhouettes and sparse columns (the gap is still given for k = 1);
-    a k >= n, or above the number of distinct samples, gives a NaN row. ``progress(msg)`` is
-    called once per k with a one-line summary.
+    - k; silhouette_kmeans (Euclidean silhouette of k-means);
+    - silhouette_sparse_kmeans (silhouette of sparse k-means, on the features scaled by
+      sqrt(weights)); l1_bound (the sparse k-means bound for that k, chosen by the
+      permutation gap with the one-sd rule, see :func:`choose_l1_bound`); n_features_used
+      (non-zero weights);
+    - gap and gap_sd (gap statistic, :func:`gap_statistic`);
+    - stability and stability_sd (mean and sd of the ARI between k-means of pairs of
+      subsamples, each labelling every sample by its nearest centroid), prediction_strength
+      and prediction_strength_sd, pac (see :mod:`lungclam.stability`; sizes from
+      ``resampling``).
+
+    A k below 2 has NaN silhouettes, sparse and resampling columns (the gap is still given
+    for k = 1); a k >= n, or above the number of distinct samples, gives a NaN row.
+    ``progress(msg)`` is called once per k with a one-line summary.
     """
     z = _standardise(_as_matrix(features, "features"))
     x = z if standardise else _as_matrix(features, "features")
@@ -548,7 +531,7 @@ def select_k(
     rows = []
     for k in all_ks:
         fits = 2 <= k < n and k <= distinct
-        row = _row_for_k(x, z, k, seed, n_init, n_permutations) if fits else _empty_row(k)
+        row = _row_for_k(x, z, k, seed, n_init, n_permutations, resampling) if fits else _empty_row(k)
         row["gap"] = gap["gap"].get(k, np.nan)
         row["gap_sd"] = gap["gap_sd"].get(k, np.nan)
         rows.append(row)
@@ -558,27 +541,155 @@ def select_k(
     return table.astype({"k": np.int64, **{c: float for c in TABLE_COLUMNS[1:]}})
 
 
-def chosen_k(table: pd.DataFrame, method: str = "silhouette_kmeans") -> int:
-    """K chosen from a :func:`select_k` table.
+@dataclass(frozen=True)
+class KChoice:
+    """The K a criterion chose from a :func:`select_k` table, and how close the call was.
 
-    ``method`` "silhouette_kmeans" or "silhouette_sparse_kmeans": the k with the largest
-    silhouette (ties go to the smaller k, NaN ignored); "gap": :func:`gap_choice`.
+    runner_up: the K the criterion would pick next (-1 if there is none). margin: how far
+    the deciding quantity is from flipping the choice to ``runner_up``, in the criterion's
+    own units (silhouette: best minus second best; gap: gap(k) - gap(k+1) + sd(k+1);
+    threshold rules: the smaller of the chosen K's distance above its threshold and the
+    best larger K's distance below it). A small margin means a near tie.
+    """
+
+    method: str
+    k: int
+    runner_up: int
+    margin: float
+
+
+def _argmax_choice(method: str, ks: np.ndarray, values: np.ndarray) -> KChoice:
+    """Largest value wins, ties to the smaller k; the runner-up is the second largest."""
+    order = sorted(range(len(ks)), key=lambda i: (-values[i], ks[i]))
+    best = order[0]
+    if len(order) == 1:
+        return KChoice(method, int(ks[best]), -1, float("nan"))
+    second = order[1]
+    return KChoice(method, int(ks[best]), int(ks[second]), float(values[best] - values[second]))
+
+
+def _threshold_choice(method: str, ks: np.ndarray, values: np.ndarray, threshold: float) -> KChoice:
+    """Largest k whose value clears ``threshold`` (>=); if none does, the largest value.
+
+    A larger k that fails the threshold splits a cluster that does not reproduce; a smaller
+    one that passes merges clusters that do, so the finest reproducible K is the answer
+    (the rule of Tibshirani & Walther 2005 for the prediction strength).
+    """
+    passing = [i for i in range(len(ks)) if values[i] >= threshold]
+    if not passing:
+        return _argmax_choice(method, ks, values)
+    best = max(passing, key=lambda i: ks[i])
+    above = float(values[best] - threshold)
+    larger = [i for i in range(len(ks)) if ks[i] > ks[best]]
+    below = [i for i in passing if ks[i] < ks[best]]
+    closest_larger = max(larger, key=lambda i: values[i]) if larger else None
+    gap_larger = float(threshold - values[closest_larger]) if closest_larger is not None else float("inf")
+    if gap_larger <= above or not below:
+        runner = int(ks[closest_larger]) if closest_larger is not None else -1
+        margin = min(above, gap_larger)
+    else:
+        runner, margin = int(ks[max(below, key=lambda i: ks[i])]), above
+    return KChoice(method, int(ks[best]), runner, margin)
+
+
+def choose(table: pd.DataFrame, method: str, thresholds: dict[str, float] | None = None) -> KChoice:
+    """K chosen from a :func:`select_k` table by one criterion, with runner-up and margin.
+
+    - "silhouette_kmeans", "silhouette_sparse_kmeans": the largest silhouette (ties to the
+      smaller k; the paper's rule);
+    - "gap": :func:`gap_choice` (Tibshirani et al. 2001);
+    - "stability": the largest k whose mean pairwise ARI between subsample clusterings is
+      at least ``thresholds["stability"]`` (default 0.9);
+    - "prediction_strength": the largest k with prediction strength at least
+      ``thresholds["prediction_strength"]`` (default 0.8, as Tibshirani & Walther 2005);
+    - "pac": the largest k whose PAC is at most ``thresholds["pac"]`` (default 0.05).
+      Senbabaoglu et al. take the smallest PAC; on well-separated data every K up to the
+      true one has PAC near 0, so the smallest is a tie, broken here towards the finest K.
+
+    NaN rows are ignored. ValueError for an unknown method or a column that is all NaN.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    limits = THRESHOLDS | (thresholds or {})
     if method == "gap":
-        return gap_choice(table)
+        k = gap_choice(table)
+        rows = table.dropna(subset=["gap", "gap_sd"]).set_index("k")
+        if k + 1 in rows.index and k in rows.index:
+            margin = float(rows.loc[k, "gap"] - rows.loc[k + 1, "gap"] + rows.loc[k + 1, "gap_sd"])
+            return KChoice(method, k, k + 1, margin)
+        return KChoice(method, k, -1, float("nan"))
     ordered = table.dropna(subset=[method]).sort_values("k", kind="stable")
     if ordered.empty:
         raise ValueError(f"column {method} is NaN for every k")
-    values = ordered[method].to_numpy()
-    return int(ordered["k"].to_numpy()[int(np.argmax(values))])
+    ks, values = ordered["k"].to_numpy(), ordered[method].to_numpy(dtype=float)
+    if method in SILHOUETTE_METHODS:
+        return _argmax_choice(method, ks, values)
+    if method == "pac":  # small is good: flip the sign to reuse the threshold rule
+        return _threshold_choice(method, ks, -values, -limits["pac"])
+    return _threshold_choice(method, ks, values, limits[method])
 
 
-def plot_k_selection(table: pd.DataFrame, path: str | Path, chosen: int | None = None) -> None:
-    """Save a PNG (120 dpi) of a :func:`select_k` table: silhouettes of k-means and sparse
-    k-means vs K (left) and the gap statistic with +/- gap_sd error bars vs K (right); the
-    ``chosen`` K, if given, is marked by a dashed vertical line. Parent folders are created.
+def chosen_k(table: pd.DataFrame, method: str = "silhouette_kmeans",
+             thresholds: dict[str, float] | None = None) -> int:
+    """K chosen from a :func:`select_k` table by ``method`` (see :func:`choose`)."""
+    return choose(table, method, thresholds).k
+
+
+#: The criterion that decides when the configured one cannot (e.g. too few subjects).
+FALLBACK_METHOD = "silhouette_kmeans"
+
+
+def choices_table(table: pd.DataFrame, default: str, thresholds: dict[str, float] | None = None) -> pd.DataFrame:
+    """One row per criterion that the table supports: ``method, k, runner_up, margin,
+    default``. ``default`` is True on the row of the method ``n_clusters: auto`` follows:
+    ``default`` itself, or :data:`FALLBACK_METHOD` when ``default`` is undefined for every K
+    (a resampling criterion on a cohort too small to split)."""
+    rows = []
+    for method in METHODS:
+        try:
+            choice = choose(table, method, thresholds)
+        except ValueError:
+            continue
+        rows.append({"method": method, "k": choice.k, "runner_up": choice.runner_up,
+                     "margin": choice.margin, "default": method == default})
+    out = pd.DataFrame(rows, columns=["method", "k", "runner_up", "margin", "default"])
+    if not out["default"].any():
+        out["default"] = out["method"] == FALLBACK_METHOD
+    if not out["default"].any():
+        raise ValueError("no criterion for K is defined on this table (too few distinct subjects?)")
+    return out
+
+
+def resampling_from_config(section: dict[str, Any]) -> Resampling:
+    """:class:`Resampling` from the config's ``choose_k`` section (absent keys: defaults)."""
+    default = Resampling()
+    return Resampling(n_replicas=int(section.get("n_replicas", default.n_replicas)),
+                      fraction=float(section.get("subsample_fraction", default.fraction)),
+                      n_splits=int(section.get("n_splits", default.n_splits)),
+                      n_init=int(section.get("resampling_n_init", default.n_init)))
+
+
+def _mark(ax: Any, choices: pd.DataFrame | None, methods: Sequence[str], colours: Sequence[str]) -> None:
+    """Dashed vertical lines at the K each of ``methods`` chose (the default drawn bold)."""
+    if choices is None:
+        return
+    for method, colour in zip(methods, colours):
+        row = choices.loc[choices["method"] == method]
+        if row.empty:
+            continue
+        default = bool(row["default"].iloc[0])
+        ax.axvline(int(row["k"].iloc[0]), color=colour, linestyle="--", linewidth=2.5 if default else 1.0,
+                   alpha=0.9 if default else 0.6)
+
+
+def plot_k_selection(table: pd.DataFrame, path: str | Path, choices: pd.DataFrame | None = None,
+                     thresholds: dict[str, float] | None = None) -> None:
+    """Save a PNG (120 dpi) of a :func:`select_k` table, one panel per kind of criterion:
+    silhouettes, the gap statistic (+/- gap_sd), resampling stability and prediction
+    strength (+/- sd, with their thresholds), and PAC (with its threshold). Dashed lines
+    mark each criterion's K from ``choices`` (:func:`choices_table`), the one that
+    ``n_clusters: auto`` follows drawn bold; the title names it with its runner-up and
+    margin. Parent folders are created.
 
     Drawn with matplotlib's Agg canvas directly (no pyplot, no display, global backend left
     unchanged).
@@ -588,26 +699,45 @@ def plot_k_selection(table: pd.DataFrame, path: str | Path, chosen: int | None =
 
     from lungclam.atomic import save_png
 
-    out = Path(path)
-    fig = Figure(figsize=(10, 4))
+    limits = THRESHOLDS | (thresholds or {})
+    fig = Figure(figsize=(16, 4))
     FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2)
+    sil, gap, stab, pac_ax = fig.subplots(1, 4)
     data = table.sort_values("k")
-    left.plot(data["k"], data["silhouette_kmeans"], "o-", label="k-means")
-    left.plot(data["k"], data["silhouette_sparse_kmeans"], "s--", label="sparse k-means")
-    left.set(xlabel="number of clusters K", ylabel="mean silhouette", title="Silhouette")
-    left.legend()
-    right.errorbar(data["k"], data["gap"], yerr=data["gap_sd"], fmt="o-", capsize=3)
-    right.set(xlabel="number of clusters K", ylabel="gap", title="Gap statistic")
-    for ax in (left, right):
+    sil.plot(data["k"], data["silhouette_kmeans"], "o-", color="tab:blue", label="k-means")
+    sil.plot(data["k"], data["silhouette_sparse_kmeans"], "s--", color="tab:orange", label="sparse k-means")
+    sil.set(xlabel="number of clusters K", ylabel="mean silhouette", title="Silhouette (higher is better)")
+    gap.errorbar(data["k"], data["gap"], yerr=data["gap_sd"], fmt="o-", capsize=3, color="tab:green")
+    gap.set(xlabel="number of clusters K", ylabel="gap", title="Gap statistic")
+    stab.errorbar(data["k"], data["stability"], yerr=data["stability_sd"], fmt="o-", capsize=3,
+                  color="tab:purple", label="stability (ARI of subsamples)")
+    stab.errorbar(data["k"], data["prediction_strength"], yerr=data["prediction_strength_sd"], fmt="s--",
+                  capsize=3, color="tab:brown", label="prediction strength")
+    stab.axhline(limits["stability"], color="tab:purple", linestyle=":", linewidth=1)
+    stab.axhline(limits["prediction_strength"], color="tab:brown", linestyle=":", linewidth=1)
+    stab.set(xlabel="number of clusters K", ylabel="agreement", ylim=(-0.05, 1.05),
+             title="Reproducibility (higher is better)")
+    pac_ax.plot(data["k"], data["pac"], "o-", color="tab:red")
+    pac_ax.axhline(limits["pac"], color="tab:red", linestyle=":", linewidth=1)
+    pac_ax.set(xlabel="number of clusters K", ylabel="PAC", ylim=(-0.02, max(0.3, float(data["pac"].max()) + 0.02)),
+               title="Consensus ambiguity, PAC (lower is better)")
+    _mark(sil, choices, SILHOUETTE_METHODS, ("tab:blue", "tab:orange"))
+    _mark(gap, choices, ("gap",), ("tab:green",))
+    _mark(stab, choices, ("stability", "prediction_strength"), ("tab:purple", "tab:brown"))
+    _mark(pac_ax, choices, ("pac",), ("tab:red",))
+    for ax in (sil, stab):
+        ax.legend(fontsize=8)
+    for ax in (sil, gap, stab, pac_ax):
         ax.set_xticks(data["k"].to_numpy())
-        if chosen is not None:
-            ax.axvline(chosen, color="tab:red", linestyle="--", label=f"chosen K = {chosen}")
-    if chosen is not None:
-        left.legend()
-    fig.suptitle("Choosing the number of clusters")
+    title = "Choosing the number of clusters"
+    if choices is not None and choices["default"].any():
+        row = choices.loc[choices["default"]].iloc[0]
+        agree = int((choices["k"] == row["k"]).sum())
+        title += (f": K = {row['k']} by {row['method']} (runner-up K = {row['runner_up']}, margin "
+                  f"{row['margin']:.3g}); {agree} of {len(choices)} criteria agree")
+    fig.suptitle(title)
     fig.tight_layout()
-    save_png(fig, out, 120)
+    save_png(fig, Path(path), 120)
 
 
 def resolve_n_clusters(setting: int | str, table: pd.DataFrame) -> int:

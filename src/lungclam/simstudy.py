@@ -21,7 +21,8 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from lungclam.clam import assigned_maps, iter_clam, restrict_to_mask
 from lungclam.dec import fit_clusters, within_cluster_scale
-from lungclam.kselect import kmeans, silhouette
+from lungclam.kmeans import kmeans
+from lungclam.kselect import RESAMPLING_METHODS, choose, resampling_table, silhouette
 from lungclam.model import ConvAutoencoder, ModelSpec
 from lungclam.simulation import (
     BaseSlice,
@@ -34,7 +35,7 @@ from lungclam.simulation import (
     mean_hu_in_active_area,
     simulate,
 )
-from lungclam.train import embed_images, normalize_hu, pretrain, seed_everything
+from lungclam.train import EarlyStopping, embed_images, normalize_hu, pretrain, seed_everything
 
 Progress = Callable[[str], None]
 
@@ -46,6 +47,9 @@ class StudySettings:
     n_images: int = 300
     fitted_ks: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
     pretrain_epochs: int = 30
+    validation_fraction: float = 0.0
+    patience: int = 10
+    min_delta: float = 0.0
     cluster_max_epochs: int = 20
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -117,6 +121,13 @@ def _kernel_scale(setting: str | float, features: np.ndarray, k: int, settings: 
     raise ValueError(f"simulation.kernel_scale: expected 'median', 'within', '<factor> within' or a number, got {setting!r}")
 
 
+def _resampling_choices(features: np.ndarray, settings: StudySettings) -> dict[str, int]:
+    """K by each resampling criterion (stability, prediction strength, PAC; default
+    thresholds) on the pretrained embedding, over the fitted Ks: ``k_<criterion>_before``."""
+    table = resampling_table(features, settings.fitted_ks, settings.seed)
+    return {f"k_{method}_before": choose(table, method).k for method in RESAMPLING_METHODS}
+
+
 def _clam_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Indices of up to ``n`` images, spread evenly over the true clusters (seeded)."""
     rng = np.random.default_rng(seed)
@@ -137,8 +148,10 @@ def run_case(scenario: str, true_k: int, base: BaseSlice, settings: StudySetting
     seed_everything(settings.seed, device)
     model = ConvAutoencoder(_spec(settings, base.shape))
     say(f"{scenario} K={true_k}: pretraining on {len(x)} images for {settings.pretrain_epochs} epochs")
+    stopping = EarlyStopping(settings.validation_fraction, settings.patience, settings.min_delta)
     loss = pretrain(model, x, settings.pretrain_epochs, settings.batch_size, settings.learning_rate,
-                    settings.seed, device, progress=lambda msg: say(f"{scenario} K={true_k}: {msg}"))
+                    settings.seed, device, progress=lambda msg: say(f"{scenario} K={true_k}: {msg}"),
+                    stopping=stopping)
     before = embed_images(model, x, device=device)
     # one k-means per K of the pretrained embedding serves the silhouette and the kernel scale
     kmeans_before = {k: kmeans(before, k, settings.seed, settings.n_init) for k in settings.fitted_ks}
@@ -171,7 +184,8 @@ def run_case(scenario: str, true_k: int, base: BaseSlice, settings: StudySetting
             arrays.update(clam_arrays)
     k_choice = pd.DataFrame([{"scenario": scenario, "true_k": true_k,
                               "k_silhouette_before": _argmax_k(sil_before),
-                              "k_silhouette_after": _argmax_k(sil_after)}])
+                              "k_silhouette_after": _argmax_k(sil_after),
+                              **_resampling_choices(before, settings)}])
     return CaseResult(pd.DataFrame(rows), k_choice, loc.assign(scenario=scenario, true_k=true_k),
                       tests.assign(scenario=scenario, true_k=true_k) if len(tests) else tests, loss, arrays)
 

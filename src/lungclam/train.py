@@ -11,7 +11,9 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -77,21 +79,85 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
+def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of ``range(n)`` into (training, held-out) index arrays, both sorted.
+
+    The held-out share is ``round(fraction * n)`` but at least 1 when ``fraction > 0``;
+    with ``fraction == 0``, or too few images to spare one (fewer than 4), nothing is held out.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation fraction must lie in [0, 1), got {fraction}")
+    size = max(1, int(round(fraction * n))) if fraction > 0 else 0
+    if size == 0 or n - size < 3:
+        return np.arange(n), np.arange(0)
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[size:]), np.sort(order[:size])
+
+
+@dataclass
+class EarlyStopping:
+    """Stop pretraining when the held-out reconstruction error stops improving.
+
+    fraction: share of the images held out (seeded, :func:`validation_split`); 0 trains on
+    all for the full epoch count. patience: epochs without an improvement of more than
+    ``min_delta`` (relative) before stopping; the weights of the best held-out epoch are
+    restored. An autoencoder that keeps lowering its training error while the held-out
+    error rises is memorising its images (noise included), and its embedding then stops
+    carrying what the images share (README, "Pretraining that stops by itself").
+    """
+
+    fraction: float = 0.0
+    patience: int = 10
+    min_delta: float = 0.0
+
+    @classmethod
+    def from_config(cls, train: dict[str, Any]) -> "EarlyStopping":
+        """From the config's ``train`` section (keys ``validation_fraction``, ``patience``,
+        ``min_delta``; absent keys keep the defaults, i.e. no early stopping)."""
+        return cls(fraction=float(train.get("validation_fraction", 0.0)),
+                   patience=int(train.get("patience", 10)), min_delta=float(train.get("min_delta", 0.0)))
+
+
+@torch.inference_mode()
+def reconstruction_error(model: ConvAutoencoder, data: torch.Tensor, batch_size: int,
+                         device: torch.device, mixed_precision: bool = False) -> float:
+    """Mean squared reconstruction error of ``data`` (N, 1, *spatial) in eval mode."""
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for idx in batches(len(data), batch_size):
+        x = data[idx].to(device)
+        with autocast(device, mixed_precision):
+            _, recon = model(x)
+        total += ((recon.float() - x) ** 2).mean(dim=tuple(range(1, x.ndim))).double().sum()
+    model.train()
+    return float(total) / len(data)
+
+
 def pretrain(model: ConvAutoencoder, images: np.ndarray, epochs: int, batch_size: int = 8,
              learning_rate: float = 1e-3, seed: int = 0, device: torch.device | None = None,
-             mixed_precision: bool = False, progress: Progress | None = None) -> pd.DataFrame:
-    """Train the CAE on reconstruction MSE with Adam; returns ``epoch, loss, seconds`` rows.
+             mixed_precision: bool = False, progress: Progress | None = None,
+             stopping: EarlyStopping | None = None) -> pd.DataFrame:
+    """Train the CAE on reconstruction MSE with Adam for at most ``epochs`` epochs.
 
     ``images`` is ``(N, 1, *spatial)`` float32. Batches are shuffled with a generator seeded
-    from ``seed``, so a run is repeatable on the CPU.
+    from ``seed``, so a run is repeatable on the CPU. With ``stopping`` holding out a share
+    of the images, training uses the rest, stops after ``stopping.patience`` epochs without
+    a better held-out error, and leaves ``model`` with the weights of the best epoch.
+
+    Returns one row per epoch run: ``epoch, loss`` (training MSE), ``val_loss`` (held-out
+    MSE, NaN without a held-out share), ``best`` (True on the epoch whose weights are kept)
+    and ``seconds``.
     """
     device = device or torch.device("cpu")
+    stopping = stopping or EarlyStopping()
     model.to(device).train()
-    data = torch.from_numpy(np.ascontiguousarray(images))
+    train_idx, val_idx = validation_split(len(images), stopping.fraction, seed)
+    data = torch.from_numpy(np.ascontiguousarray(images[train_idx]))
+    held_out = torch.from_numpy(np.ascontiguousarray(images[val_idx])) if len(val_idx) else None
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
     loss_fn = nn.MSELoss()
-    rows = []
+    rows, best_loss, best_epoch, best_state = [], float("inf"), 0, None
     for epoch in range(1, epochs + 1):
         start, total = time.perf_counter(), 0.0
         for idx in batches(len(data), batch_size, generator):
@@ -103,11 +169,28 @@ def pretrain(model: ConvAutoencoder, images: np.ndarray, epochs: int, batch_size
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(idx)
-        rows.append({"epoch": epoch, "loss": total / len(data), "seconds": time.perf_counter() - start})
+        val = float("nan")
+        if held_out is not None:
+            val = reconstruction_error(model, held_out, batch_size, device, mixed_precision)
+            if val < best_loss * (1.0 - stopping.min_delta):
+                best_loss, best_epoch = val, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        rows.append({"epoch": epoch, "loss": total / len(data), "val_loss": val,
+                     "seconds": time.perf_counter() - start})
         if progress:
-            progress(f"pretrain epoch {epoch}/{epochs}: reconstruction MSE {rows[-1]['loss']:.5f} "
+            held = f", held-out {val:.5f}" if held_out is not None else ""
+            progress(f"pretrain epoch {epoch}/{epochs}: reconstruction MSE {rows[-1]['loss']:.5f}{held} "
                      f"({rows[-1]['seconds']:.1f} s)")
-    return pd.DataFrame(rows)
+        if held_out is not None and epoch - best_epoch >= stopping.patience:
+            if progress:
+                progress(f"stopping: held-out MSE has not improved for {stopping.patience} epochs; "
+                         f"keeping epoch {best_epoch} ({best_loss:.5f})")
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    history = pd.DataFrame(rows)
+    history.insert(3, "best", history["epoch"] == (best_epoch if best_state is not None else len(rows)))
+    return history
 
 
 @torch.inference_mode()

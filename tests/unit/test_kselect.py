@@ -10,18 +10,23 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
+from lungclam.kmeans import kmeans
 from lungclam.kselect import (
     _pca_box_reference,
     choose_l1_bound,
+    choices_table,
     chosen_k,
     gap_choice,
     gap_statistic,
-    kmeans,
+    Resampling,
     plot_k_selection,
     select_k,
     sparse_kmeans,
 )
 
+
+#: Resampling criteria at a size that runs in seconds (they are tested in test_stability.py).
+FEW = Resampling(n_replicas=4, n_splits=1, n_init=2)
 
 def informative_first_five(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """90 x 50 matrix, 3 clusters of 30 that differ only in features 0-4 (means -3, 0, +3
@@ -88,7 +93,7 @@ def test_permutation_gap_is_near_zero_without_clusters() -> None:
 def test_sparse_silhouette_is_measured_on_the_weighted_features() -> None:
     # 45 noise features swamp the k-means silhouette; sparse k-means drops or down-weights them.
     x, _ = informative_first_five(seed=1)
-    row = select_k(x, ks=[3], n_init=5, n_permutations=3, n_references=3).iloc[0]
+    row = select_k(x, ks=[3], n_init=5, n_permutations=3, n_references=3, resampling=FEW).iloc[0]
     assert row["silhouette_sparse_kmeans"] > row["silhouette_kmeans"] + 0.3
 
 
@@ -166,9 +171,11 @@ def test_gap_choice_rule_and_argmax_fallback() -> None:
 def test_select_k_table_choice_and_reproducibility(tmp_path: Path) -> None:
     x, _ = blobs(4, 15, 6, seed=5)
     messages: list[str] = []
-    kwargs = dict(ks=range(2, 6), seed=3, n_init=5, n_permutations=3, n_references=5)
+    kwargs = dict(ks=range(2, 6), seed=3, n_init=5, n_permutations=3, n_references=5,
+                  resampling=FEW)
     table = select_k(x, progress=messages.append, **kwargs)
-    expected = ["k", "silhouette_kmeans", "silhouette_sparse_kmeans", "l1_bound", "n_features_used", "gap", "gap_sd"]
+    expected = ["k", "silhouette_kmeans", "silhouette_sparse_kmeans", "l1_bound", "n_features_used", "gap", "gap_sd",
+                "stability", "stability_sd", "prediction_strength", "prediction_strength_sd", "pac"]
     assert list(table.columns) == expected
     assert table["k"].tolist() == [2, 3, 4, 5]
     assert len(messages) == 4 and messages[1].startswith("k=3:")
@@ -193,7 +200,7 @@ def test_select_k_table_choice_and_reproducibility(tmp_path: Path) -> None:
     assert not np.allclose(rescaled["silhouette_kmeans"], table["silhouette_kmeans"])
     pd.testing.assert_frame_equal(rescaled[sparse_cols], table[sparse_cols], check_exact=False, rtol=1e-6)
     out = tmp_path / "figures" / "nested" / "k_selection.png"
-    plot_k_selection(table, out, chosen=chosen_k(table))
+    plot_k_selection(table, out, choices=choices_table(table, "stability"))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 1000
 
 
@@ -205,7 +212,7 @@ def test_chosen_k_breaks_ties_towards_the_smaller_k() -> None:
 def test_select_k_skips_impossible_k_without_crashing() -> None:
     x, _ = blobs(2, 4, 3, seed=6)  # n = 8
     x[:, 2] = 1.0  # a constant column
-    table = select_k(x, ks=[1, 2, 8, 9], seed=0, n_init=2, n_permutations=2, n_references=3)
+    table = select_k(x, ks=[1, 2, 8, 9], seed=0, n_init=2, n_permutations=2, n_references=3, resampling=FEW)
     assert table["k"].tolist() == [1, 2, 8, 9]
     by_k = table.set_index("k")
     assert np.isfinite(by_k.loc[2, "silhouette_kmeans"])
@@ -214,7 +221,7 @@ def test_select_k_skips_impossible_k_without_crashing() -> None:
 
 
 def test_identical_samples_give_nan_not_an_error() -> None:
-    table = select_k(np.ones((6, 3)), ks=[2, 3], n_init=2, n_permutations=2, n_references=2)
+    table = select_k(np.ones((6, 3)), ks=[2, 3], n_init=2, n_permutations=2, n_references=2, resampling=FEW)
     assert table[["silhouette_kmeans", "silhouette_sparse_kmeans"]].isna().all().all()
 
 

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import SimpleITK as sitk
+import torch
 
 from lungclam.errors import SubjectError
-from lungclam.train import load_volumes, normalize_hu
+from lungclam.train import (
+    EarlyStopping,
+    load_volumes,
+    normalize_hu,
+    pretrain,
+    reconstruction_error,
+    validation_split,
+)
 
 
 def test_normalize_hu_maps_background_to_zero_and_clips() -> None:
@@ -35,3 +44,67 @@ def test_load_volumes_names_the_odd_subject(tmp_path) -> None:
     (tmp_path / "c.nii.gz").write_bytes(b"not an image")
     with pytest.raises(SubjectError, match="subject 'c'.*cannot read"):
         load_volumes([paths[0], str(tmp_path / "c.nii.gz")], ["a", "c"])
+
+
+def _tiny_model(seed: int = 0):
+    from lungclam.model import ConvAutoencoder, ModelSpec
+
+    torch.manual_seed(seed)
+    return ConvAutoencoder(ModelSpec(input_shape=(16, 16), channels=(4, 8), strides=(2, 2), kernel=4, latent_dim=4))
+
+
+def _noisy_discs(n: int = 16, seed: int = 0) -> np.ndarray:
+    """(n, 1, 16, 16) float32 in [0, 1]: a disc of one of two brightnesses plus noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:16, :16]
+    disc = ((yy - 8) ** 2 + (xx - 8) ** 2 < 16).astype(np.float32)
+    level = np.where(np.arange(n) % 2, 0.8, 0.4).astype(np.float32)
+    images = level[:, None, None] * disc + 0.1 * rng.normal(size=(n, 16, 16)).astype(np.float32)
+    return np.clip(images, 0, 1)[:, None]
+
+
+def test_validation_split_is_seeded_disjoint_and_keeps_enough_to_train() -> None:
+    train, held = validation_split(20, 0.2, seed=1)
+    assert len(held) == 4 and len(train) == 16 and not set(train) & set(held)
+    assert sorted([*train, *held]) == list(range(20))
+    assert np.array_equal(held, validation_split(20, 0.2, seed=1)[1])
+    assert not np.array_equal(held, validation_split(20, 0.2, seed=2)[1])
+    assert len(validation_split(20, 0.0, seed=1)[1]) == 0
+    assert len(validation_split(3, 0.3, seed=1)[1]) == 0  # too few to spare one
+    with pytest.raises(ValueError, match="fraction"):
+        validation_split(20, 1.0, seed=0)
+
+
+def test_pretrain_without_held_out_share_runs_every_epoch_and_repeats_bit_for_bit() -> None:
+    images = _noisy_discs()
+    runs = []
+    for _ in range(2):
+        model = _tiny_model()
+        history = pretrain(model, images, epochs=4, batch_size=4, seed=3)
+        runs.append((history, [p.detach().clone() for p in model.parameters()]))
+    history = runs[0][0]
+    assert history["epoch"].tolist() == [1, 2, 3, 4] and history["val_loss"].isna().all()
+    assert history["best"].tolist() == [False, False, False, True]
+    pd.testing.assert_frame_equal(runs[0][0].drop(columns="seconds"), runs[1][0].drop(columns="seconds"))
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+
+
+def test_pretrain_stops_on_the_held_out_error_and_keeps_the_best_weights() -> None:
+    images = _noisy_discs(20)
+    model = _tiny_model()
+    # a learning rate this high makes the held-out error stop improving within a few epochs
+    stopping = EarlyStopping(fraction=0.25, patience=3)
+    history = pretrain(model, images, epochs=60, batch_size=4, learning_rate=0.05, seed=0, stopping=stopping)
+    best = history.loc[history["best"]].iloc[0]
+    assert len(history) < 60, "training ran to the maximum"
+    assert len(history) == best["epoch"] + stopping.patience
+    assert best["val_loss"] == history["val_loss"].min()
+    _, held = validation_split(20, 0.25, seed=0)
+    restored = reconstruction_error(model, torch.from_numpy(images[held]), 4, torch.device("cpu"))
+    assert restored == pytest.approx(best["val_loss"], rel=1e-6)
+
+
+def test_early_stopping_from_config_defaults_to_fixed_epochs() -> None:
+    assert EarlyStopping.from_config({"epochs": 5}).fraction == 0.0
+    stop = EarlyStopping.from_config({"validation_fraction": 0.2, "patience": 4, "min_delta": 0.01})
+    assert (stop.fraction, stop.patience, stop.min_delta) == (0.2, 4, 0.01)

@@ -21,17 +21,33 @@ def _array(path: Path) -> np.ndarray:
 def test_model_stages_write_their_tables(demo_run: Path) -> None:
     subjects = pd.read_csv(demo_run / "demo" / "samples.tsv", sep="\t")["subject"].tolist()
     loss = pd.read_csv(demo_run / "model" / "pretrain_loss.tsv", sep="\t")
-    assert loss["epoch"].tolist() == list(range(1, 21)) and np.isfinite(loss["loss"]).all()
+    # tiny.yaml: at most 20 epochs, one of the 4 subjects held out to decide when to stop
+    assert loss["epoch"].tolist() == list(range(1, len(loss) + 1)) and 1 <= len(loss) <= 20
+    assert np.isfinite(loss[["loss", "val_loss"]].to_numpy()).all() and loss["best"].sum() == 1
+    kept = loss.loc[loss["best"]].iloc[0]
+    assert kept["val_loss"] == loss["val_loss"].min()
+    assert load_checkpoint(demo_run / "model" / "cae.pt").meta["epochs"] == kept["epoch"]
     for name in ("features_pretrain.tsv", "features_clustered.tsv"):
         features = pd.read_csv(demo_run / "model" / name, sep="\t")
         assert features["subject"].tolist() == subjects
         assert features.shape[1] == 1 + 8  # latent_dim in tiny.yaml
     ksel = pd.read_csv(demo_run / "model" / "k_selection.tsv", sep="\t")
     assert ksel["k"].tolist() == [2, 3] and ksel["chosen"].sum() == 1
+    assert ksel[["stability", "pac"]].notna().all().all()
     assert (demo_run / "figures" / "k_selection.png").stat().st_size > 1000
-    clusters = pd.read_csv(demo_run / "clusters.tsv", sep="\t")
+    criteria = pd.read_csv(demo_run / "model" / "k_criteria.tsv", sep="\t")
+    assert criteria["default"].sum() == 1 and {"stability", "gap", "silhouette_kmeans"} <= set(criteria["method"])
     k = int(ksel.loc[ksel["chosen"], "k"].iloc[0])
+    assert int(criteria.loc[criteria["default"], "k"].iloc[0]) == k
+    stability = pd.read_csv(demo_run / "model" / "stability.tsv", sep="\t")
+    assert stability["k"].tolist() == [2, 3] and stability["stability"].between(-1, 1).all()
+    assert stability.loc[stability["chosen"], "k"].tolist() == [k]
+    clusters = pd.read_csv(demo_run / "clusters.tsv", sep="\t")
     assert clusters["subject"].tolist() == subjects
+    # confidence: a share of the 30 subsample clusterings, so a multiple of 1/30 in [0, 1]
+    confidence = clusters["confidence"].to_numpy()
+    assert ((confidence >= 0) & (confidence <= 1)).all()
+    np.testing.assert_allclose(confidence * 30, np.round(confidence * 30), atol=1e-3)
     q = clusters[[f"q_{i}" for i in range(1, k + 1)]].to_numpy()
     np.testing.assert_allclose(q.sum(1), 1.0, atol=1e-5)
     assert (clusters["cluster"].to_numpy() == q.argmax(1) + 1).all()
@@ -71,13 +87,13 @@ def test_model_rules_log_and_benchmark(demo_run: Path) -> None:
         log = (demo_run / "logs" / f"{stage}.log").read_text()
         assert f"{stage} done in" in log, log[-1000:]
         assert (demo_run / "benchmarks" / f"{stage}.tsv").is_file()
-    assert "pretrain epoch 20/20" in (demo_run / "logs" / "train.log").read_text()
+    assert "pretrain epoch 1/20" in (demo_run / "logs" / "train.log").read_text()
 
 
 def test_figures_and_qc_pages_are_written(demo_run: Path) -> None:
     subjects = pd.read_csv(demo_run / "clusters.tsv", sep="\t")["subject"]
     names = ["cluster_means", "cluster_examples", "feature_pca", "loss_curves", "qc_contact_sheet",
-             "associations_forest"]
+             "associations_forest", "stability"]
     for path in [demo_run / "figures" / f"{n}.png" for n in names] + [demo_run / "qc" / f"{s}.png" for s in subjects]:
         data = path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, path

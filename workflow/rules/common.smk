@@ -187,7 +187,8 @@ def stats_targets():
 def figure_targets():
     """Figures and QC pages (the forest plot only with a clinical table)."""
     targets = [f"results/figures/{name}.png" for name in
-               ("cluster_means", "cluster_examples", "feature_pca", "loss_curves", "qc_contact_sheet")]
+               ("cluster_means", "cluster_examples", "feature_pca", "loss_curves", "qc_contact_sheet",
+                "stability")]
     if clinical_table():
         targets.append("results/figures/associations_forest.png")
     return targets

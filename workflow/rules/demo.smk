@@ -10,6 +10,7 @@ rule demo:
         truth_masks=directory(f"{DEMO_DIR}/truth"),
     params:
         n_subjects=config["demo"]["n_subjects"],
+        patterns=config["demo"]["patterns"],
         seed=config["seed"],
         out_dir=lambda wildcards, output: os.path.dirname(output.samples),
         phantom=config["demo"].get("phantom", {}),

@@ -52,6 +52,27 @@ rule figure_model:
         "../scripts/figure_model.py"
 
 
+rule figure_stability:
+    input:
+        stability="results/model/stability.tsv",
+        clusters="results/clusters.tsv",
+    output:
+        report(
+            "results/figures/stability.png",
+            caption="../report/fig_stability.rst",
+            category="Clustering",
+        ),
+    params:
+        threshold=config["choose_k"]["thresholds"]["stability"],
+    log:
+        "results/logs/figures/stability.log",
+    threads: 1
+    conda:
+        "../../envs/model.yaml"
+    script:
+        "../scripts/figure_stability.py"
+
+
 rule figure_forest:
     input:
         "results/stats/associations.tsv",

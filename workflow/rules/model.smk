@@ -32,7 +32,17 @@ checkpoint choose_k:
     input:
         features="results/model/features_pretrain.tsv",
     output:
-        table="results/model/k_selection.tsv",
+        table=report(
+            "results/model/k_selection.tsv",
+            caption="../report/k_selection_table.rst",
+            category="Clustering",
+        ),
+        choices=report(
+            "results/model/k_criteria.tsv",
+            caption="../report/k_criteria.rst",
+            category="Clustering",
+        ),
+        stability="results/model/stability.tsv",
         plot=report(
             "results/figures/k_selection.png",
             caption="../report/k_selection.rst",
@@ -57,6 +67,7 @@ rule cluster:
         volumes=model_inputs(),
         model="results/model/cae.pt",
         k_selection="results/model/k_selection.tsv",
+        features_pretrain="results/model/features_pretrain.tsv",
     output:
         model="results/model/dec.pt",
         clusters="results/clusters.tsv",
@@ -67,6 +78,7 @@ rule cluster:
         n_clusters=config["n_clusters"],
         model=config["model"],
         settings=config["cluster"],
+        choose_k=config["choose_k"],
         seed=config["seed"],
     log:
         "results/logs/cluster.log",

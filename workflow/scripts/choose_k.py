@@ -1,18 +1,18 @@
-"""Snakemake glue: silhouette / sparse k-means / gap over K on the pretrained features."""
+"""Snakemake glue: every criterion for K on the pretrained features, and the choice."""
 
 import logging
 
 import pandas as pd
 
-from lungclam.errors import LungclamError
 from lungclam.atomic import write_table
+from lungclam.errors import LungclamError
 from lungclam.runtime import run_job
 
 smk = snakemake  # noqa: F821
 
 
 def main() -> None:
-    from lungclam.kselect import chosen_k, plot_k_selection, select_k
+    from lungclam.kselect import choices_table, plot_k_selection, resampling_from_config, select_k
 
     log = logging.getLogger("lungclam.choose_k")
     c = smk.params.settings
@@ -24,12 +24,23 @@ def main() -> None:
             f"this cohort has {len(features)}"
         )
     table = select_k(features, ks, seed=smk.params.seed, n_init=c["n_init"],
-                     n_permutations=c["n_permutations"], n_references=c["n_references"], progress=log.info)
-    best = chosen_k(table, c["method"])
+                     n_permutations=c["n_permutations"], n_references=c["n_references"], progress=log.info,
+                     resampling=resampling_from_config(c))
+    choices = choices_table(table, c["method"], c["thresholds"])
+    for row in choices.itertuples():
+        log.info("K by %s: %d (runner-up %d, margin %.3g)%s", row.method, row.k, row.runner_up, row.margin,
+                 " <- used" if row.default else "")
+    used = choices.loc[choices["default"]].iloc[0]
+    if used["method"] != c["method"]:
+        log.warning("K by %s is undefined for this cohort (%d subjects); using %s instead",
+                    c["method"], len(features), used["method"])
+    best = int(used["k"])
     table["chosen"] = table["k"] == best
-    log.info("K by %s: %d", c["method"], best)
     write_table(table, smk.output.table, float_format="%.6g")
-    plot_k_selection(table, smk.output.plot, chosen=best)
+    write_table(choices, smk.output.choices, float_format="%.6g")
+    stability = table[["k", "stability", "stability_sd"]].assign(n_replicas=c["n_replicas"], chosen=table["chosen"])
+    write_table(stability, smk.output.stability, float_format="%.6g")
+    plot_k_selection(table, smk.output.plot, choices=choices)
 
 
 run_job("choose_k", main, smk.log[0], smk.threads)

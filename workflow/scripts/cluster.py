@@ -12,7 +12,8 @@ smk = snakemake  # noqa: F821
 
 def main() -> None:
     from lungclam.dec import clusters_table, fit_clusters
-    from lungclam.kselect import resolve_n_clusters
+    from lungclam.kselect import resampling_from_config, resolve_n_clusters
+    from lungclam.stability import replica_confidence
     from lungclam.model import build_autoencoder, load_checkpoint, resolve_device, save_checkpoint
     from lungclam.train import embed_images, features_table, load_volumes, seed_everything
 
@@ -37,7 +38,15 @@ def main() -> None:
     save_checkpoint(smk.output.model, fit.model.autoencoder, fit.model.centroids,
                     meta={"subjects": subjects, "n_clusters": k, "converged": fit.converged,
                           "scale": float(fit.model.scale)})
-    write_table(clusters_table(subjects, fit.q), smk.output.clusters, float_format="%.6g")
+    pretrained = pd.read_csv(smk.input.features_pretrain, sep="\t").set_index("subject").loc[subjects].to_numpy()
+    confidence = replica_confidence(pretrained, fit.labels, k, resampling_from_config(smk.params.choose_k),
+                                    smk.params.seed)
+    log.info("confidence (share of %d subsample clusterings that agree): median %.2f, %d of %d subjects below 0.9",
+             smk.params.choose_k["n_replicas"], float(pd.Series(confidence).median()),
+             int((confidence < 0.9).sum()), len(confidence))
+    table = clusters_table(subjects, fit.q)
+    table.insert(2, "confidence", confidence)
+    write_table(table, smk.output.clusters, float_format="%.6g")
     write_table(fit.history, smk.output.loss)
     features = features_table(subjects, embed_images(fit.model.autoencoder, images, device=device))
     write_table(features, smk.output.features, float_format="%.6g")

@@ -10,6 +10,7 @@ smk = snakemake  # noqa: F821
 run_job(
     "demo",
     lambda: write_demo_cohort(Path(smk.params.out_dir), n_subjects=smk.params.n_subjects,
+                              patterns=smk.params.patterns,
                               seed=smk.params.seed, **dict(smk.params.phantom)),
     smk.log[0],
     smk.threads,

@@ -31,6 +31,10 @@ def main() -> None:
     log.info("silhouette finds the true K before clustering in %d of %d cases, after in %d",
              int((k_choice["k_silhouette_before"] == k_choice["true_k"]).sum()), len(k_choice),
              int((k_choice["k_silhouette_after"] == k_choice["true_k"]).sum()))
+    for column in [c for c in k_choice.columns if c.startswith("k_") and c not in
+                   ("k_silhouette_before", "k_silhouette_after")]:
+        log.info("%s finds the true K in %d of %d cases", column[2:].replace("_", " "),
+                 int((k_choice[column] == k_choice["true_k"]).sum()), len(k_choice))
 
 
 run_job("simulation_summary", main, smk.log[0], smk.threads)

@@ -10,7 +10,8 @@ smk = snakemake  # noqa: F821
 
 def main() -> None:
     from lungclam.model import ConvAutoencoder, resolve_device, save_checkpoint, spec_from_config
-    from lungclam.train import embed_images, features_table, load_volumes, pretrain, seed_everything
+    from lungclam.train import (EarlyStopping, embed_images, features_table, load_volumes, pretrain,
+                                seed_everything)
 
     log = logging.getLogger("lungclam.train")
     m, t = smk.params.model, smk.params.train
@@ -19,11 +20,15 @@ def main() -> None:
     device = resolve_device(m["device"])
     seed_everything(smk.params.seed, device)
     model = ConvAutoencoder(spec_from_config(m, images.shape[2:]))
-    log.info("pretraining on %d images %s on %s for %d epochs", len(images), images.shape[2:], device, t["epochs"])
+    stopping = EarlyStopping.from_config(t)
+    log.info("pretraining on %d images %s on %s for at most %d epochs%s", len(images), images.shape[2:], device,
+             t["epochs"], f" ({stopping.fraction:.0%} held out to decide when to stop)" if stopping.fraction else "")
     history = pretrain(model, images, epochs=t["epochs"], batch_size=t["batch_size"],
                        learning_rate=t["learning_rate"], seed=smk.params.seed, device=device,
-                       mixed_precision=m["mixed_precision"], progress=log.info)
-    save_checkpoint(smk.output.model, model, meta={"subjects": subjects, "epochs": t["epochs"]})
+                       mixed_precision=m["mixed_precision"], progress=log.info, stopping=stopping)
+    kept = int(history.loc[history["best"], "epoch"].iloc[0])
+    save_checkpoint(smk.output.model, model, meta={"subjects": subjects, "epochs": kept,
+                                                   "epochs_run": len(history)})
     write_table(history, smk.output.loss)
     features = features_table(subjects, embed_images(model, images, device=device))
     write_table(features, smk.output.features, float_format="%.6g")

@@ -1,0 +1,144 @@
+"""Does the pretrained embedding keep the simulation's clusters? Pretraining alone, per case.
+
+For each (scenario, true K) of the simulation study, and each pretraining setting given,
+this simulates the images, pretrains the paper's 2D CAE, embeds the images and reports
+how well k-means on the embedding recovers the truth (ARI at K = true K) with the k-means
+silhouette at the true K, next to the epochs run and the training and held-out
+reconstruction errors. No clustering phase: it isolates what pretraining does to the
+embedding (issue: longer pretraining destroyed the clusters).
+
+    .venv/bin/python benchmarks/pretraining.py --cases intensity:4 size:4 \
+        --setting fixed30:epochs=30 --setting stop200:epochs=200,fraction=0.1,patience=10
+
+A setting is NAME:key=value,... with keys epochs, fraction (held-out share), patience,
+min_delta, batch, lr. ``--cohort RESULTS[:TRUTH]`` runs the same on a pipeline run's
+model inputs (``downsampled/*.nii.gz``, the 3D CAE of config/config.yaml) with the true
+patterns from TRUTH (default RESULTS/demo/truth.tsv), instead of simulation cases. Features are saved to --out (npz per case and setting) for the K
+criteria (benchmarks/k_selection.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from sklearn.metrics import adjusted_rand_score
+
+from lungclam.kmeans import kmeans
+from lungclam.kselect import silhouette
+from lungclam.model import ConvAutoencoder
+from lungclam.simstudy import StudySettings, _spec
+from lungclam.simulation import builtin_base, make_scenario, simulate
+from lungclam.train import EarlyStopping, embed_images, normalize_hu, pretrain, seed_everything
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_setting(text: str) -> tuple[str, dict[str, float]]:
+    name, _, body = text.partition(":")
+    values = {}
+    for item in filter(None, body.split(",")):
+        key, _, value = item.partition("=")
+        values[key] = float(value)
+    return name, values
+
+
+def run(scenario: str, true_k: int, name: str, values: dict[str, float], settings: StudySettings,
+        base, out: Path | None) -> dict:
+    case = make_scenario(scenario, true_k, base)
+    hu, truth, _ = simulate(case, base, settings.n_images, settings.seed, settings.noise_scale)
+    x = normalize_hu(hu, *settings.hu_window)[:, None]
+    device = torch.device("cpu")
+    seed_everything(settings.seed, device)
+    model = ConvAutoencoder(_spec(settings, base.shape))
+    stopping = EarlyStopping(values.get("fraction", 0.0), int(values.get("patience", 10)), values.get("min_delta", 0.0))
+    started = time.perf_counter()
+    history = pretrain(model, x, int(values.get("epochs", 30)), int(values.get("batch", settings.batch_size)),
+                       settings.learning_rate, settings.seed, device, stopping=stopping)
+    seconds = time.perf_counter() - started
+    features = embed_images(model, x, device=device)
+    labels, _ = kmeans(features, true_k, settings.seed, settings.n_init)
+    best = history.loc[history["best"]].iloc[0]
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out / f"{scenario}_k{true_k}_{name}.npz", features=features, truth=truth)
+    return {"case": f"{scenario} K={true_k}", "setting": name, "epochs_run": len(history),
+            "kept_epoch": int(best["epoch"]), "train_mse": float(best["loss"]),
+            "heldout_mse": float(best["val_loss"]), "kmeans_ari": adjusted_rand_score(truth, labels),
+            "silhouette": silhouette(features, labels), "seconds": seconds}
+
+
+def run_cohort(spec: str, name: str, values: dict[str, float], seed: int, out: Path | None) -> dict:
+    """Pretrain the pipeline's 3D CAE on a finished run's model inputs; same columns as :func:`run`."""
+    from lungclam.model import spec_from_config
+    from lungclam.train import load_volumes
+
+    results, _, truth_path = spec.partition(":")
+    results_dir = Path(results)
+    truth_table = pd.read_csv(truth_path or results_dir / "demo" / "truth.tsv", sep="\t")
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    subjects = truth_table["subject"].tolist()
+    paths = [results_dir / "downsampled" / f"{s}.nii.gz" for s in subjects]
+    images = load_volumes(paths, subjects, *config["model"]["hu_window"])
+    truth = pd.factorize(truth_table["pattern"])[0]
+    true_k = len(np.unique(truth))
+    device = torch.device("cpu")
+    seed_everything(seed, device)
+    model = ConvAutoencoder(spec_from_config(config["model"], images.shape[2:]))
+    t = config["train"]
+    stopping = EarlyStopping(values.get("fraction", 0.0), int(values.get("patience", 10)), values.get("min_delta", 0.0))
+    started = time.perf_counter()
+    history = pretrain(model, images, int(values.get("epochs", t["epochs"])), int(values.get("batch", t["batch_size"])),
+                       float(values.get("lr", t["learning_rate"])), seed, device, stopping=stopping)
+    seconds = time.perf_counter() - started
+    features = embed_images(model, images, device=device)
+    labels, _ = kmeans(features, true_k, seed, 20)
+    best = history.loc[history["best"]].iloc[0]
+    label = results_dir.parent.name if results_dir.name == "results" else results_dir.name
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out / f"{label}_{name}.npz", features=features, truth=truth)
+    return {"case": label, "setting": name, "epochs_run": len(history), "kept_epoch": int(best["epoch"]),
+            "train_mse": float(best["loss"]), "heldout_mse": float(best["val_loss"]),
+            "kmeans_ari": adjusted_rand_score(truth, labels), "silhouette": silhouette(features, labels),
+            "seconds": seconds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=["intensity:4", "size:4"], help="scenario:true_k")
+    parser.add_argument("--setting", action="append", default=None, help="NAME:key=value,...")
+    parser.add_argument("--cohort", action="append", default=None, help="RESULTS[:TRUTH] of a pipeline run")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the features (npz)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    section = yaml.safe_load((ROOT / "config" / "simulation.yaml").read_text())["simulation"]
+    settings = StudySettings.from_config({k: v for k, v in section.items()
+                                          if k not in ("base", "scenarios", "true_ks", "threads")}, args.seed)
+    torch.set_num_threads(1)
+    base = builtin_base(seed=args.seed)
+    rows = []
+    for text in args.setting or ["cpu30:epochs=30"]:
+        name, values = parse_setting(text)
+        for spec in args.cohort or []:
+            rows.append(run_cohort(spec, name, values, args.seed, args.out))
+            print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1,
+                                                    float_format=lambda v: f"{v:.4g}"), flush=True)
+        for case in [] if args.cohort else args.cases:
+            scenario, _, k = case.partition(":")
+            rows.append(run(scenario, int(k), name, values, settings, base, args.out))
+            print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1,
+                                                    float_format=lambda v: f"{v:.4g}"), flush=True)
+    print()
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Snakemake glue: the stability figure (stability per K, each subject's confidence)."""
+
+import pandas as pd
+
+from lungclam.runtime import run_job
+
+smk = snakemake  # noqa: F821
+
+
+def main() -> None:
+    from lungclam.figures import stability_figure
+
+    stability = pd.read_csv(smk.input.stability, sep="\t")
+    clusters = pd.read_csv(smk.input.clusters, sep="\t")
+    stability_figure(stability, clusters, smk.params.threshold, smk.output[0])
+
+
+run_job("figure_stability", main, smk.log[0], smk.threads)
