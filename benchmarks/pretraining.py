@@ -35,7 +35,9 @@ from lungclam.kselect import silhouette
 from lungclam.model import ConvAutoencoder
 from lungclam.simstudy import StudySettings, _spec
 from lungclam.simulation import builtin_base, make_scenario, simulate
-from lungclam.train import EarlyStopping, embed_images, normalize_hu, pretrain, seed_everything
+from lungclam.device import seed_everything
+from lungclam.intensity import normalize_hu
+from lungclam.train import EarlyStopping, embed_images, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +79,7 @@ def run(scenario: str, true_k: int, name: str, values: dict[str, float], setting
 def run_cohort(spec: str, name: str, values: dict[str, float], seed: int, out: Path | None) -> dict:
     """Pretrain the pipeline's 3D CAE on a finished run's model inputs; same columns as :func:`run`."""
     from lungclam.model import spec_from_config
-    from lungclam.train import load_volumes
+    from lungclam.imageio import load_volumes
 
     results, _, truth_path = spec.partition(":")
     results_dir = Path(results)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from lungclam.dec import ClusteringModel
-from lungclam.train import autocast
+from lungclam.device import autocast
 
 Progress = Callable[[str], None]
 

@@ -24,7 +24,8 @@ from torch import nn
 
 from lungclam.kmeans import kmeans
 from lungclam.model import ConvAutoencoder
-from lungclam.train import autocast, batched_inference, batches, embed_images
+from lungclam.device import autocast, batched_inference, batches
+from lungclam.train import embed_images
 
 Progress = Callable[[str], None]
 

@@ -9,12 +9,15 @@ so any viewer overlays them correctly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from lungclam.atomic import atomic_path
+from lungclam.errors import SubjectError
+from lungclam.intensity import normalize_hu
 
 
 def read_image(path: str | Path) -> sitk.Image:
@@ -49,3 +52,23 @@ def write_map(array: np.ndarray, reference: sitk.Image, path: str | Path) -> Non
         raise ValueError(f"map of size {image.GetSize()} does not fit the reference grid {reference.GetSize()}")
     image.CopyInformation(reference)
     write_image(image, path)
+
+
+def load_volumes(paths: Sequence[str | Path], subjects: Sequence[str], min_hu: float = -1024.0,
+                 max_hu: float = 200.0) -> np.ndarray:
+    """Stack downsampled volumes into model inputs ``(N, 1, z, y, x)`` float32 in ``[0, 1]``
+    (:func:`lungclam.intensity.normalize_hu` with the window ``min_hu..max_hu``).
+
+    All volumes must share one grid (the downsample stage guarantees it); a volume that
+    does not, or cannot be read, raises :class:`SubjectError` naming its subject.
+    """
+    arrays = []
+    for subject, path in zip(subjects, paths, strict=True):
+        try:
+            arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        except RuntimeError as exc:
+            raise SubjectError(subject, f"cannot read model input: {exc}", path) from exc
+        if arrays and arr.shape != arrays[0].shape:
+            raise SubjectError(subject, f"grid {arr.shape} differs from {arrays[0].shape} of the others", path)
+        arrays.append(normalize_hu(arr, min_hu, max_hu))
+    return np.stack(arrays)[:, None]

@@ -2,7 +2,7 @@
 clustering phase for every fitted K, score it against the truth, and map CLAMs for K = true K.
 
 A case is one (scenario, true K) pair. Images are 2D, ``(N, 1, 64, 64)`` after HU scaling
-(:func:`lungclam.train.normalize_hu`); the model is the paper's 2D CAE unless the settings
+(:func:`lungclam.intensity.normalize_hu`); the model is the paper's 2D CAE unless the settings
 say otherwise.
 """
 
@@ -21,6 +21,8 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from lungclam.clam import assigned_maps, iter_clam, restrict_to_mask
 from lungclam.dec import fit_clusters, within_cluster_scale
+from lungclam.device import seed_everything
+from lungclam.intensity import normalize_hu
 from lungclam.kmeans import kmeans
 from lungclam.kselect import RESAMPLING_METHODS, choose, resampling_table, silhouette
 from lungclam.model import ConvAutoencoder, ModelSpec
@@ -35,7 +37,7 @@ from lungclam.simulation import (
     mean_hu_in_active_area,
     simulate,
 )
-from lungclam.train import EarlyStopping, embed_images, normalize_hu, pretrain, seed_everything
+from lungclam.train import EarlyStopping, embed_images, pretrain
 
 Progress = Callable[[str], None]
 

@@ -378,7 +378,7 @@ def simulate(
     a seeded random order. Each image is ``base.hu`` plus, at every lung pixel, a value
     drawn with replacement from ``base.noise`` times ``noise_scale``, plus the cluster's
     intensity inside its disc (clipped to the lungs). Pixels outside the lungs stay
-    ``BACKGROUND_HU``; values are not clipped (:func:`lungclam.train.normalize_hu` clips
+    ``BACKGROUND_HU``; values are not clipped (:func:`lungclam.intensity.normalize_hu` clips
     when the model reads them).
 
     Returns:

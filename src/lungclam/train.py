@@ -1,82 +1,25 @@
-"""Loading model inputs, determinism, and CAE pretraining on reconstruction error.
+"""CAE pretraining on reconstruction error, the held-out split that stops it, and embeddings.
 
-Images enter the network as ``float32`` arrays, channel-first ``(N, 1, *spatial)``, with
-HU mapped linearly so that the background (air, -1024 HU) is 0: CLAM multiplies inputs by
-activation maps, and a masked-out voxel should then look like background.
+Images are ``float32`` arrays, channel-first ``(N, 1, *spatial)``, in ``[0, 1]``
+(:func:`lungclam.intensity.normalize_hu`; :func:`lungclam.imageio.load_volumes` reads them).
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import SimpleITK as sitk
 import torch
 from torch import nn
 
-from lungclam.errors import SubjectError
+from lungclam.device import autocast, batched_inference, batches
 from lungclam.model import ConvAutoencoder
 
-log = logging.getLogger(__name__)
-
 Progress = Callable[[str], None]
-
-
-def normalize_hu(hu: np.ndarray, min_hu: float = -1024.0, max_hu: float = 200.0) -> np.ndarray:
-    """Map HU to ``[0, 1]``: ``min_hu`` (background) -> 0, ``max_hu`` -> 1, clipped; float32."""
-    if max_hu <= min_hu:
-        raise ValueError(f"max_hu ({max_hu}) must exceed min_hu ({min_hu})")
-    out = (np.asarray(hu, dtype=np.float32) - np.float32(min_hu)) / np.float32(max_hu - min_hu)
-    return np.clip(out, 0.0, 1.0, out=out)
-
-
-def load_volumes(paths: Sequence[str | Path], subjects: Sequence[str], min_hu: float = -1024.0,
-                 max_hu: float = 200.0) -> np.ndarray:
-    """Stack downsampled volumes into ``(N, 1, z, y, x)`` float32 in ``[0, 1]``.
-
-    All volumes must share one grid (the downsample stage guarantees it); a volume that
-    does not, or cannot be read, raises :class:`SubjectError` naming its subject.
-    """
-    arrays = []
-    for subject, path in zip(subjects, paths, strict=True):
-        try:
-            arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-        except RuntimeError as exc:
-            raise SubjectError(subject, f"cannot read model input: {exc}", path) from exc
-        if arrays and arr.shape != arrays[0].shape:
-            raise SubjectError(subject, f"grid {arr.shape} differs from {arrays[0].shape} of the others", path)
-        arrays.append(normalize_hu(arr, min_hu, max_hu))
-    return np.stack(arrays)[:, None]
-
-
-def seed_everything(seed: int, device: torch.device) -> None:
-    """Seed torch and make CPU kernels deterministic (same seed -> same numbers)."""
-    torch.manual_seed(seed)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
-    else:
-        # cuDNN picks among algorithms by timing; pin them where we can (see README).
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-
-
-def batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """Index batches covering ``range(n)``, shuffled when a generator is given."""
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    return list(order.split(batch_size))
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when asked; never on the CPU (18-46x slower without bf16 units)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
 def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -191,18 +134,6 @@ def pretrain(model: ConvAutoencoder, images: np.ndarray, epochs: int, batch_size
     history = pd.DataFrame(rows)
     history.insert(3, "best", history["epoch"] == (best_epoch if best_state is not None else len(rows)))
     return history
-
-
-@torch.inference_mode()
-def batched_inference(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
-                      images: np.ndarray, batch_size: int = 16, device: torch.device | None = None) -> np.ndarray:
-    """``forward`` over ``(N, 1, *spatial)`` images in batches, ``model`` in eval mode on
-    ``device``; the per-image outputs stacked as float64 ``(N, ...)``."""
-    device = device or torch.device("cpu")
-    model.to(device).eval()
-    data = torch.from_numpy(np.ascontiguousarray(images))
-    out = [forward(data[idx].to(device)).float().cpu() for idx in batches(len(data), batch_size)]
-    return torch.cat(out).double().numpy()
 
 
 def embed_images(model: ConvAutoencoder, images: np.ndarray, batch_size: int = 16,

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from lungclam.clam import assigned_maps, clam_image, iter_clam, upsample
 from lungclam.dec import ClusteringModel, fit_clusters
+from lungclam.device import seed_everything
 from lungclam.model import ConvAutoencoder, ModelSpec
-from lungclam.train import pretrain, seed_everything
+from lungclam.train import pretrain
 
 
 def _loop_clam(model: ClusteringModel, x: torch.Tensor, k: int) -> torch.Tensor:

@@ -8,8 +8,9 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from lungclam.dec import clusters_table, fit_clusters, soft_assignment, target_distribution, within_cluster_scale
+from lungclam.device import seed_everything
 from lungclam.model import ConvAutoencoder, ModelSpec
-from lungclam.train import embed_images, pretrain, seed_everything
+from lungclam.train import embed_images, pretrain
 
 
 def test_soft_assignment_hand_computed() -> None:
@@ -79,7 +80,7 @@ def test_pretrain_features_and_cluster_table() -> None:
 
 @pytest.mark.parametrize("bad", [(-1.0, -1.0), (0.0, -5.0)])
 def test_normalize_hu_rejects_empty_window(bad) -> None:
-    from lungclam.train import normalize_hu
+    from lungclam.intensity import normalize_hu
 
     with pytest.raises(ValueError):
         normalize_hu(np.zeros(3), *bad)

@@ -9,10 +9,10 @@ import SimpleITK as sitk
 import torch
 
 from lungclam.errors import SubjectError
+from lungclam.imageio import load_volumes
+from lungclam.intensity import normalize_hu
 from lungclam.train import (
     EarlyStopping,
-    load_volumes,
-    normalize_hu,
     pretrain,
     reconstruction_error,
     validation_split,

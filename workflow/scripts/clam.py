@@ -12,9 +12,8 @@ smk = snakemake  # noqa: F821
 def main() -> None:
     from lungclam.clam import assigned_maps, iter_clam, restrict_to_mask
     from lungclam.dec import ClusteringModel
-    from lungclam.imageio import read_array, read_image, write_map
+    from lungclam.imageio import load_volumes, read_array, read_image, write_map
     from lungclam.model import build_autoencoder, load_checkpoint, resolve_device
-    from lungclam.train import load_volumes
 
     log = logging.getLogger("lungclam.clam")
     m = smk.params.model

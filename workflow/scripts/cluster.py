@@ -15,7 +15,9 @@ def main() -> None:
     from lungclam.kselect import resampling_from_config, resolve_n_clusters
     from lungclam.stability import replica_confidence
     from lungclam.model import build_autoencoder, load_checkpoint, resolve_device, save_checkpoint
-    from lungclam.train import embed_images, features_table, load_volumes, seed_everything
+    from lungclam.device import seed_everything
+    from lungclam.imageio import load_volumes
+    from lungclam.train import embed_images, features_table
 
     log = logging.getLogger("lungclam.cluster")
     m, c = smk.params.model, smk.params.settings

@@ -10,8 +10,9 @@ smk = snakemake  # noqa: F821
 
 def main() -> None:
     from lungclam.model import ConvAutoencoder, resolve_device, save_checkpoint, spec_from_config
-    from lungclam.train import (EarlyStopping, embed_images, features_table, load_volumes, pretrain,
-                                seed_everything)
+    from lungclam.device import seed_everything
+    from lungclam.imageio import load_volumes
+    from lungclam.train import EarlyStopping, embed_images, features_table, pretrain
 
     log = logging.getLogger("lungclam.train")
     m, t = smk.params.model, smk.params.train
