@@ -24,7 +24,7 @@ from torch import nn
 
 from lungclam.kmeans import kmeans
 from lungclam.model import ConvAutoencoder
-from lungclam.device import autocast, batched_inference, batches
+from lungclam.device import autocast, batched_inference, batched_outputs, batches, epoch_sum, keep_on_device
 from lungclam.train import embed_images
 
 Progress = Callable[[str], None]
@@ -154,39 +154,42 @@ def fit_clusters(autoencoder: ConvAutoencoder, images: np.ndarray, n_clusters: i
     scale = embedding_scale(features) if scale is None else float(scale)
     centroids = torch.from_numpy(init_centroids(features / scale, n_clusters, seed, n_init))
     model = ClusteringModel(autoencoder, centroids, scale=scale).to(device)
-    data = torch.from_numpy(np.ascontiguousarray(images))
+    data = keep_on_device(torch.from_numpy(np.ascontiguousarray(images)), device)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
     mse, kl = nn.MSELoss(), nn.KLDivLoss(reduction="batchmean")
-    q = predict(model, images, device=device)
-    labels, target = q.argmax(1), target_distribution(torch.from_numpy(q)).float()
+    # q, labels and targets stay on the device; a refresh reads back one number (the
+    # share of labels that changed), which the stopping rule needs
+    q = batched_outputs(model, model.assign, data, 16, device)
+    labels, target = q.argmax(1), target_distribution(q).float().to(data.device)
     rows, step, converged, change = [], 0, False, float("nan")
     for epoch in range(1, max_epochs + 1):
         model.train()
-        start, sums, seen = time.perf_counter(), np.zeros(2), 0
-        for idx in batches(len(data), batch_size, generator):
+        start, sums, seen = time.perf_counter(), epoch_sum(device, 2), 0
+        for idx in batches(len(data), batch_size, generator, data.device):
             if step > 0 and step % update_interval == 0:
-                q = predict(model, images, device=device)
+                q = batched_outputs(model, model.assign, data, 16, device)
                 new = q.argmax(1)
-                change = float(np.mean(new != labels))
-                labels, target = new, target_distribution(torch.from_numpy(q)).float()
+                change = float((new != labels).double().mean())
+                labels, target = new, target_distribution(q).float().to(data.device)
                 if change < tol:
                     converged = True
                     break
                 model.train()
-            x = data[idx].to(device)
+            x = data[idx].to(device, non_blocking=True)
             with autocast(device, mixed_precision):
                 q_batch, recon = model(x)
                 rec = mse(recon.float(), x)
-                div = kl(q_batch.float().clamp_min(1e-12).log(), target[idx].to(device))
+                div = kl(q_batch.float().clamp_min(1e-12).log(), target[idx].to(device, non_blocking=True))
                 loss = rec + gamma * div
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            sums += np.array([float(rec.detach()), float(div.detach())]) * len(idx)
+            sums += torch.stack([rec.detach(), div.detach()]).double() * len(idx)
             seen += len(idx)
             step += 1
         if seen:  # an epoch cut short by convergence before its first batch logs nothing
+            sums = sums.cpu().numpy()
             rows.append({"epoch": epoch, "reconstruction": sums[0] / seen, "kl": sums[1] / seen,
                          "loss": (sums[0] + gamma * sums[1]) / seen, "label_change": change,
                          "seconds": time.perf_counter() - start})

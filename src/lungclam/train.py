@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lungclam.device import autocast, batched_inference, batches
+from lungclam.device import autocast, batched_inference, batches, epoch_sum, keep_on_device
 from lungclam.model import ConvAutoencoder
 
 Progress = Callable[[str], None]
@@ -67,8 +67,8 @@ def reconstruction_error(model: ConvAutoencoder, data: torch.Tensor, batch_size:
     """Mean squared reconstruction error of ``data`` (N, 1, *spatial) in eval mode."""
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
-    for idx in batches(len(data), batch_size):
-        x = data[idx].to(device)
+    for x in data.split(batch_size):
+        x = x.to(device, non_blocking=True)
         with autocast(device, mixed_precision):
             _, recon = model(x)
         total += ((recon.float() - x) ** 2).mean(dim=tuple(range(1, x.ndim))).double().sum()
@@ -95,15 +95,15 @@ def pretrain(model: ConvAutoencoder, images: np.ndarray, epochs: int, batch_size
     stopping = stopping or EarlyStopping()
     model.to(device).train()
     train_idx, val_idx = validation_split(len(images), stopping.fraction, seed)
-    data = torch.from_numpy(np.ascontiguousarray(images[train_idx]))
-    held_out = torch.from_numpy(np.ascontiguousarray(images[val_idx])) if len(val_idx) else None
+    data = keep_on_device(torch.from_numpy(np.ascontiguousarray(images[train_idx])), device)
+    held_out = keep_on_device(torch.from_numpy(np.ascontiguousarray(images[val_idx])), device) if len(val_idx) else None
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
     loss_fn = nn.MSELoss()
     rows, best_loss, best_epoch, best_state = [], float("inf"), 0, None
     for epoch in range(1, epochs + 1):
-        start, total = time.perf_counter(), 0.0
-        for idx in batches(len(data), batch_size, generator):
+        start, total = time.perf_counter(), epoch_sum(device)
+        for idx in batches(len(data), batch_size, generator, data.device):
             x = data[idx].to(device, non_blocking=True)
             with autocast(device, mixed_precision):
                 _, recon = model(x)
@@ -111,14 +111,14 @@ def pretrain(model: ConvAutoencoder, images: np.ndarray, epochs: int, batch_size
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(idx)
+            total += loss.detach().double() * len(idx)
         val = float("nan")
         if held_out is not None:
             val = reconstruction_error(model, held_out, batch_size, device, mixed_precision)
             if val < best_loss * (1.0 - stopping.min_delta):
                 best_loss, best_epoch = val, epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        rows.append({"epoch": epoch, "loss": total / len(data), "val_loss": val,
+        rows.append({"epoch": epoch, "loss": float(total[0]) / len(data), "val_loss": val,
                      "seconds": time.perf_counter() - start})
         if progress:
             held = f", held-out {val:.5f}" if held_out is not None else ""

@@ -8,6 +8,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from lungclam.device import epoch_sum
 from lungclam.errors import SubjectError
 from lungclam.imageio import load_volumes
 from lungclam.intensity import normalize_hu
@@ -108,3 +109,17 @@ def test_early_stopping_from_config_defaults_to_fixed_epochs() -> None:
     assert EarlyStopping.from_config({"epochs": 5}).fraction == 0.0
     stop = EarlyStopping.from_config({"validation_fraction": 0.2, "patience": 4, "min_delta": 0.01})
     assert (stop.fraction, stop.patience, stop.min_delta) == (0.2, 4, 0.01)
+
+
+
+def test_epoch_sums_on_the_device_equal_python_float_sums_bit_for_bit() -> None:
+    rng = np.random.default_rng(0)
+    losses = torch.from_numpy((rng.random(200) * 10.0 ** rng.integers(-6, 3, 200)).astype(np.float32))
+    lengths = rng.integers(1, 33, 200)
+    total, python_total = epoch_sum(torch.device("cpu"), 2), 0.0
+    for loss, n in zip(losses, lengths):
+        total += torch.stack([loss, loss / 3]).double() * int(n)
+        python_total += float(loss) * int(n)
+    assert float(total[0]) == python_total  # exact: float64 sums of float32 values, same order
+    float32_total = losses.mul(torch.from_numpy(lengths).float()).cumsum(0)[-1]
+    assert float(float32_total) != python_total  # a float32 accumulator would not pass
