@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from lungclam.errors import LungclamError
@@ -26,6 +27,28 @@ def set_threads(n: int) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
     if "torch" in sys.modules:  # only where a script already uses torch: importing it is slow
         sys.modules["torch"].set_num_threads(n)
+
+
+def visible_gpus(environ: Mapping[str, str] | None = None, dev: str | Path = "/dev") -> int:
+    """NVIDIA GPUs this process could use, found without importing torch or CUDA (cheap
+    enough for every DAG build).
+
+    The ``/dev/nvidia<N>`` device files count the GPUs (Linux); ``CUDA_VISIBLE_DEVICES``,
+    when set, narrows them to its entries up to the first that CUDA would reject (an
+    empty entry or one starting with ``-``: ``-1`` or ``""`` hide every GPU).
+    """
+    environ = os.environ if environ is None else environ
+    dev = Path(dev)
+    present = sum(1 for p in dev.glob("nvidia*") if re.fullmatch(r"nvidia[0-9]+", p.name)) if dev.is_dir() else 0
+    listed = environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return present
+    entries = 0
+    for entry in listed.split(","):
+        if not entry.strip() or entry.strip().startswith("-"):
+            break
+        entries += 1
+    return min(entries, present)
 
 
 def setup_logging(log_file: str | Path | None, level: int = logging.INFO) -> None:

@@ -23,6 +23,7 @@ rule clam:
     threads: config["model"]["threads"]
     resources:
         gpu=config["model"]["gpus"],
+        local_gpu=local_gpu_slot(config["model"]["device"]),
     conda:
         "../../envs/model.yaml"
     script:

@@ -11,6 +11,7 @@ from snakemake.utils import validate
 from lungclam.config_schema import config_problems, load_schema
 from lungclam.errors import SheetError
 from lungclam.runlock import clear_stale_lock, forget_owner, record_owner
+from lungclam.runtime import visible_gpus
 from lungclam.sheets import read_clinical, read_samples
 
 # One line per problem, a misspelt key with the nearest valid one; Snakemake's validate
@@ -35,6 +36,16 @@ wildcard_constraints:
     k=r"[0-9]+",
     true_k=r"[0-9]+",
     scenario=r"intensity|location|size",
+
+
+def local_gpu_slot(device):
+    """1 for a job that will run on a local GPU, else 0: its request of the `local_gpu`
+    resource, which the workflow profile caps at 1. Such jobs all use the first visible GPU
+    (model.device auto is cuda:0) and slow each other down side by side, so a local run
+    takes them one at a time; jobs on the CPU (no GPU visible, or device: cpu) keep running
+    in parallel. Remote executors ask for none: on Slurm each job has its own GPU
+    (resources: gpu), and the cap would otherwise hold back the whole cluster."""
+    return int(workflow.local_exec and device != "cpu" and visible_gpus() > 0)
 
 
 DEMO = not config["samples"]

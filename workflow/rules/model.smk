@@ -1,6 +1,7 @@
 # Deep clustering: CAE pretraining, the choice of K, and the clustering (DEC) phase.
 # Training and clustering ask for a GPU on Slurm (resources: gpu) and use the CPU
-# wherever none is present (model.device: auto).
+# wherever none is present (model.device: auto); on a local GPU they run one GPU job at
+# a time (resources: local_gpu, see local_gpu_slot in common.smk).
 
 
 rule train:
@@ -22,6 +23,7 @@ rule train:
     threads: config["model"]["threads"]
     resources:
         gpu=config["model"]["gpus"],
+        local_gpu=local_gpu_slot(config["model"]["device"]),
     conda:
         "../../envs/model.yaml"
     script:
@@ -87,6 +89,7 @@ rule cluster:
     threads: config["model"]["threads"]
     resources:
         gpu=config["model"]["gpus"],
+        local_gpu=local_gpu_slot(config["model"]["device"]),
     conda:
         "../../envs/model.yaml"
     script:

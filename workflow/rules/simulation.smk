@@ -20,6 +20,7 @@ rule simulation_case:
     threads: config["simulation"]["threads"]
     resources:
         gpu=config["model"]["gpus"],
+        local_gpu=local_gpu_slot("auto"),  # simulation_case.py runs on device auto
     conda:
         "../../envs/model.yaml"
     script:
