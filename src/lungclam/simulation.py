@@ -39,16 +39,20 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import SimpleITK as sitk
 from scipy import ndimage, stats
 from scipy.optimize import linear_sum_assignment
 
-from lungclam.imageio import read_image, to_lps
-from lungclam.phantom import Phantom, make_chest_phantom
-from lungclam.resample import resample_ct, resample_labels
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+
+    from lungclam.phantom import Phantom
+
+# SimpleITK (and the phantom's pydicom) are imported where a base slice is made from
+# images, so the study itself (lungclam.simstudy, benchmarks/gpu.py) runs without them.
 
 #: The null background outside the lungs (HU); the model sees the lungs only.
 BACKGROUND_HU = -1024.0
@@ -146,6 +150,8 @@ def _place_in_canvas(
 
 def _base_from_volume(ct: sitk.Image, labels: sitk.Image, size: int, pixel_mm: float) -> BaseSlice:
     """A BaseSlice from an LPS CT (HU) and its lung labels, both already at ``pixel_mm``."""
+    import SimpleITK as sitk
+
     hu_zyx = sitk.GetArrayFromImage(ct).astype(np.float32)
     lab_zyx = sitk.GetArrayFromImage(labels).astype(np.uint8)
     in_lung = lab_zyx > 0
@@ -161,6 +167,8 @@ def _base_from_volume(ct: sitk.Image, labels: sitk.Image, size: int, pixel_mm: f
 def _builtin_phantom(size: int, pixel_mm: float, seed: int, fov_factor: float) -> Phantom:
     """The healthy phantom behind :func:`builtin_base` (2/3 of ``pixel_mm`` in plane, slices
     of ``pixel_mm``), drawn in a field of view of ``fov_factor * size * pixel_mm`` mm."""
+    from lungclam.phantom import make_chest_phantom
+
     fov_mm = fov_factor * size * pixel_mm
     fine_mm = pixel_mm * 2.0 / 3.0
     return make_chest_phantom(
@@ -185,6 +193,8 @@ def builtin_base(size: int = 64, pixel_mm: float = 3.0, seed: int = 0) -> BaseSl
     canvas, which scales its anatomy down so that the lungs fit (see ``_FOV_FACTORS``).
     Raises ValueError if the lungs still do not fit. About half a second at 64 x 64.
     """
+    from lungclam.resample import resample_ct, resample_labels
+
     last: ValueError | None = None
     for factor in _FOV_FACTORS:
         phantom = _builtin_phantom(size, pixel_mm, seed, factor)
@@ -211,6 +221,11 @@ def base_from_template(
     column 0 the patient's right. The noise sample is taken from the template's lungs.
     Raises ValueError when the lungs do not fit the canvas or the mask is empty.
     """
+    import SimpleITK as sitk
+
+    from lungclam.imageio import read_image, to_lps
+    from lungclam.resample import resample_ct, resample_labels
+
     image = to_lps(read_image(path))
     if image.GetDimension() != 3:
         raise ValueError(f"{path}: expected a 3D image, got {image.GetDimension()}D")

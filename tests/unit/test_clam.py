@@ -21,7 +21,7 @@ def _loop_clam(model: ClusteringModel, x: torch.Tensor, k: int) -> torch.Tensor:
     mode = "bilinear" if len(spatial) == 2 else "trilinear"
     with torch.no_grad():
         acts = model.autoencoder.encode_maps(x[None])[0]
-        total = torch.zeros(spatial, dtype=torch.float64)
+        total = torch.zeros(spatial, dtype=torch.float64, device=x.device)
         for h in range(acts.shape[0]):
             up = F.interpolate(acts[h][None, None], size=spatial, mode=mode, align_corners=False)[0, 0]
             span = up.max() - up.min()
