@@ -720,7 +720,7 @@ def plot_k_selection(table: pd.DataFrame, path: str | Path, choices: pd.DataFram
     pac_ax.plot(data["k"], data["pac"], "o-", color="tab:red")
     pac_ax.axhline(limits["pac"], color="tab:red", linestyle=":", linewidth=1)
     pac_ax.set(xlabel="number of clusters K", ylabel="PAC", ylim=(-0.02, max(0.3, float(data["pac"].max()) + 0.02)),
-               title="Consensus ambiguity, PAC (lower is better)")
+               title="PAC (lower is better)")
     _mark(sil, choices, SILHOUETTE_METHODS, ("tab:blue", "tab:orange"))
     _mark(gap, choices, ("gap",), ("tab:green",))
     _mark(stab, choices, ("stability", "prediction_strength"), ("tab:purple", "tab:brown"))

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.workflow
 STAGE_DIRS = ("nifti", "resampled", "lungmask", "registered", "downsampled")
 PER_SUBJECT = ("convert", "resample", "segment", "register", "downsample")
 MODEL_RULES = {"train", "choose_k", "cluster", "clam", "clam_cluster_mean", "clam_population_mean", "stats",
-               "figure_maps", "figure_model", "figure_forest", "qc_contact_sheet"}
+               "figure_maps", "figure_model", "figure_forest", "figure_stability", "qc_contact_sheet", "viewer"}
 
 
 def test_dry_run_lists_every_job(tmp_path: Path) -> None:
