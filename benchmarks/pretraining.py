@@ -11,7 +11,8 @@ embedding (issue: longer pretraining destroyed the clusters).
         --setting fixed30:epochs=30 --setting stop200:epochs=200,fraction=0.1,patience=10
 
 A setting is NAME:key=value,... with keys epochs, fraction (held-out share), patience,
-min_delta, batch, lr. ``--cohort RESULTS[:TRUTH]`` runs the same on a pipeline run's
+min_delta, batch, lr, and cepochs (run the clustering phase at K = true K for at most
+that many epochs and report its accuracy). ``--cohort RESULTS[:TRUTH]`` runs the same on a pipeline run's
 model inputs (``downsampled/*.nii.gz``, the 3D CAE of config/config.yaml) with the true
 patterns from TRUTH (default RESULTS/demo/truth.tsv), instead of simulation cases. Features are saved to --out (npz per case and setting) for the K
 criteria (benchmarks/k_selection.py).
@@ -70,10 +71,31 @@ def run(scenario: str, true_k: int, name: str, values: dict[str, float], setting
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(out / f"{scenario}_k{true_k}_{name}.npz", features=features, truth=truth)
-    return {"case": f"{scenario} K={true_k}", "setting": name, "epochs_run": len(history),
-            "kept_epoch": int(best["epoch"]), "train_mse": float(best["loss"]),
-            "heldout_mse": float(best["val_loss"]), "kmeans_ari": adjusted_rand_score(truth, labels),
-            "silhouette": silhouette(features, labels), "seconds": seconds}
+    row = {"case": f"{scenario} K={true_k}", "setting": name, "epochs_run": len(history),
+           "kept_epoch": int(best["epoch"]), "train_mse": float(best["loss"]),
+           "heldout_mse": float(best["val_loss"]), "kmeans_ari": adjusted_rand_score(truth, labels),
+           "silhouette": silhouette(features, labels), "seconds": seconds}
+    if "cepochs" in values:
+        row.update(cluster_at_true_k(model, x, truth, true_k, int(values["cepochs"]), settings, features, device))
+    return row
+
+
+def cluster_at_true_k(model, x, truth, true_k, max_epochs, settings, features, device) -> dict:
+    """The simulation's clustering phase at fitted K = true K: accuracy, ARI, epochs."""
+    from lungclam.dec import fit_clusters
+    from lungclam.simstudy import _kernel_scale
+    from lungclam.simulation import best_match_accuracy, cluster_sizes
+
+    started = time.perf_counter()
+    scale = _kernel_scale(settings.kernel_scale, features, true_k, settings)
+    fit = fit_clusters(model, x, true_k, max_epochs=max_epochs, scale=scale, batch_size=settings.batch_size,
+                       learning_rate=settings.cluster_learning_rate, gamma=settings.gamma,
+                       update_interval=settings.update_interval, tol=settings.tol, n_init=settings.n_init,
+                       seed=settings.seed, device=device)
+    accuracy, _ = best_match_accuracy(truth, fit.labels)
+    return {"accuracy": accuracy, "dec_ari": adjusted_rand_score(truth, fit.labels),
+            "sizes": ",".join(map(str, cluster_sizes(fit.labels, true_k))), "cluster_epochs": len(fit.history),
+            "cluster_seconds": time.perf_counter() - started}
 
 
 def run_cohort(spec: str, name: str, values: dict[str, float], seed: int, out: Path | None) -> dict:
