@@ -52,6 +52,33 @@ def parse_setting(text: str) -> tuple[str, dict[str, float]]:
     return name, values
 
 
+def pretrain_and_score(model, images: np.ndarray, truth: np.ndarray, case: str, name: str,
+                       values: dict[str, float], defaults: tuple[int, int, float], seed: int, n_init: int,
+                       out: Path | None, stem: str) -> tuple[dict, np.ndarray]:
+    """Pretrain ``model`` on ``images`` with the setting ``values`` (``defaults``: epochs,
+    batch, learning rate when the setting names none), embed, and score k-means at the true
+    K against ``truth``; the features go to ``out/stem.npz`` when ``out`` is given.
+    Returns the table row and the features (N, J)."""
+    device = torch.device("cpu")
+    true_k = len(np.unique(truth))
+    stopping = EarlyStopping(values.get("fraction", 0.0), int(values.get("patience", 10)), values.get("min_delta", 0.0))
+    started = time.perf_counter()
+    history = pretrain(model, images, int(values.get("epochs", defaults[0])), int(values.get("batch", defaults[1])),
+                       float(values.get("lr", defaults[2])), seed, device, stopping=stopping)
+    seconds = time.perf_counter() - started
+    features = embed_images(model, images, device=device)
+    labels, _ = kmeans(features, true_k, seed, n_init)
+    best = history.loc[history["best"]].iloc[0]
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out / f"{stem}.npz", features=features, truth=truth)
+    row = {"case": case, "setting": name, "epochs_run": len(history), "kept_epoch": int(best["epoch"]),
+           "train_mse": float(best["loss"]), "heldout_mse": float(best["val_loss"]),
+           "kmeans_ari": adjusted_rand_score(truth, labels), "silhouette": silhouette(features, labels),
+           "seconds": seconds}
+    return row, features
+
+
 def run(scenario: str, true_k: int, name: str, values: dict[str, float], settings: StudySettings,
         base, out: Path | None) -> dict:
     case = make_scenario(scenario, true_k, base)
@@ -60,21 +87,9 @@ def run(scenario: str, true_k: int, name: str, values: dict[str, float], setting
     device = torch.device("cpu")
     seed_everything(settings.seed, device)
     model = ConvAutoencoder(_spec(settings, base.shape))
-    stopping = EarlyStopping(values.get("fraction", 0.0), int(values.get("patience", 10)), values.get("min_delta", 0.0))
-    started = time.perf_counter()
-    history = pretrain(model, x, int(values.get("epochs", 30)), int(values.get("batch", settings.batch_size)),
-                       settings.learning_rate, settings.seed, device, stopping=stopping)
-    seconds = time.perf_counter() - started
-    features = embed_images(model, x, device=device)
-    labels, _ = kmeans(features, true_k, settings.seed, settings.n_init)
-    best = history.loc[history["best"]].iloc[0]
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(out / f"{scenario}_k{true_k}_{name}.npz", features=features, truth=truth)
-    row = {"case": f"{scenario} K={true_k}", "setting": name, "epochs_run": len(history),
-           "kept_epoch": int(best["epoch"]), "train_mse": float(best["loss"]),
-           "heldout_mse": float(best["val_loss"]), "kmeans_ari": adjusted_rand_score(truth, labels),
-           "silhouette": silhouette(features, labels), "seconds": seconds}
+    row, features = pretrain_and_score(model, x, truth, f"{scenario} K={true_k}", name, values,
+                                       (30, settings.batch_size, settings.learning_rate), settings.seed,
+                                       settings.n_init, out, f"{scenario}_k{true_k}_{name}")
     if "cepochs" in values:
         row.update(cluster_at_true_k(model, x, truth, true_k, int(values["cepochs"]), settings, features, device))
     return row
@@ -111,27 +126,14 @@ def run_cohort(spec: str, name: str, values: dict[str, float], seed: int, out: P
     paths = [results_dir / "downsampled" / f"{s}.nii.gz" for s in subjects]
     images = load_volumes(paths, subjects, *config["model"]["hu_window"])
     truth = pd.factorize(truth_table["pattern"])[0]
-    true_k = len(np.unique(truth))
     device = torch.device("cpu")
     seed_everything(seed, device)
     model = ConvAutoencoder(spec_from_config(config["model"], images.shape[2:]))
     t = config["train"]
-    stopping = EarlyStopping(values.get("fraction", 0.0), int(values.get("patience", 10)), values.get("min_delta", 0.0))
-    started = time.perf_counter()
-    history = pretrain(model, images, int(values.get("epochs", t["epochs"])), int(values.get("batch", t["batch_size"])),
-                       float(values.get("lr", t["learning_rate"])), seed, device, stopping=stopping)
-    seconds = time.perf_counter() - started
-    features = embed_images(model, images, device=device)
-    labels, _ = kmeans(features, true_k, seed, 20)
-    best = history.loc[history["best"]].iloc[0]
     label = results_dir.parent.name if results_dir.name == "results" else results_dir.name
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(out / f"{label}_{name}.npz", features=features, truth=truth)
-    return {"case": label, "setting": name, "epochs_run": len(history), "kept_epoch": int(best["epoch"]),
-            "train_mse": float(best["loss"]), "heldout_mse": float(best["val_loss"]),
-            "kmeans_ari": adjusted_rand_score(truth, labels), "silhouette": silhouette(features, labels),
-            "seconds": seconds}
+    row, _ = pretrain_and_score(model, images, truth, label, name, values,
+                                (t["epochs"], t["batch_size"], t["learning_rate"]), seed, 20, out, f"{label}_{name}")
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,6 @@ import io
 import json
 import os
 import select
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,17 +40,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from report_screenshot import find_chromium  # tools/ is on sys.path: run as a script or by the tests
 
 WIDTH, HEIGHT = 1400, 800
-
-
-def find_chromium() -> str | None:
-    """Path of a Chromium binary, or None."""
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
 
 
 class DevTools:

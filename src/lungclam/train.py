@@ -57,8 +57,10 @@ class EarlyStopping:
     def from_config(cls, train: dict[str, Any]) -> "EarlyStopping":
         """From the config's ``train`` section (keys ``validation_fraction``, ``patience``,
         ``min_delta``; absent keys keep the defaults, i.e. no early stopping)."""
-        return cls(fraction=float(train.get("validation_fraction", 0.0)),
-                   patience=int(train.get("patience", 10)), min_delta=float(train.get("min_delta", 0.0)))
+        default = cls()
+        return cls(fraction=float(train.get("validation_fraction", default.fraction)),
+                   patience=int(train.get("patience", default.patience)),
+                   min_delta=float(train.get("min_delta", default.min_delta)))
 
 
 @torch.inference_mode()
