@@ -30,6 +30,7 @@ include: "workflow/rules/clam.smk"
 include: "workflow/rules/stats.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/viewer.smk"
+include: "workflow/rules/study.smk"
 include: "workflow/rules/simulation.smk"
 
 
@@ -40,4 +41,5 @@ rule all:
         stats_targets(),
         figure_targets(),
         viewer_targets(),
+        study_targets(),
     default_target: True

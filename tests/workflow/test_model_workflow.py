@@ -10,6 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from lungclam.model import load_checkpoint
+from lungclam.study import load_bundle
 
 pytestmark = pytest.mark.workflow
 
@@ -97,3 +98,17 @@ def test_figures_and_qc_pages_are_written(demo_run: Path) -> None:
     for path in [demo_run / "figures" / f"{n}.png" for n in names] + [demo_run / "qc" / f"{s}.png" for s in subjects]:
         data = path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, path
+
+
+def test_study_bundle_holds_the_study_and_loads(demo_run: Path) -> None:
+    study = load_bundle(demo_run)  # a results folder is a study: its bundle is results/study/
+    assert study.folder == demo_run / "study"
+    made_by = {"template": "template/template.nii.gz", "template_mask": "template/template_mask.nii.gz",
+               "grid_template": "template/grid_template.nii.gz", "grid_mask": "template/grid_mask.nii.gz",
+               "model": "model/dec.pt", "clusters": "clusters.tsv"}
+    for role, source in made_by.items():
+        assert study.files[role].read_bytes() == (demo_run / source).read_bytes(), role
+    clusters = pd.read_csv(demo_run / "clusters.tsv", sep="\t")
+    assert study.n_clusters == sum(c.startswith("q_") for c in clusters.columns)
+    assert study.cluster_sizes == {k: int((clusters["cluster"] == k).sum()) for k in range(1, study.n_clusters + 1)}
+    assert study.config["downsample"]["size"] == [48, 48, 48] and study.config["model"]["latent_dim"] == 8

@@ -221,6 +221,13 @@ def viewer_targets():
     return ["results/viewer/index.html"]
 
 
+def study_targets():
+    """The study bundle's manifest, written after every file it lists (workflow/rules/study.smk)."""
+    from lungclam.study import MANIFEST
+
+    return [f"results/study/{MANIFEST}"]
+
+
 def simulation_case_files(name):
     """One file per (scenario, true K) case of the simulation study."""
     sim = config.get("simulation", {})
