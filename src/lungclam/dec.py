@@ -123,15 +123,74 @@ def predict(model: ClusteringModel, images: np.ndarray, batch_size: int = 16,
     return batched_inference(model, model.assign, images, batch_size, device)
 
 
+@dataclass(frozen=True)
+class ClusterGuard:
+    """Label-free limits on the clustering phase; crossing one stops it (see :func:`fit_clusters`).
+
+    ``keep_clusters``: stop when a cluster that had images at the start loses them all (the
+    KL term's known degenerate solution: the encoder drifts until every image sits at one
+    centroid). ``max_reconstruction_growth``: stop when the reconstruction MSE of all images
+    exceeds this multiple of the pretrained encoder's (the embedding no longer describes the
+    images it clusters); ``None`` disables it. Either way the weights and centroids of the
+    last target refresh that stayed within the limits are restored.
+    """
+
+    keep_clusters: bool = True
+    max_reconstruction_growth: float | None = 1.5
+
+    @classmethod
+    def from_config(cls, cluster: dict) -> "ClusterGuard":
+        """From the ``cluster`` config section (keys ``keep_clusters``, ``max_reconstruction_growth``)."""
+        default = cls()
+        growth = cluster.get("max_reconstruction_growth", default.max_reconstruction_growth)
+        return cls(keep_clusters=bool(cluster.get("keep_clusters", default.keep_clusters)),
+                   max_reconstruction_growth=None if growth is None else float(growth))
+
+    def violation(self, counts: np.ndarray, start_counts: np.ndarray, error: float, start_error: float) -> str:
+        """Why a refresh with cluster sizes ``counts (K,)`` and reconstruction MSE ``error`` is
+        outside the limits (``""`` when it is not), against the start's sizes and MSE."""
+        emptied = np.flatnonzero((counts == 0) & (start_counts > 0))
+        if self.keep_clusters and emptied.size:
+            return f"cluster(s) {', '.join(str(k + 1) for k in emptied)} lost all their images"
+        growth = self.max_reconstruction_growth
+        if growth is not None and start_error > 0 and error > growth * start_error:
+            return (f"reconstruction MSE rose to {error:.3g}, {error / start_error:.2f}x the pretrained "
+                    f"{start_error:.3g} (limit {growth:g}x)")
+        return ""
+
+
 @dataclass
 class ClusterFit:
-    """Result of :func:`fit_clusters`: the model, final ``q (N, K)``, labels and loss log."""
+    """Result of :func:`fit_clusters`: the model, final ``q (N, K)``, labels and loss log.
+
+    ``stop_reason``: ``"converged"``, ``"max_epochs"`` or ``"guard: <why>"`` (a
+    :class:`ClusterGuard` limit was crossed and the last good refresh restored).
+    """
 
     model: ClusteringModel
     q: np.ndarray
     labels: np.ndarray
     history: pd.DataFrame
     converged: bool
+    stop_reason: str = "max_epochs"
+
+
+@torch.no_grad()
+def _refresh_pass(model: ClusteringModel, data: torch.Tensor, batch_size: int,
+                  device: torch.device) -> tuple[torch.Tensor, float]:
+    """Eval-mode ``q (N, K)`` float64 on the device and the mean reconstruction MSE of ``data``."""
+    model.to(device).eval()
+    qs, error = [], torch.zeros((), dtype=torch.float64, device=device)
+    for x in data.split(batch_size):
+        x = x.to(device, non_blocking=True)
+        q, recon = model(x)
+        qs.append(q.float())
+        error += ((recon.float() - x) ** 2).mean(dim=tuple(range(1, x.ndim))).double().sum()
+    return torch.cat(qs).double(), float(error) / len(data)
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
 
 
 def fit_clusters(autoencoder: ConvAutoencoder, images: np.ndarray, n_clusters: int, *,
@@ -139,14 +198,17 @@ def fit_clusters(autoencoder: ConvAutoencoder, images: np.ndarray, n_clusters: i
                  gamma: float = 0.1, update_interval: int = 4, tol: float = 0.001,
                  n_init: int = 20, seed: int = 0, device: torch.device | None = None,
                  mixed_precision: bool = False, scale: float | None = None,
+                 guard: ClusterGuard | None = ClusterGuard(),
                  progress: Progress | None = None) -> ClusterFit:
     """Run the clustering phase on pretrained ``autoencoder`` for ``images (N, 1, *spatial)``.
 
     Centroids start at k-means of the pretrained embeddings. Every ``update_interval``
     batches the target P is recomputed from Q on all images; training stops when, at such
     an update, fewer than ``tol`` (a fraction) of the labels changed since the previous
-    one, or after ``max_epochs``. Loss rows: ``epoch, reconstruction, kl, loss,
-    label_change, seconds``. ``scale`` divides the embedding before the kernel; ``None``
+    one, or after ``max_epochs``, or when ``guard`` (None: no guard) sees the clustering
+    collapse or the reconstruction degrade, in which case the previous update's weights
+    are restored. Loss rows: ``epoch, reconstruction, kl, loss, label_change, seconds``
+    (training-batch means). ``scale`` divides the embedding before the kernel; ``None``
     uses :func:`embedding_scale` of the pretrained embeddings, 1.0 gives the plain eq. 4.
     """
     device = device or torch.device("cpu")
@@ -158,23 +220,33 @@ def fit_clusters(autoencoder: ConvAutoencoder, images: np.ndarray, n_clusters: i
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
     mse, kl = nn.MSELoss(), nn.KLDivLoss(reduction="batchmean")
-    # q, labels and targets stay on the device; a refresh reads back one number (the
-    # share of labels that changed), which the stopping rule needs
-    q = batched_outputs(model, model.assign, data, 16, device)
+    # q, labels and targets stay on the device; a refresh reads back the share of labels
+    # that changed (the stopping rule) and, with a guard, the cluster sizes and the MSE
+    q, start_error = _refresh_pass(model, data, 16, device)
     labels, target = q.argmax(1), target_distribution(q).float().to(data.device)
-    rows, step, converged, change = [], 0, False, float("nan")
+    start_counts = torch.bincount(labels, minlength=n_clusters).cpu().numpy()
+    good = _snapshot(model) if guard else None
+    rows, step, change, stop_reason = [], 0, float("nan"), "max_epochs"
     for epoch in range(1, max_epochs + 1):
         model.train()
         start, sums, seen = time.perf_counter(), epoch_sum(device, 2), 0
         for idx in batches(len(data), batch_size, generator, data.device):
             if step > 0 and step % update_interval == 0:
-                q = batched_outputs(model, model.assign, data, 16, device)
+                q, error = _refresh_pass(model, data, 16, device)
                 new = q.argmax(1)
                 change = float((new != labels).double().mean())
+                why = guard.violation(torch.bincount(new, minlength=n_clusters).cpu().numpy(), start_counts,
+                                      error, start_error) if guard else ""
+                if why:
+                    model.load_state_dict(good)
+                    stop_reason = f"guard: {why}"
+                    break
                 labels, target = new, target_distribution(q).float().to(data.device)
                 if change < tol:
-                    converged = True
+                    stop_reason = "converged"
                     break
+                if guard:
+                    good = _snapshot(model)
                 model.train()
             x = data[idx].to(device, non_blocking=True)
             with autocast(device, mixed_precision):
@@ -197,12 +269,14 @@ def fit_clusters(autoencoder: ConvAutoencoder, images: np.ndarray, n_clusters: i
                 progress(f"cluster epoch {epoch}/{max_epochs}: loss {rows[-1]['loss']:.5f} "
                          f"(MSE {rows[-1]['reconstruction']:.5f}, KL {rows[-1]['kl']:.5f}), "
                          f"labels changed {change:.3f}")
-        if converged:
+        if stop_reason != "max_epochs":
             if progress:
-                progress(f"converged: {change:.3f} of labels changed (< tol {tol})")
+                progress(f"converged: {change:.3f} of labels changed (< tol {tol})" if stop_reason == "converged"
+                         else f"stopped by the guard, last good target refresh restored: {stop_reason[7:]}")
             break
     q = predict(model, images, device=device)
-    return ClusterFit(model=model, q=q, labels=q.argmax(1), history=pd.DataFrame(rows), converged=converged)
+    return ClusterFit(model=model, q=q, labels=q.argmax(1), history=pd.DataFrame(rows),
+                      converged=stop_reason == "converged", stop_reason=stop_reason)
 
 
 def clusters_table(subjects: list[str], q: np.ndarray) -> pd.DataFrame:

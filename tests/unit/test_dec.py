@@ -7,10 +7,10 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from lungclam.dec import clusters_table, fit_clusters, soft_assignment, target_distribution, within_cluster_scale
+from lungclam.dec import ClusterGuard, clusters_table, fit_clusters, soft_assignment, target_distribution, within_cluster_scale
 from lungclam.device import seed_everything
 from lungclam.model import ConvAutoencoder, ModelSpec
-from lungclam.train import embed_images, pretrain
+from lungclam.train import embed_images, pretrain, reconstruction_error
 
 
 def test_soft_assignment_hand_computed() -> None:
@@ -114,3 +114,58 @@ def test_within_cluster_scale_is_the_mean_distance_to_the_centroid() -> None:
     assert within_cluster_scale(features, 2) == pytest.approx(np.sqrt(2.0))
     assert within_cluster_scale(3.0 * features, 2) == pytest.approx(3.0 * np.sqrt(2.0))
     assert within_cluster_scale(np.zeros((5, 3)), 2) == 1.0
+
+
+def test_guard_violation_rules() -> None:
+    guard = ClusterGuard()
+    start = np.array([10, 10, 10])
+    assert guard.violation(np.array([12, 9, 9]), start, 0.010, 0.008) == ""
+    assert "cluster(s) 2 lost" in guard.violation(np.array([20, 0, 10]), start, 0.008, 0.008)
+    # a cluster that was empty from the start is not a collapse
+    assert guard.violation(np.array([20, 0, 10]), np.array([20, 0, 10]), 0.008, 0.008) == ""
+    assert "1.51x the pretrained" in guard.violation(start, start, 0.01208, 0.008)
+    assert ClusterGuard(max_reconstruction_growth=None).violation(start, start, 1.0, 0.008) == ""
+    assert ClusterGuard(keep_clusters=False).violation(np.array([30, 0, 0]), start, 0.008, 0.008) == ""
+    assert ClusterGuard.from_config({"keep_clusters": False, "max_reconstruction_growth": None}) == \
+        ClusterGuard(keep_clusters=False, max_reconstruction_growth=None)
+    assert ClusterGuard.from_config({}) == ClusterGuard()
+
+
+@pytest.fixture(scope="module")
+def pretrained_two_groups():
+    images, truth = _two_group_images()
+    seed_everything(0, torch.device("cpu"))
+    model = ConvAutoencoder(ModelSpec((16, 16), channels=(4, 8), strides=(2, 2), latent_dim=4))
+    pretrain(model, images, epochs=25, batch_size=8, learning_rate=3e-3, seed=0)
+    return model, images, truth
+
+
+def _aggressive_fit(model, images, learning_rate, gamma, guard):
+    import copy
+
+    kwargs = {} if guard == "default" else {"guard": guard}
+    fit = fit_clusters(copy.deepcopy(model), images, 2, max_epochs=15, batch_size=8, update_interval=3, seed=0,
+                       learning_rate=learning_rate, gamma=gamma, scale=1.0, **kwargs)
+    error = reconstruction_error(fit.model.autoencoder, torch.from_numpy(images), 16, torch.device("cpu"))
+    return fit, error
+
+
+def test_guard_keeps_every_cluster_when_the_kl_term_collapses_them(pretrained_two_groups) -> None:
+    model, images, truth = pretrained_two_groups
+    # a learning rate 1000x the pipeline's lets the KL term pull every image to one centroid
+    unguarded, _ = _aggressive_fit(model, images, 0.1, 1.0, None)
+    assert np.bincount(unguarded.labels, minlength=2).min() == 0
+    guarded, _ = _aggressive_fit(model, images, 0.1, 1.0, "default")
+    assert guarded.stop_reason.startswith("guard: cluster(s)")
+    assert not guarded.converged
+    assert adjusted_rand_score(truth, guarded.labels) == 1.0
+
+
+def test_guard_stops_before_the_reconstruction_degrades(pretrained_two_groups) -> None:
+    model, images, _ = pretrained_two_groups
+    before = reconstruction_error(model, torch.from_numpy(images), 16, torch.device("cpu"))
+    _, unguarded_error = _aggressive_fit(model, images, 0.05, 10.0, None)
+    assert unguarded_error > 1.5 * before
+    guarded, guarded_error = _aggressive_fit(model, images, 0.05, 10.0, "default")
+    assert "reconstruction MSE rose" in guarded.stop_reason
+    assert guarded_error <= 1.5 * before

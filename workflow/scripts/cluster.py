@@ -11,7 +11,7 @@ smk = snakemake  # noqa: F821
 
 
 def main() -> None:
-    from lungclam.dec import clusters_table, fit_clusters
+    from lungclam.dec import ClusterGuard, clusters_table, fit_clusters
     from lungclam.kselect import resampling_from_config, resolve_n_clusters
     from lungclam.stability import replica_confidence
     from lungclam.model import build_autoencoder, load_checkpoint, resolve_device, save_checkpoint
@@ -31,14 +31,16 @@ def main() -> None:
     fit = fit_clusters(autoencoder, images, k, max_epochs=c["max_epochs"], batch_size=c["batch_size"],
                        learning_rate=c["learning_rate"], gamma=c["gamma"], update_interval=c["update_interval"],
                        tol=c["tol"], n_init=c["n_init"], seed=smk.params.seed, device=device,
-                       mixed_precision=m["mixed_precision"], progress=log.info)
+                       mixed_precision=m["mixed_precision"], guard=ClusterGuard.from_config(c),
+                       progress=log.info)
     sizes = pd.Series(fit.labels + 1).value_counts().sort_index().to_dict()
-    log.info("converged: %s; cluster sizes %s", fit.converged, sizes)
+    log.info("stopped: %s; cluster sizes %s", fit.stop_reason, sizes)
     if len(sizes) < k:
         log.warning("the clustering phase left %d of K=%d clusters empty; consider a smaller K, more "
                     "pretraining epochs or a lower cluster.learning_rate", k - len(sizes), k)
     save_checkpoint(smk.output.model, fit.model.autoencoder, fit.model.centroids,
                     meta={"subjects": subjects, "n_clusters": k, "converged": fit.converged,
+                          "stop_reason": fit.stop_reason,
                           "scale": float(fit.model.scale)})
     pretrained = pd.read_csv(smk.input.features_pretrain, sep="\t").set_index("subject").loc[subjects].to_numpy()
     confidence = replica_confidence(pretrained, fit.labels, k, resampling_from_config(smk.params.choose_k),
