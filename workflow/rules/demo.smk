@@ -11,7 +11,7 @@ rule demo:
     params:
         n_subjects=config["demo"]["n_subjects"],
         patterns=config["demo"]["patterns"],
-        seed=config["seed"],
+        seed=config["seed"] if config["demo"]["seed"] is None else config["demo"]["seed"],
         out_dir=lambda wildcards, output: os.path.dirname(output.samples),
         phantom=config["demo"].get("phantom", {}),
     log:
