@@ -10,6 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from lungclam.model import load_checkpoint
+from lungclam.score import score_volumes
 from lungclam.study import load_bundle
 
 pytestmark = pytest.mark.workflow
@@ -112,3 +113,15 @@ def test_study_bundle_holds_the_study_and_loads(demo_run: Path) -> None:
     assert study.n_clusters == sum(c.startswith("q_") for c in clusters.columns)
     assert study.cluster_sizes == {k: int((clusters["cluster"] == k).sum()) for k in range(1, study.n_clusters + 1)}
     assert study.config["downsample"]["size"] == [48, 48, 48] and study.config["model"]["latent_dim"] == 8
+
+
+def test_study_subjects_scored_again_get_their_study_q_and_clam(demo_run: Path) -> None:
+    """The scoring path (lungclam.score) on the study's own model inputs, from the bundle alone."""
+    study = load_bundle(demo_run / "study")
+    clusters = pd.read_csv(demo_run / "clusters.tsv", sep="\t")
+    volumes = {s: sitk.ReadImage(str(demo_run / "downsampled" / f"{s}.nii.gz")) for s in clusters["subject"]}
+    q, maps = score_volumes(study, volumes, device="cpu")
+    np.testing.assert_allclose(q, clusters[[f"q_{k}" for k in range(1, study.n_clusters + 1)]].to_numpy(), atol=1e-5)
+    assert (q.argmax(1) + 1 == clusters["cluster"].to_numpy()).all()
+    for subject, scored in zip(clusters["subject"], maps):
+        np.testing.assert_allclose(scored, _array(demo_run / "clam" / f"{subject}.nii.gz"), atol=1e-5)
