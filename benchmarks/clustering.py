@@ -4,6 +4,17 @@ Run after `make demo` (or any run on the demo cohort):
 
     .venv/bin/python benchmarks/clustering.py [RESULTS_DIR]
 
+or, for several finished runs on demo-like cohorts (one row each; the truth is
+RESULTS/demo/truth.tsv unless given as NAME=RESULTS:TRUTH):
+
+    .venv/bin/python benchmarks/clustering.py --table demo_s0=/tmp/runs/demo_s0/results ...
+        [--agree demo_s0 demo_s0_seed1]
+
+which prints cohort, subjects, true K, chosen K, the K criterion's runner-up and margin, ARI
+against the truth, the stability at the chosen K and the stability figure's verdict; with
+``--agree A B`` also the ARI between two runs' clusters on the subjects they share (two
+runs that differ only in ``seed``).
+
 Reads `truth.tsv` (which the pipeline never reads) and measures:
 
 - the adjusted Rand index (ARI) and normalised mutual information of `clusters.tsv` against
@@ -79,10 +90,57 @@ def clam_mass(results: Path, clusters: pd.DataFrame, truth: pd.DataFrame) -> pd.
     return pd.DataFrame(rows)
 
 
+def run_summary(name: str, spec: str, threshold: float) -> dict:
+    """One row of the ``--table``: K choice, ARI against the truth and stability of a finished run."""
+    from lungclam.figures import stability_verdict
+
+    results, _, truth_path = spec.partition(":")
+    results = Path(results)
+    truth = pd.read_csv(truth_path or results / "demo" / "truth.tsv", sep="\t")
+    clusters = pd.read_csv(results / "clusters.tsv", sep="\t")
+    merged = clusters.merge(truth[["subject", "pattern"]], on="subject")
+    criteria = pd.read_csv(results / "model" / "k_criteria.tsv", sep="\t")
+    used = criteria.loc[criteria["default"].astype(bool)].iloc[0]
+    stability = pd.read_csv(results / "model" / "stability.tsv", sep="\t")
+    chosen = len([c for c in clusters.columns if c.startswith("q_")])
+    solid, _ = stability_verdict(stability, clusters, threshold)
+    pretrain = pd.read_csv(results / "model" / "pretrain_loss.tsv", sep="\t")
+    kept = pretrain.loc[pretrain["best"].astype(bool), "epoch"] if "best" in pretrain else pretrain["epoch"].tail(1)
+    return {"cohort": name, "subjects": len(merged), "true_k": truth["pattern"].nunique(), "chosen_k": chosen,
+            "method": used["method"], "runner_up": int(used["runner_up"]), "margin": float(used["margin"]),
+            "ari": adjusted_rand_score(merged["pattern"], merged["cluster"]),
+            "stability": float(stability.loc[stability["k"] == chosen, "stability"].iloc[0]),
+            "confident": float((clusters["confidence"] >= 0.9).mean()),
+            "verdict": "SOLID" if solid else "SHAKY",
+            "pretrain_epochs": f"{int(kept.iloc[0])}/{len(pretrain)}"}
+
+
+def summary(specs: list[str], agree: list[list[str]]) -> int:
+    """Print the ``--table`` of several runs (NAME=RESULTS[:TRUTH] each), then run agreements."""
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
+    threshold = float(config["choose_k"]["thresholds"]["stability"])
+    named = dict(spec.split("=", 1) for spec in specs)
+    rows = [run_summary(name, spec, threshold) for name, spec in named.items()]
+    pd.set_option("display.width", 200)
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    for a, b in agree:
+        tables = [pd.read_csv(Path(named[n].partition(":")[0]) / "clusters.tsv", sep="\t") for n in (a, b)]
+        both = tables[0].merge(tables[1], on="subject")
+        print(f"agreement {a} vs {b}: ARI {adjusted_rand_score(both['cluster_x'], both['cluster_y']):.3f} "
+              f"on {len(both)} shared subjects")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="?", default="results", type=Path)
+    parser.add_argument("--table", nargs="+", default=None, metavar="NAME=RESULTS[:TRUTH]")
+    parser.add_argument("--agree", nargs=2, action="append", default=[], metavar=("A", "B"))
     args = parser.parse_args(argv)
+    if args.table:
+        return summary(args.table, args.agree)
     results: Path = args.results
     truth_path = results / "demo" / "truth.tsv"
     if not truth_path.is_file():

@@ -133,7 +133,25 @@ def run_cohort(spec: str, name: str, values: dict[str, float], seed: int, out: P
     label = results_dir.parent.name if results_dir.name == "results" else results_dir.name
     row, _ = pretrain_and_score(model, images, truth, label, name, values,
                                 (t["epochs"], t["batch_size"], t["learning_rate"]), seed, 20, out, f"{label}_{name}")
+    if "cepochs" in values:
+        row.update(cluster_cohort(model, images, truth, int(values["cepochs"]), config["cluster"], seed, device))
     return row
+
+
+def cluster_cohort(model, images, truth, max_epochs, c: dict, seed: int, device) -> dict:
+    """The pipeline's clustering phase (config/config.yaml's ``cluster``) at K = true K."""
+    from lungclam.dec import fit_clusters
+    from lungclam.simulation import best_match_accuracy, cluster_sizes
+
+    true_k = len(np.unique(truth))
+    started = time.perf_counter()
+    fit = fit_clusters(model, images, true_k, max_epochs=max_epochs, batch_size=c["batch_size"],
+                       learning_rate=c["learning_rate"], gamma=c["gamma"], update_interval=c["update_interval"],
+                       tol=c["tol"], n_init=c["n_init"], seed=seed, device=device)
+    accuracy, _ = best_match_accuracy(truth, fit.labels)
+    return {"accuracy": accuracy, "dec_ari": adjusted_rand_score(truth, fit.labels),
+            "sizes": ",".join(map(str, cluster_sizes(fit.labels, true_k))), "cluster_epochs": len(fit.history),
+            "cluster_seconds": time.perf_counter() - started}
 
 
 def main(argv: list[str] | None = None) -> int:
