@@ -31,6 +31,7 @@ include: "workflow/rules/stats.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/viewer.smk"
 include: "workflow/rules/study.smk"
+include: "workflow/rules/score.smk"
 include: "workflow/rules/simulation.smk"
 
 

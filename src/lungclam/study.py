@@ -18,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +234,65 @@ def load_bundle(path: str | Path, *, read_model: bool = True) -> StudyBundle:
     return StudyBundle(folder=folder, files=files, config=config, lungclam_version=str(manifest["lungclam_version"]),
                        model_format=model_format, n_clusters=n_clusters,
                        cluster_sizes=_cluster_sizes(files["clusters"], n_clusters, folder))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _positive(value: Any) -> bool:
+    return _number(value) and value > 0
+
+
+def _window(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(map(_number, value)) and value[0] < value[1]
+
+
+# The settings of the study's config.yaml that scoring reads (dotted key -> valid value):
+# they shape a scored subject's imaging (resampling, registration to the template,
+# downsampling onto the model grid) and its model input and CLAM, so they come from the
+# bundle, never from the current config. register.syn_spacing_mm and register.threads
+# are optional (the register stage's defaults: spacing_mm, and 1 thread).
+SCORING_KEYS: dict[str, Callable[[Any], bool]] = {
+    "seed": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "resample.spacing_mm": _positive,
+    "register.transform": lambda v: isinstance(v, str) and bool(v),
+    "register.reg_iterations": lambda v: isinstance(v, list) and bool(v) and all(isinstance(i, int) for i in v),
+    "register.margin_mm": lambda v: _number(v) and v >= 0,
+    "downsample.background_hu": _number,
+    "model.hu_window": _window,
+    "model.mixed_precision": lambda v: isinstance(v, bool),
+    "clam.chunk_size": lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "clam.mask_to_lungs": lambda v: isinstance(v, bool),
+}
+OPTIONAL_SCORING_KEYS: dict[str, Callable[[Any], bool]] = {
+    "register.syn_spacing_mm": lambda v: v is None or _positive(v),
+    "register.threads": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+}
+
+
+def check_scoring_config(study: StudyBundle) -> None:
+    """Refuse a study whose config lacks a setting scoring needs, or holds one it cannot use.
+
+    Raises :class:`StudyBundleError` naming ``config.yaml`` and the first such key (dotted,
+    e.g. ``model.hu_window``), so a bundle from a version whose config differs in what
+    scoring reads is refused before any job rather than scored with other settings.
+    """
+    config = study.config if isinstance(study.config, dict) else {}
+    for key, valid in {**SCORING_KEYS, **OPTIONAL_SCORING_KEYS}.items():
+        section, _, name = key.rpartition(".")
+        holder = config.get(section) if section else config
+        if not isinstance(holder, dict) or name not in holder:
+            if key in OPTIONAL_SCORING_KEYS:
+                continue
+            raise StudyBundleError(study.folder, BUNDLE_FILES["config"],
+                                   f"lacks {key}, which scoring needs to treat new scans as the study treated its own")
+        if not valid(holder[name]):
+            raise StudyBundleError(study.folder, BUNDLE_FILES["config"],
+                                   f"{key} is {holder[name]!r}, which scoring cannot use")
+
+
+def subjects_in_study(study: StudyBundle, subjects: Iterable[str]) -> list[str]:
+    """Those of ``subjects`` (in their order) whose IDs are already in the study's clusters."""
+    known = set(study.clusters()["subject"])
+    return [s for s in subjects if s in known]

@@ -16,10 +16,11 @@ from lungclam import __version__
 from lungclam.atomic import write_table
 from lungclam.dec import clusters_table
 from lungclam.model import ConvAutoencoder, ModelSpec, save_checkpoint
-from lungclam.study import (BUNDLE_FILES, MANIFEST, MODEL_FORMAT, StudyBundleError, load_bundle, sha256,
-                            write_bundle)
+from lungclam.study import (BUNDLE_FILES, MANIFEST, MODEL_FORMAT, SCORING_KEYS, StudyBundleError,
+                            check_scoring_config, load_bundle, sha256, subjects_in_study, write_bundle)
 
 K = 3
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = {"seed": 7, "model": {"hu_window": [-1024, 200]}, "downsample": {"size": [8, 8, 8], "spacing_mm": 6.0}}
 
 
@@ -141,3 +142,41 @@ def test_a_clusters_table_of_another_k_is_not_bundled(tmp_path: Path, study_inpu
     write_table(clusters_table(["a", "b"], np.full((2, K + 1), 1.0 / (K + 1))), study_inputs["clusters"])
     with pytest.raises(StudyBundleError, match=rf"clusters\.tsv: columns .* of the model's K={K}"):
         write_bundle(tmp_path / "study", config=CONFIG, **study_inputs)
+
+
+def _scoring_bundle(tmp_path: Path, study_inputs: dict[str, Path], edit=None) -> Path:
+    """A bundle whose config is the shipped default (config/config.yaml), edited by ``edit``."""
+    config = yaml.safe_load((PROJECT_ROOT / "config" / "config.yaml").read_text())
+    if edit:
+        edit(config)
+    write_bundle(tmp_path / "study", config=config, **study_inputs)
+    return tmp_path / "study"
+
+
+def test_the_default_config_has_what_scoring_needs(tmp_path: Path, study_inputs: dict[str, Path]) -> None:
+    study = load_bundle(_scoring_bundle(tmp_path, study_inputs))
+    check_scoring_config(study)
+    assert subjects_in_study(study, ["new", "s3", "s0", "s10"]) == ["s3", "s0"]
+
+
+@pytest.mark.parametrize("key", sorted(SCORING_KEYS))
+def test_a_study_config_lacking_a_scoring_setting_is_refused(tmp_path: Path, study_inputs: dict[str, Path],
+                                                             key: str) -> None:
+    section, _, name = key.rpartition(".")
+    study = load_bundle(_scoring_bundle(tmp_path, study_inputs,
+                                        lambda c: (c[section] if section else c).pop(name)))
+    with pytest.raises(StudyBundleError) as raised:
+        check_scoring_config(study)
+    assert str(raised.value) == (f"study bundle {study.folder}: config.yaml: lacks {key}, which scoring needs to "
+                                 "treat new scans as the study treated its own")
+
+
+@pytest.mark.parametrize(("section", "name", "value"), [
+    ("model", "hu_window", [200, -1024]), ("model", "hu_window", [-1024]), ("resample", "spacing_mm", 0),
+    ("clam", "chunk_size", "big"), ("register", "syn_spacing_mm", -1.0), ("register", "threads", 0),
+])
+def test_a_study_setting_scoring_cannot_use_is_refused(tmp_path: Path, study_inputs: dict[str, Path], section: str,
+                                                       name: str, value: object) -> None:
+    study = load_bundle(_scoring_bundle(tmp_path, study_inputs, lambda c: c[section].update({name: value})))
+    with pytest.raises(StudyBundleError, match=rf"config\.yaml: {section}\.{name} is .*, which scoring cannot use"):
+        check_scoring_config(study)

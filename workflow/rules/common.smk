@@ -80,7 +80,9 @@ if _unknown:
 COHORT = SUBJECTS  # everyone in the sheet; the template sample is drawn from it
 SUBJECTS = [s for s in SUBJECTS if s not in set(EXCLUDED)]
 
-if len(SUBJECTS) < 2:
+# Scoring against a finished study (config study, workflow/rules/score.smk) needs no
+# template or clustering of its own, so one new subject is enough there.
+if len(SUBJECTS) < (1 if config["study"] else 2):
     _fail(f"the cohort has {len(SUBJECTS)} subject(s); a study template and clustering need at least 2 (3 to choose K)")
 
 CLINICAL_COLUMNS = list(config.get("covariates", [])) + list(config.get("outcomes", []))

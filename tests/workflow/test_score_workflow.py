@@ -1,0 +1,167 @@
+"""`snakemake score`: new scans scored against a finished study (the tiny demo run), for
+real, and every refusal made at parse time, before any job, in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+import yaml
+
+from lungclam.study import MANIFEST, sha256
+from tests.workflow.conftest import planned_jobs, snakemake
+
+pytestmark = pytest.mark.workflow
+
+# This run's own settings, all unlike the study's (tests/configs/tiny.yaml): scoring must
+# take the study's from its bundle, so a study subject still comes back bit for bit.
+OTHER_SETTINGS = {
+    "seed": 3,
+    "resample": {"spacing_mm": 4.0},
+    "register": {"reg_iterations": [5, 0, 0], "margin_mm": 6.0},
+    "downsample": {"background_hu": -1000},
+    "model": {"hu_window": [-1000, 100]},
+    "clam": {"mask_to_lungs": False, "chunk_size": 3},
+}
+
+
+def _array(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def _sheet(path: Path, rows: dict[str, Path]) -> Path:
+    """A samples sheet: subject -> DICOM folder."""
+    pd.DataFrame({"subject": list(rows), "dicom": [str(d) for d in rows.values()]}).to_csv(path, sep="\t", index=False)
+    return path
+
+
+def _overlay(path: Path, settings: dict) -> Path:
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder``: relative path -> (size, mtime in ns)."""
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file()}
+
+
+def _refusal(workdir: Path, *args: str) -> str:
+    """Dry-run `snakemake score` expecting a refusal; returns its one line. No job may run."""
+    done = snakemake(workdir, "-n", "score", *args, check=False)
+    assert done.returncode != 0, done.stdout[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("lungclam: configuration error")]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert not (workdir / "results" / "score").exists()
+    return lines[0]
+
+
+@pytest.fixture
+def bundle_copy(demo_run: Path, tmp_path: Path) -> Path:
+    """The demo study's bundle copied elsewhere (as a user might ship it)."""
+    return Path(shutil.copytree(demo_run / "study", tmp_path / "shipped" / "study"))
+
+
+def test_study_subjects_scored_again_get_their_study_cluster_q_and_clam(demo_run: Path, tmp_path: Path) -> None:
+    """Two study subjects under their own IDs (allow_study_subjects) and a third under a
+    new ID, scored in another working directory whose own settings all differ."""
+    dicom = demo_run / "demo" / "dicom"
+    sheet = _sheet(tmp_path / "new.tsv", {"demo001": dicom / "demo001", "demo002": dicom / "demo002",
+                                          "later003": dicom / "demo003"})
+    overlay = _overlay(tmp_path / "score.yaml", {**OTHER_SETTINGS, "score": {"allow_study_subjects": True}})
+    study_files = _tree(demo_run)
+    workdir = tmp_path / "scoring"
+    snakemake(workdir, str(overlay), "--cores", "2", "score", "--config", f"study={demo_run}", f"samples={sheet}")
+    assert _tree(demo_run) == study_files  # the study is only read
+
+    out = workdir / "results" / "score"
+    study = pd.read_csv(demo_run / "clusters.tsv", sep="\t").set_index("subject")
+    scored = pd.read_csv(out / "clusters.tsv", sep="\t").set_index("subject")
+    k = sum(c.startswith("q_") for c in study.columns)
+    q_columns = [f"q_{i}" for i in range(1, k + 1)]
+    assert scored.columns.tolist() == ["cluster", *q_columns]
+    same_scans = {"demo001": "demo001", "demo002": "demo002", "later003": "demo003"}
+    assert scored.index.tolist() == list(same_scans)
+    grid = sitk.ReadImage(str(demo_run / "template" / "grid_template.nii.gz"))
+    for subject, in_study in same_scans.items():
+        assert scored.loc[subject, "cluster"] == study.loc[in_study, "cluster"], subject
+        np.testing.assert_allclose(scored.loc[subject, q_columns].to_numpy(float),
+                                   study.loc[in_study, q_columns].to_numpy(float), atol=1e-5)
+        # Registration is seeded and single-threaded (the study's register.threads): the
+        # whole imaging chain reproduces the study's volumes exactly.
+        np.testing.assert_array_equal(_array(out / "registered" / f"{subject}.nii.gz"),
+                                      _array(demo_run / "registered" / f"{in_study}.nii.gz"))
+        clam = sitk.ReadImage(str(out / "clam" / f"{subject}.nii.gz"))
+        assert clam.GetSize() == grid.GetSize() and np.allclose(clam.GetSpacing(), grid.GetSpacing())
+        assert np.allclose(clam.GetOrigin(), grid.GetOrigin())
+        np.testing.assert_allclose(sitk.GetArrayFromImage(clam), _array(demo_run / "clam" / f"{in_study}.nii.gz"),
+                                   atol=1e-5)
+        assert (out / "qc" / f"{subject}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for stage in ("convert", "resample", "segment", "register", "downsample"):
+        assert (workdir / "results" / "logs" / "score" / stage / "later003.log").is_file(), stage
+    assign_log = (workdir / "results" / "logs" / "score" / "assign.log").read_text()
+    assert "scored 3 subject(s) against the study" in assign_log
+
+
+def test_a_copied_bundle_plans_only_the_new_subjects_imaging_and_scoring(bundle_copy: Path, demo_run: Path,
+                                                                        tmp_path: Path) -> None:
+    sheet = _sheet(tmp_path / "new.tsv", {"new1": demo_run / "demo" / "dicom" / "demo004"})
+    done = snakemake(tmp_path / "wd", "-n", "score", "--config", f"study={bundle_copy}", f"samples={sheet}")
+    jobs = planned_jobs(done.stdout)
+    imaging = ["score_convert", "score_resample", "score_segment", "score_register", "score_downsample"]
+    assert sorted(jobs) == sorted([(rule, "new1") for rule in imaging] + [("score_assign", None), ("score", None)])
+
+
+def test_a_study_subject_is_refused_without_allow_study_subjects(demo_run: Path, tmp_path: Path) -> None:
+    sheet = _sheet(tmp_path / "new.tsv", {"fresh": demo_run / "demo" / "dicom" / "demo001",
+                                          "demo002": demo_run / "demo" / "dicom" / "demo002"})
+    line = _refusal(tmp_path / "wd", "--config", f"study={demo_run}", f"samples={sheet}")
+    assert line.endswith(f"1 subject(s) to score are already in the study {demo_run / 'study'} (demo002): give new "
+                         "subjects new IDs, or set score.allow_study_subjects: true to score study subjects again "
+                         "as a check")
+
+
+def test_a_changed_bundle_file_is_refused(bundle_copy: Path, demo_run: Path, tmp_path: Path) -> None:
+    model = bundle_copy / "dec.pt"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    sheet = _sheet(tmp_path / "new.tsv", {"new1": demo_run / "demo" / "dicom" / "demo004"})
+    line = _refusal(tmp_path / "wd", "--config", f"study={bundle_copy}", f"samples={sheet}")
+    assert line == (f"lungclam: configuration error: study bundle {bundle_copy}: dec.pt: checksum does not match "
+                    "the manifest (the file was changed or damaged after the study wrote it)")
+
+
+def test_a_study_config_without_what_scoring_needs_is_refused(bundle_copy: Path, demo_run: Path,
+                                                              tmp_path: Path) -> None:
+    """A config.yaml lacking model.hu_window, re-checksummed so only the conflict remains."""
+    config_file = bundle_copy / "config.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    del config["model"]["hu_window"]
+    config_file.write_text(yaml.safe_dump(config))
+    manifest = json.loads((bundle_copy / MANIFEST).read_text())
+    manifest["files"]["config"]["sha256"] = sha256(config_file)
+    (bundle_copy / MANIFEST).write_text(json.dumps(manifest))
+    sheet = _sheet(tmp_path / "new.tsv", {"new1": demo_run / "demo" / "dicom" / "demo004"})
+    line = _refusal(tmp_path / "wd", "--config", f"study={bundle_copy}", f"samples={sheet}")
+    assert line.endswith(f"study bundle {bundle_copy}: config.yaml: lacks model.hu_window, which scoring needs to "
+                         "treat new scans as the study treated its own")
+
+
+def test_score_without_a_study_or_into_the_study_is_refused(bundle_copy: Path, demo_run: Path,
+                                                            tmp_path: Path) -> None:
+    sheet = _sheet(tmp_path / "new.tsv", {"new1": demo_run / "demo" / "dicom" / "demo004",
+                                          "new2": demo_run / "demo" / "dicom" / "demo003"})
+    line = _refusal(tmp_path / "wd", "--config", f"samples={sheet}")
+    assert "snakemake score needs the study to score against: --config study=PATH" in line
+    # A study under the working directory's own results/ would be written into.
+    workdir = tmp_path / "shipped"  # bundle_copy is shipped/study: move it under shipped/results/
+    (workdir / "results").mkdir()
+    bundle = Path(shutil.move(bundle_copy, workdir / "results" / "study"))
+    line = _refusal(workdir, "--config", f"study={bundle}", f"samples={sheet}")
+    assert "lies under this working directory's results/, where scoring writes" in line

@@ -1,0 +1,116 @@
+# Scoring new subjects against a finished study (`snakemake score --config study=PATH
+# samples=new.tsv`): each subject goes through the study's imaging chain (convert,
+# resample, segment, registration to the STUDY's template, downsampling onto the STUDY's
+# model grid) with the study's settings from its bundle (lungclam.study), then the study's
+# model assigns it, without training, and maps why (lungclam.score). Outputs go to
+# results/score/ of this working directory; the study is only read.
+#
+# The per-subject rules are the imaging rules themselves (`use rule`), pointed at
+# results/score/ and at the bundle. Every setting that shapes results comes from the
+# study's config (STUDY.config), never from this run's; only the device and threads of
+# score_assign, which change speed alone, are this run's.
+
+include: "score_common.smk"
+
+
+rule score:
+    input:
+        score_targets,
+
+
+use rule convert as score_convert with:
+    output:
+        nifti="results/score/nifti/{subject}.nii.gz",
+        sidecar="results/score/nifti/{subject}.json",
+    log:
+        "results/logs/score/convert/{subject}.log",
+    benchmark:
+        "results/benchmarks/score/convert/{subject}.tsv"
+
+
+use rule resample as score_resample with:
+    input:
+        "results/score/nifti/{subject}.nii.gz",
+    output:
+        "results/score/resampled/{subject}.nii.gz",
+    params:
+        spacing_mm=study_setting("resample", "spacing_mm"),
+    log:
+        "results/logs/score/resample/{subject}.log",
+    benchmark:
+        "results/benchmarks/score/resample/{subject}.tsv"
+
+
+use rule segment as score_segment with:
+    input:
+        "results/score/resampled/{subject}.nii.gz",
+    output:
+        "results/score/lungmask/{subject}.nii.gz",
+    log:
+        "results/logs/score/segment/{subject}.log",
+    benchmark:
+        "results/benchmarks/score/segment/{subject}.tsv"
+
+
+use rule register as score_register with:
+    input:
+        image="results/score/resampled/{subject}.nii.gz",
+        labels="results/score/lungmask/{subject}.nii.gz",
+        template=study_file("template"),
+        template_mask=study_file("template_mask"),
+    output:
+        registered="results/score/registered/{subject}.nii.gz",
+        lungmask="results/score/registered/lungmask/{subject}.nii.gz",
+        affine="results/score/transforms/{subject}/0GenericAffine.mat",
+        warp="results/score/transforms/{subject}/1Warp.nii.gz",
+        inverse_warp="results/score/transforms/{subject}/1InverseWarp.nii.gz",
+        qc="results/score/qc/{subject}.png",
+    params:
+        settings=study_registration_settings,
+        seed=lambda wildcards: STUDY.config["seed"],
+    log:
+        "results/logs/score/register/{subject}.log",
+    benchmark:
+        "results/benchmarks/score/register/{subject}.tsv"
+    # The study's thread count: ANTs is bit-reproducible for a seed only at a fixed one.
+    threads: STUDY.config["register"].get("threads", 1) if STUDY else 1
+
+
+use rule downsample as score_downsample with:
+    input:
+        registered="results/score/registered/{subject}.nii.gz",
+        mask=study_file("grid_mask"),
+    output:
+        "results/score/downsampled/{subject}.nii.gz",
+    params:
+        settings=study_setting("downsample"),
+    log:
+        "results/logs/score/downsample/{subject}.log",
+    benchmark:
+        "results/benchmarks/score/downsample/{subject}.tsv"
+
+
+rule score_assign:
+    input:
+        volumes=expand("results/score/downsampled/{subject}.nii.gz", subject=SUBJECTS),
+        # Every bundle file, so a changed study re-scores; the job verifies them again.
+        bundle=lambda wildcards: [str(path) for path in STUDY.files.values()],
+    output:
+        clusters="results/score/clusters.tsv",
+        maps=expand("results/score/clam/{subject}.nii.gz", subject=SUBJECTS),
+    params:
+        subjects=SUBJECTS,
+        study=lambda wildcards: str(STUDY.folder),
+        device=config["model"]["device"],
+    log:
+        "results/logs/score/assign.log",
+    benchmark:
+        "results/benchmarks/score/assign.tsv"
+    threads: config["model"]["threads"]
+    resources:
+        gpu=config["model"]["gpus"],
+        local_gpu=local_gpu_slot(config["model"]["device"]),
+    conda:
+        "../../envs/model.yaml"
+    script:
+        "../scripts/score_assign.py"
