@@ -64,8 +64,10 @@ def test_slurm_profile_has_what_a_cluster_needs() -> None:
     assert SLURM_PROFILE["executor"] == "slurm"
     assert SLURM_PROFILE["jobs"] >= 10 and SLURM_PROFILE["latency-wait"] >= 5
     assert {"slurm_partition", "mem_mb", "runtime"} <= set(SLURM_PROFILE["default-resources"])
-    assert SLURM_PROFILE["groups"] == {"convert": "preprocess", "resample": "preprocess", "segment": "preprocess",
-                                       "register": "to_template", "downsample": "to_template"}
+    chain = {"convert": "preprocess", "resample": "preprocess", "segment": "preprocess", "register": "to_template",
+             "downsample": "to_template"}
+    # snakemake score's copies of the imaging rules (workflow/rules/score.smk) group alike
+    assert SLURM_PROFILE["groups"] == {**chain, **{f"score_{rule}": group for rule, group in chain.items()}}
     # per-rule settings live in the workflow profile, whose set-resources would replace these
     assert "set-resources" not in SLURM_PROFILE and "set-threads" not in SLURM_PROFILE
 
