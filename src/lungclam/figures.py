@@ -1,41 +1,18 @@
-"""Figures of the pipeline: mean maps, example subjects, PCA, losses, associations, QC.
+"""Figures of the pipeline: mean maps, example subjects, PCA, losses, associations, QC,
+the choice of K and cluster stability.
 
-Every function draws on matplotlib's Agg canvas directly (``Figure`` + ``FigureCanvasAgg``;
-no pyplot, no display, the global backend is left alone) and saves one PNG at
-:data:`DPI` dots per inch, creating parent folders. Figures carry only the subject IDs the
-caller passes in; nothing is ever read from DICOM headers here.
+Every function draws on matplotlib's Agg canvas directly (no pyplot, no display, the
+global backend is left alone) with the panels, style and colour bars of
+:mod:`lungclam.figure_panels`, and saves one PNG at :data:`lungclam.figure_panels.DPI`
+dots per inch, creating parent folders. Figures carry only the subject IDs the caller
+passes in; nothing is ever read from DICOM headers here.
 
-Array and orientation conventions
----------------------------------
-Volumes are numpy arrays in SimpleITK index order ``(z, y, x)`` of an image in ITK's LPS
-space with an identity (axis-aligned) direction, which is what lungclam writes after
-conversion, registration and downsampling: index ``x`` grows towards the patient's
-**left**, ``y`` towards **posterior**, ``z`` towards **superior**. CT values are Hounsfield
-units (HU); CLAM maps are importance in ``[0, 1]``; lung masks are labels (0 background,
-1 right lung, 2 left lung), any value > 0 counting as lung.
-
-Radiological convention is the view from the patient's feet (axial) or front (coronal):
-the patient's right on the image's left, anterior (axial) or superior (coronal) at the
-top. With ``imshow(..., origin="upper")`` row 0 is drawn at the top and column 0 at the
-left, so:
-
-- axial ``volume[z]`` is a ``(y, x)`` array: row 0 is ``y = 0``, the most anterior row,
-  at the top; column 0 is ``x = 0``, the patient's rightmost column, at the left. That is
-  already the radiological view; no flip (:func:`axial_panel`).
-- coronal ``volume[:, y, :]`` is ``(z, x)``: row 0 would be ``z = 0``, the most inferior
-  slice, so the rows are reversed to put superior at the top; columns as in axial, right
-  on the left (:func:`coronal_panel`).
-- sagittal ``volume[:, :, x]`` is ``(z, y)``: rows reversed as in coronal (superior at the
-  top); column 0 is ``y = 0``, anterior, at the left (:func:`sagittal_panel`).
-
-A scan with a non-identity direction (e.g. a gantry-tilted series kept rotated) is shown
-in its index frame; the orientation labels are then only approximately right.
-
-Display: CT in grey with the lung window :data:`HU_WINDOW` (-1000..200 HU); CLAM with the
-``jet`` colour map on ``[0, 1]``, drawn semi-transparent over the CT and only inside the
-lung mask (outside it every model input is one constant, so importance there means
-nothing). Colour bars show the colour maps at full opacity, labelled "HU" and
-"importance". Axial and coronal panels carry small "R"/"L" markers, sagittal ones "A"/"P".
+Volumes are ``(z, y, x)`` arrays of an LPS image (``x`` towards the patient's left, ``y``
+posterior, ``z`` superior), CT in HU, CLAM importance in ``[0, 1]``, lung masks labelled
+1 right and 2 left (any value > 0 is lung). Panels are shown in the radiological view:
+the patient's right on the image's left in axial and coronal panels, anterior (axial) or
+superior (coronal, sagittal) at the top; :mod:`lungclam.figure_panels` states the
+conventions in full.
 """
 
 from __future__ import annotations
@@ -46,93 +23,50 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib import patheffects
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from lungclam.atomic import save_png
+from lungclam.figure_panels import (
+    CLAM_ALPHA,
+    SliceGrid,
+    axial_levels,
+    axial_panel,
+    bare,
+    coronal_panel,
+    hu_colourbar,
+    imshow_clam,
+    imshow_ct,
+    markers,
+    new_figure,
+    pc_label,
+    pca2,
+    row_label,
+    sagittal_panel,
+    save,
+)
 
 __all__ = [
-    "axial_levels",
-    "axial_panel",
     "choose_examples",
     "contact_sheet",
-    "coronal_panel",
     "forest_figure",
+    "k_selection_figure",
     "loss_figure",
     "mean_maps_figure",
     "pca_figure",
     "qc_figure",
-    "sagittal_panel",
+    "stability_figure",
+    "stability_verdict",
     "subject_examples_figure",
 ]
 
-#: Resolution of every saved PNG.
-DPI = 120
-#: Lung window for CT display, HU (low, high).
-HU_WINDOW: tuple[float, float] = (-1000.0, 200.0)
-#: Colour map of CT panels.
-CT_CMAP = "gray"
-#: Colour map of CLAM importance.
-CLAM_CMAP = "jet"
-#: Opacity of the CLAM overlay on the CT.
-CLAM_ALPHA = 0.55
 #: Outline colours of the lung labels: 1 right lung, 2 left lung.
 LABEL_COLOURS = {1: "tab:red", 2: "deepskyblue"}
 LABEL_NAMES = {1: "right lung (1)", 2: "left lung (2)"}
 TEMPLATE_COLOUR = "gold"
 
-_HU_NORM = Normalize(*HU_WINDOW)
-_IMPORTANCE_NORM = Normalize(0.0, 1.0)
-_OUTLINE = [patheffects.withStroke(linewidth=2.0, foreground="black")]
 
-
-# ------------------------------------------------------------------- planes and levels
-
-
-def axial_panel(volume: np.ndarray, z: int) -> np.ndarray:
-    """Axial slice ``z`` of a ``(z, y, x)`` LPS volume as displayed (``(y, x)``, no flip):
-    anterior at the top, the patient's right on the left (radiological view)."""
-    return np.asarray(volume)[int(z)]
-
-
-def coronal_panel(volume: np.ndarray, y: int) -> np.ndarray:
-    """Coronal slice ``y`` of a ``(z, y, x)`` LPS volume as displayed (``(z, x)`` with z
-    reversed): superior at the top, the patient's right on the left."""
-    return np.asarray(volume)[:, int(y), :][::-1]
-
-
-def sagittal_panel(volume: np.ndarray, x: int) -> np.ndarray:
-    """Sagittal slice ``x`` of a ``(z, y, x)`` LPS volume as displayed (``(z, y)`` with z
-    reversed): superior at the top, anterior on the left."""
-    return np.asarray(volume)[:, :, int(x)][::-1]
-
-
-def axial_levels(mask: np.ndarray, n: int = 8) -> np.ndarray:
-    """``n`` axial indices (int64) evenly spaced over the z extent of ``mask > 0``.
-
-    ``mask`` is ``(z, y, x)``. The first value is the highest z holding any mask voxel
-    (most superior, the lung apices), the last the lowest (the bases): ordered top to
-    bottom. ``n = 1`` gives the middle level. Values repeat when the mask spans fewer than
-    ``n`` slices. ValueError for an empty mask or ``n < 1``.
-    """
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    mask = np.asarray(mask)
-    if mask.ndim != 3:
-        raise ValueError(f"mask must be 3D (z, y, x), got shape {mask.shape}")
-    zs = np.flatnonzero((mask > 0).any(axis=(1, 2)))
-    if zs.size == 0:
-        raise ValueError("mask is empty: no lung voxels to place slices in")
-    top, bottom = int(zs.max()), int(zs.min())
-    if n == 1:
-        return np.array([round((top + bottom) / 2)], dtype=np.int64)
-    return np.rint(np.linspace(top, bottom, n)).astype(np.int64)
+# ------------------------------------------------------------------- where to cut
 
 
 def _mask_centre(mask: np.ndarray) -> tuple[int, int, int]:
@@ -168,72 +102,7 @@ def _sagittal_cuts(mask: np.ndarray, by_label: bool) -> list[tuple[int | None, s
             for side, caption in zip(sides, ("(right side)", "(left side)"))]
 
 
-# ------------------------------------------------------------------- drawing helpers
-
-
-def _new_figure(width: float, height: float, constrained: bool = True) -> Figure:
-    fig = Figure(figsize=(width, height), layout="constrained" if constrained else None)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, path: str | Path) -> None:
-    save_png(fig, path, DPI)
-
-
-def _bare(ax: Axes) -> None:
-    """No ticks, no frame; axis labels stay usable as row labels."""
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-
-
-def _imshow_ct(ax: Axes, image: np.ndarray, aspect: float = 1.0):
-    """Draw a displayed 2D CT panel (HU) in the lung window, row 0 at the top."""
-    im = ax.imshow(image, cmap=CT_CMAP, norm=_HU_NORM, origin="upper", aspect=aspect)
-    _bare(ax)
-    return im
-
-
-def _imshow_clam(ax: Axes, image: np.ndarray, inside: np.ndarray | None, alpha: float, aspect: float = 1.0):
-    """Draw a displayed 2D importance panel on ``[0, 1]``, hidden where ``inside`` is False."""
-    data = np.ma.masked_where(~inside, image) if inside is not None else image
-    im = ax.imshow(data, cmap=CLAM_CMAP, norm=_IMPORTANCE_NORM, origin="upper", aspect=aspect, alpha=alpha)
-    _bare(ax)
-    return im
-
-
-def _markers(ax: Axes, left: str, right: str, size: float = 7.0) -> None:
-    """Small orientation letters at the middle of the panel's left and right edges."""
-    style = dict(transform=ax.transAxes, color="white", fontsize=size, fontweight="bold",
-                 va="center", path_effects=_OUTLINE)
-    ax.text(0.02, 0.5, left, ha="left", **style)
-    ax.text(0.98, 0.5, right, ha="right", **style)
-
-
-def _colourbar(fig: Figure, norm: Normalize, cmap: str, axes, label: str, **kw):
-    if axes is not None:
-        kw["ax"] = axes
-    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), **kw)
-    bar.set_label(label)
-    return bar
-
-
-def _hu_colourbar(fig: Figure, axes, **kw):
-    bar = _colourbar(fig, _HU_NORM, CT_CMAP, axes, "HU", **kw)
-    bar.set_ticks([-1000, -800, -600, -400, -200, 0, 200])
-    return bar
-
-
-def _importance_colourbar(fig: Figure, axes, **kw):
-    bar = _colourbar(fig, _IMPORTANCE_NORM, CLAM_CMAP, axes, "importance", **kw)
-    bar.set_ticks([0.0, 0.25, 0.5, 0.75, 1.0])
-    return bar
-
-
-def _row_label(ax: Axes, text: str, size: float = 9.0) -> None:
-    ax.set_ylabel(text, fontsize=size, rotation=90, labelpad=4)
+# ------------------------------------------------------------------- checks and labels
 
 
 def _check_volume(name: str, volume: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -256,57 +125,6 @@ def _fmt_p(p: float) -> str:
 # ------------------------------------------------------------------- CLAM figures
 
 
-class _SliceGrid:
-    """A fixed layout (inches) of square image panels with room for row labels on the
-    left, titles on top, a note at the bottom and two colour bars on the right.
-
-    Constrained layout costs seconds for dozens of panels; the image figures do not need it.
-    ``col_gaps[j]`` is the gap after column ``j`` (``wgap`` by default); likewise rows.
-    """
-
-    left, right, top, bottom = 0.75, 2.1, 0.75, 0.45
-
-    def __init__(self, nrows: int, ncols: int, panel: float, wgap: float = 0.05, hgap: float = 0.06,
-                 col_gaps: Mapping[int, float] | None = None, row_gaps: Mapping[int, float] | None = None):
-        col_gaps, row_gaps = col_gaps or {}, row_gaps or {}
-        xs, x = [], self.left
-        for j in range(ncols):
-            xs.append(x)
-            x += panel + col_gaps.get(j, wgap)
-        ys, y = [], self.top
-        for i in range(nrows):
-            ys.append(y)
-            y += panel + row_gaps.get(i, hgap)
-        self.grid_w = xs[-1] + panel - self.left
-        self.grid_h = ys[-1] + panel - self.top
-        self.width = self.left + self.grid_w + self.right
-        self.height = self.top + self.grid_h + self.bottom
-        self.fig = _new_figure(self.width, self.height, constrained=False)
-        w, h = self.width, self.height
-        self.axes = np.empty((nrows, ncols), dtype=object)
-        for i, yi in enumerate(ys):
-            for j, xj in enumerate(xs):
-                self.axes[i, j] = self.fig.add_axes((xj / w, (h - yi - panel) / h, panel / w, panel / h))
-
-    def colour_bars(self, importance: bool = True) -> None:
-        """The HU bar and (unless the panels show no CLAM) the importance bar, side by
-        side right of the panels."""
-        w, h = self.width, self.height
-        bar_h = min(self.grid_h, max(0.6 * self.grid_h, 2.0))
-        y0 = self.bottom + (self.grid_h - bar_h) / 2
-        x0 = self.left + self.grid_w + 0.15
-        if importance:
-            imp = self.fig.add_axes(((x0) / w, y0 / h, 0.14 / w, bar_h / h))
-            _importance_colourbar(self.fig, None, cax=imp)
-            x0 += 0.95
-        hu = self.fig.add_axes((x0 / w, y0 / h, 0.14 / w, bar_h / h))
-        _hu_colourbar(self.fig, None, cax=hu)
-
-    def texts(self, title: str, note: str) -> None:
-        self.fig.suptitle(title, fontsize=11, y=1 - 0.12 / self.height, va="top")
-        self.fig.text(0.5, 0.12 / self.height, note, fontsize=8, ha="center", va="bottom")
-
-
 def mean_maps_figure(
     ct_means: Mapping[str, np.ndarray],
     clam_means: Mapping[str, np.ndarray],
@@ -323,8 +141,8 @@ def mean_maps_figure(
             ``(z, y, x)`` in HU on the model grid; the figure follows this dict's order.
         clam_means: the same groups -> mean CLAM ``(z, y, x)``, importance in ``[0, 1]``.
         mask: template lung mask ``(z, y, x)`` on the same grid (> 0 = lung). It chooses
-            the slices (:func:`axial_levels`, apex to base, left to right) and limits
-            where importance is drawn.
+            the slices (:func:`~lungclam.figure_panels.axial_levels`, apex to base, left
+            to right) and limits where importance is drawn.
         path: PNG to write.
         n_slices: slices per row.
         title: figure title (a default one is used when empty).
@@ -344,7 +162,7 @@ def mean_maps_figure(
                          f"{sorted(ct_means)} vs {sorted(clam_means)}")
     levels = axial_levels(mask, n_slices)
     inside = mask > 0
-    layout = _SliceGrid(2 * len(groups), n_slices, panel=1.45,
+    layout = SliceGrid(2 * len(groups), n_slices, panel=1.45,
                         row_gaps={2 * g + 1: 0.2 for g in range(len(groups))})
     axes = layout.axes
     for g, group in enumerate(groups):
@@ -352,25 +170,25 @@ def mean_maps_figure(
         clam = _check_volume(f"clam_means[{group!r}]", clam_means[group], mask.shape)
         for j, z in enumerate(levels):
             top, bottom = axes[2 * g, j], axes[2 * g + 1, j]
-            _imshow_ct(top, axial_panel(ct, z))
+            imshow_ct(top, axial_panel(ct, z))
             if overlay:
-                _imshow_ct(bottom, axial_panel(ct, z))
-                _imshow_clam(bottom, axial_panel(clam, z), axial_panel(inside, z), CLAM_ALPHA)
+                imshow_ct(bottom, axial_panel(ct, z))
+                imshow_clam(bottom, axial_panel(clam, z), axial_panel(inside, z), CLAM_ALPHA)
             else:
                 bottom.set_facecolor("black")
-                _imshow_clam(bottom, axial_panel(clam, z), axial_panel(inside, z), 1.0)
-            _markers(top, "R", "L", 6)
-            _markers(bottom, "R", "L", 6)
+                imshow_clam(bottom, axial_panel(clam, z), axial_panel(inside, z), 1.0)
+            markers(top, "R", "L", 6)
+            markers(bottom, "R", "L", 6)
             if g == 0:
                 top.set_title(f"z = {z}", fontsize=8)
-        _row_label(axes[2 * g, 0], f"{group}\nmean CT")
-        _row_label(axes[2 * g + 1, 0], f"{group}\nmean CLAM")
+        row_label(axes[2 * g, 0], f"{group}\nmean CT")
+        row_label(axes[2 * g + 1, 0], f"{group}\nmean CLAM")
     layout.colour_bars()
     layout.texts(title or "Mean CT and mean CLAM per group",
                  "Axial slices from the lung apices (left) to the bases (right); radiological view "
                  "(R = patient's right, anterior at the top)."
                  + ("" if overlay else " CLAM shown alone, inside the lungs."))
-    _save(layout.fig, path)
+    save(layout.fig, path)
 
 
 def subject_examples_figure(
@@ -389,7 +207,8 @@ def subject_examples_figure(
         clusters: subject ID -> cluster number, shown in the row label
             ``"subject (cluster k)"``.
         mask: template lung mask ``(z, y, x)`` on the same grid; chooses the slices
-            (:func:`axial_levels`) and limits where importance is drawn.
+            (:func:`~lungclam.figure_panels.axial_levels`) and limits where importance is
+            drawn.
         path: PNG to write.
         n_slices: axial slices per subject.
 
@@ -405,26 +224,26 @@ def subject_examples_figure(
         raise ValueError(f"subjects without a CLAM map or a cluster: {missing}")
     levels = axial_levels(mask, n_slices)
     inside = mask > 0
-    layout = _SliceGrid(len(subjects), 2 * n_slices, panel=1.3, col_gaps={n_slices - 1: 0.3})
+    layout = SliceGrid(len(subjects), 2 * n_slices, panel=1.3, col_gaps={n_slices - 1: 0.3})
     for i, subject in enumerate(subjects):
         ct = _check_volume(f"cts[{subject!r}]", cts[subject], mask.shape)
         clam = _check_volume(f"clams[{subject!r}]", clams[subject], mask.shape)
         for j, z in enumerate(levels):
             left, right = layout.axes[i, j], layout.axes[i, n_slices + j]
-            _imshow_ct(left, axial_panel(ct, z))
-            _imshow_ct(right, axial_panel(ct, z))
-            _imshow_clam(right, axial_panel(clam, z), axial_panel(inside, z), CLAM_ALPHA)
-            _markers(left, "R", "L", 6)
-            _markers(right, "R", "L", 6)
+            imshow_ct(left, axial_panel(ct, z))
+            imshow_ct(right, axial_panel(ct, z))
+            imshow_clam(right, axial_panel(clam, z), axial_panel(inside, z), CLAM_ALPHA)
+            markers(left, "R", "L", 6)
+            markers(right, "R", "L", 6)
             if i == 0:
                 left.set_title(f"CT, z = {z}", fontsize=8)
                 right.set_title(f"CLAM, z = {z}", fontsize=8)
-        _row_label(layout.axes[i, 0], f"{subject}\n(cluster {clusters[subject]})", 8)
+        row_label(layout.axes[i, 0], f"{subject}\n(cluster {clusters[subject]})", 8)
     layout.colour_bars()
     layout.texts("Example subjects: CT (left) and CLAM of the assigned cluster (right)",
                  "Axial slices from the lung apices to the bases; radiological view "
                  "(R = patient's right, anterior at the top).")
-    _save(layout.fig, path)
+    save(layout.fig, path)
 
 
 def choose_examples(clusters: pd.DataFrame, per_cluster: int = 3, seed: int = 0) -> list[str]:
@@ -456,34 +275,6 @@ def choose_examples(clusters: pd.DataFrame, per_cluster: int = 3, seed: int = 0)
 # ------------------------------------------------------------------- training figures
 
 
-def _pca2(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """First two principal component scores ``(N, 2)`` and their variance shares ``(2,)``.
-
-    Centred SVD; each component's sign is fixed so that its largest-magnitude loading is
-    positive (reproducible across runs). A missing second component (one feature, or
-    fewer than three points) is returned as zeros with share NaN.
-    """
-    x = np.asarray(features, dtype=float)
-    x = x - x.mean(axis=0, keepdims=True)
-    scores = np.zeros((x.shape[0], 2))
-    share = np.full(2, np.nan)
-    if x.shape[0] < 2:
-        return scores, share
-    u, s, vt = np.linalg.svd(x, full_matrices=False)
-    total = float((s**2).sum())
-    for c in range(min(2, s.size)):
-        if s[c] <= 1e-12 * max(s[0], 1e-300):
-            continue
-        sign = np.sign(vt[c, np.argmax(np.abs(vt[c]))]) or 1.0
-        scores[:, c] = sign * u[:, c] * s[c]
-        share[c] = s[c] ** 2 / total if total > 0 else np.nan
-    return scores, share
-
-
-def _pc_label(c: int, share: float) -> str:
-    return f"PC{c + 1} (n/a)" if not np.isfinite(share) else f"PC{c + 1} ({100 * share:.1f} % variance)"
-
-
 def pca_figure(before: pd.DataFrame, after: pd.DataFrame | None, clusters: pd.DataFrame, path: str | Path) -> None:
     """First two principal components of the embeddings before and after the clustering
     phase, coloured by cluster (the paper's Fig 3).
@@ -504,7 +295,7 @@ def pca_figure(before: pd.DataFrame, after: pd.DataFrame | None, clusters: pd.Da
     assign = {str(s): c for s, c in zip(clusters["subject"], clusters["cluster"]) if pd.notna(c)}
     labels = sorted(set(assign.values()))
     palette = [f"C{i % 10}" for i in range(len(labels))]
-    fig = _new_figure(5.2 * len(tables) + 1.4, 4.6)
+    fig = new_figure(5.2 * len(tables) + 1.4, 4.6)
     axes = np.atleast_1d(fig.subplots(1, len(tables), squeeze=False)[0])
     unassigned = False
     for ax, (name, table) in zip(axes, tables):
@@ -513,7 +304,7 @@ def pca_figure(before: pd.DataFrame, after: pd.DataFrame | None, clusters: pd.Da
             ax.text(0.5, 0.5, "no features", ha="center", va="center", transform=ax.transAxes)
             ax.set_title(name)
             continue
-        scores, share = _pca2(table[feature_cols].to_numpy(dtype=float))
+        scores, share = pca2(table[feature_cols].to_numpy(dtype=float))
         subj = table["subject"].astype(str).to_numpy()
         group = np.array([assign.get(s) for s in subj], dtype=object)
         for label, colour in zip(labels, palette):
@@ -526,8 +317,8 @@ def pca_figure(before: pd.DataFrame, after: pd.DataFrame | None, clusters: pd.Da
         if none.any():
             ax.scatter(scores[none, 0], scores[none, 1], s=18, color="lightgrey",
                        edgecolors="grey", linewidths=0.4)
-        ax.set_xlabel(_pc_label(0, share[0]))
-        ax.set_ylabel(_pc_label(1, share[1]))
+        ax.set_xlabel(pc_label(0, share[0]))
+        ax.set_ylabel(pc_label(1, share[1]))
         ax.set_title(name)
         ax.axhline(0, color="0.85", lw=0.8, zorder=0)
         ax.axvline(0, color="0.85", lw=0.8, zorder=0)
@@ -540,7 +331,7 @@ def pca_figure(before: pd.DataFrame, after: pd.DataFrame | None, clusters: pd.Da
     if handles:
         fig.legend(handles=handles, loc="outside right center", fontsize=8)
     fig.suptitle("Embeddings, first two principal components")
-    _save(fig, path)
+    save(fig, path)
 
 
 def _use_log(values: Sequence[np.ndarray]) -> bool:
@@ -564,7 +355,7 @@ def loss_figure(pretrain: pd.DataFrame, cluster: pd.DataFrame | None, path: str 
     linear otherwise (the axis label says which).
     """
     n_panels = 1 if cluster is None else 2
-    fig = _new_figure(5.0 * n_panels, 3.8)
+    fig = new_figure(5.0 * n_panels, 3.8)
     axes = np.atleast_1d(fig.subplots(1, n_panels, squeeze=False)[0])
 
     def curves(ax: Axes, table: pd.DataFrame, columns: list[tuple[str, str, str]], title: str) -> None:
@@ -603,7 +394,7 @@ def loss_figure(pretrain: pd.DataFrame, cluster: pd.DataFrame | None, path: str 
         curves(axes[1], cluster, [("reconstruction", "reconstruction MSE", "o-"), ("kl", "KL(P || Q)", "s--"),
                                   ("loss", "total loss", "^-")], "Clustering phase")
     fig.suptitle("Training loss")
-    _save(fig, path)
+    save(fig, path)
 
 
 # ------------------------------------------------------------------- associations
@@ -638,7 +429,7 @@ def forest_figure(associations: pd.DataFrame, path: str | Path) -> None:
     """
     shown, skipped = _forest_rows(associations)
     if shown.empty:
-        fig = _new_figure(6.0, 2.2)
+        fig = new_figure(6.0, 2.2)
         ax = fig.add_subplot()
         ax.axis("off")
         note = "no associations"
@@ -646,11 +437,11 @@ def forest_figure(associations: pd.DataFrame, path: str | Path) -> None:
             note += "\n(not estimated: " + ", ".join(map(str, skipped)) + ")"
         ax.text(0.5, 0.5, note, ha="center", va="center", fontsize=12, transform=ax.transAxes)
         fig.suptitle("Cluster contrasts per outcome")
-        _save(fig, path)
+        save(fig, path)
         return
     outcomes = list(pd.unique(shown["outcome"]))
     sizes = [int((shown["outcome"] == o).sum()) for o in outcomes]
-    fig = _new_figure(7.0, 0.9 + sum(0.38 * s + 0.6 for s in sizes) + (0.3 if skipped else 0))
+    fig = new_figure(7.0, 0.9 + sum(0.38 * s + 0.6 for s in sizes) + (0.3 if skipped else 0))
     axes = fig.subplots(len(outcomes), 1, squeeze=False, gridspec_kw={"height_ratios": [s + 1.2 for s in sizes]})[:, 0]
     for ax, outcome in zip(axes, outcomes):
         rows = shown[shown["outcome"] == outcome]
@@ -679,7 +470,7 @@ def forest_figure(associations: pd.DataFrame, path: str | Path) -> None:
     fig.suptitle("Adjusted cluster contrasts per outcome (estimate and 95 % CI)")
     if skipped:
         fig.supxlabel("Not estimated: " + ", ".join(map(str, skipped)), fontsize=8, x=0.01, ha="left")
-    _save(fig, path)
+    save(fig, path)
 
 
 # ------------------------------------------------------------------- quality control
@@ -706,12 +497,12 @@ def _qc_row(axes: Sequence[Axes], volume: np.ndarray, labels: np.ndarray | None,
         else:
             planes.append((f"sagittal, x = {x}\n{caption}", lambda v, x=x: sagittal_panel(v, x), sz / sy, ("A", "P")))
     for ax, (name, cut, aspect, marks) in zip(axes, planes):
-        _bare(ax)
+        bare(ax)
         ax.set_title(name, fontsize=8)
         if cut is None:
             ax.set_facecolor("black")
             continue
-        _imshow_ct(ax, cut(volume), aspect)
+        imshow_ct(ax, cut(volume), aspect)
         if labels is not None:
             shown = cut(labels)
             if merge_labels:
@@ -719,7 +510,7 @@ def _qc_row(axes: Sequence[Axes], volume: np.ndarray, labels: np.ndarray | None,
             else:
                 for label, colour in outlines.items():
                     _outline(ax, shown == label, colour)
-        _markers(ax, *marks)
+        markers(ax, *marks)
 
 
 def qc_figure(
@@ -758,10 +549,10 @@ def qc_figure(
     ct = _check_volume("ct", ct)
     mask = _check_volume("mask", mask, ct.shape)
     rows = 1 if registered is None else 2
-    fig = _new_figure(11.0, 3.0 * rows + 0.8)
+    fig = new_figure(11.0, 3.0 * rows + 0.8)
     axes = fig.subplots(rows, 4, squeeze=False)
     _qc_row(axes[0], ct, mask, spacing, LABEL_COLOURS, merge_labels=False)
-    _row_label(axes[0, 0], "scan + lung mask")
+    row_label(axes[0, 0], "scan + lung mask")
     handles = [Line2D([], [], color=c, lw=1.5, label=LABEL_NAMES[k]) for k, c in LABEL_COLOURS.items()]
     if registered is not None:
         registered = _check_volume("registered", registered)
@@ -769,17 +560,17 @@ def qc_figure(
             template_mask = _check_volume("template_mask", template_mask, registered.shape)
         _qc_row(axes[1], registered, template_mask, registered_spacing or spacing, {0: TEMPLATE_COLOUR},
                 merge_labels=True)
-        _row_label(axes[1, 0], "registered scan\n+ template lungs" if template_mask is not None
+        row_label(axes[1, 0], "registered scan\n+ template lungs" if template_mask is not None
                    else "registered scan")
         if template_mask is not None:
             handles.append(Line2D([], [], color=TEMPLATE_COLOUR, lw=1.5, label="template lungs"))
-    _hu_colourbar(fig, axes.ravel().tolist(), shrink=0.7, aspect=30, pad=0.01)
+    hu_colourbar(fig, axes.ravel().tolist(), shrink=0.7, aspect=30, pad=0.01)
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     title = str(subject)
     if not (mask > 0).any():
         title += "  (lung mask is empty)"
     fig.suptitle(title, fontsize=12)
-    _save(fig, path)
+    save(fig, path)
 
 
 def contact_sheet(
@@ -810,7 +601,7 @@ def contact_sheet(
     nrow = math.ceil(len(paths) / ncol)
     ratio = max(p.shape[0] / p.shape[1] for p in pictures)
     tile = 3.5
-    fig = _new_figure(tile * ncol, (tile * ratio + 0.35) * nrow, constrained=False)
+    fig = new_figure(tile * ncol, (tile * ratio + 0.35) * nrow, constrained=False)
     fig.subplots_adjust(left=0.005, right=0.995, top=0.995, bottom=0.005 + 0.3 / ((tile * ratio + 0.35) * nrow),
                         wspace=0.03, hspace=0.35 / (tile * ratio))
     axes = fig.subplots(nrow, ncol, squeeze=False)
@@ -819,7 +610,88 @@ def contact_sheet(
     for ax, picture, label in zip(axes.ravel(), pictures, labels):
         ax.imshow(picture)
         ax.text(0.5, -0.02, str(label), transform=ax.transAxes, ha="center", va="top", fontsize=8)
-    _save(fig, path)
+    save(fig, path)
+
+
+# ------------------------------------------------------------------- number of clusters
+
+
+def _mark_chosen_k(ax: Axes, choices: pd.DataFrame | None, methods: Sequence[str], colours: Sequence[str]) -> None:
+    """Dashed vertical lines at the K each of ``methods`` chose (the default drawn bold)."""
+    if choices is None:
+        return
+    for method, colour in zip(methods, colours):
+        row = choices.loc[choices["method"] == method]
+        if row.empty:
+            continue
+        default = bool(row["default"].iloc[0])
+        ax.axvline(int(row["k"].iloc[0]), color=colour, linestyle="--", linewidth=2.5 if default else 1.0,
+                   alpha=0.9 if default else 0.6)
+
+
+def k_selection_figure(table: pd.DataFrame, path: str | Path, choices: pd.DataFrame | None = None,
+                       thresholds: Mapping[str, float] | None = None) -> None:
+    """The criteria for the number of clusters K, one panel per kind of criterion.
+
+    Args:
+        table: ``k_selection.tsv`` (:func:`lungclam.kselect.select_k`): per ``k`` the
+            silhouettes of k-means and sparse k-means, the gap statistic (``gap``,
+            ``gap_sd``), resampling stability and prediction strength (each with its
+            ``_sd``) and PAC.
+        path: PNG to write.
+        choices: ``k_criteria.tsv`` (:func:`lungclam.kselect.choices_table`) or None:
+            dashed lines mark each criterion's K, the one that ``n_clusters: auto``
+            follows drawn bold; the title names it with its runner-up and margin.
+        thresholds: criterion (``stability``, ``prediction_strength``, ``pac``) ->
+            the threshold its choice used (:data:`lungclam.kselect.THRESHOLDS` merged with
+            the config's), drawn as a dotted line; a criterion missing here gets none.
+
+    Panels: silhouettes, the gap statistic (+/- gap_sd), stability and prediction strength
+    (+/- sd), and PAC.
+    """
+    limits = dict(thresholds or {})
+    fig = new_figure(16, 4, constrained=False)
+    sil, gap, stab, pac_ax = fig.subplots(1, 4)
+    data = table.sort_values("k")
+    sil.plot(data["k"], data["silhouette_kmeans"], "o-", color="tab:blue", label="k-means")
+    sil.plot(data["k"], data["silhouette_sparse_kmeans"], "s--", color="tab:orange", label="sparse k-means")
+    sil.set(xlabel="number of clusters K", ylabel="mean silhouette", title="Silhouette (higher is better)")
+    gap.errorbar(data["k"], data["gap"], yerr=data["gap_sd"], fmt="o-", capsize=3, color="tab:green")
+    gap.set(xlabel="number of clusters K", ylabel="gap", title="Gap statistic")
+    stab.errorbar(data["k"], data["stability"], yerr=data["stability_sd"], fmt="o-", capsize=3,
+                  color="tab:purple", label="stability (ARI of subsamples)")
+    stab.errorbar(data["k"], data["prediction_strength"], yerr=data["prediction_strength_sd"], fmt="s--",
+                  capsize=3, color="tab:brown", label="prediction strength")
+    for criterion, colour in (("stability", "tab:purple"), ("prediction_strength", "tab:brown")):
+        if criterion in limits:
+            stab.axhline(limits[criterion], color=colour, linestyle=":", linewidth=1)
+    stab.set(xlabel="number of clusters K", ylabel="agreement", ylim=(-0.05, 1.05),
+             title="Reproducibility (higher is better)")
+    pac_ax.plot(data["k"], data["pac"], "o-", color="tab:red")
+    if "pac" in limits:
+        pac_ax.axhline(limits["pac"], color="tab:red", linestyle=":", linewidth=1)
+    pac_ax.set(xlabel="number of clusters K", ylabel="PAC", ylim=(-0.02, max(0.3, float(data["pac"].max()) + 0.02)),
+               title="PAC (lower is better)")
+    _mark_chosen_k(sil, choices, ("silhouette_kmeans", "silhouette_sparse_kmeans"), ("tab:blue", "tab:orange"))
+    _mark_chosen_k(gap, choices, ("gap",), ("tab:green",))
+    _mark_chosen_k(stab, choices, ("stability", "prediction_strength"), ("tab:purple", "tab:brown"))
+    _mark_chosen_k(pac_ax, choices, ("pac",), ("tab:red",))
+    for ax in (sil, stab):
+        ax.legend(fontsize=8)
+    for ax in (sil, gap, stab, pac_ax):
+        ax.set_xticks(data["k"].to_numpy())
+    title = "Choosing the number of clusters"
+    if choices is not None and choices["default"].any():
+        row = choices.loc[choices["default"]].iloc[0]
+        agree = int((choices["k"] == row["k"]).sum())
+        title += (f": K = {row['k']} by {row['method']} (runner-up K = {row['runner_up']}, margin "
+                  f"{row['margin']:.3g}); {agree} of {len(choices)} criteria agree")
+    fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, path)
+
+
+# ------------------------------------------------------------------- cluster stability
 
 
 #: A fitting is called solid when at least this share of subjects has confidence >= 0.9.
@@ -850,7 +722,7 @@ def stability_figure(stability: pd.DataFrame, clusters: pd.DataFrame, threshold:
     :func:`stability_verdict`."""
     _, verdict = stability_verdict(stability, clusters, threshold)
     k_fit = len([c for c in clusters.columns if c.startswith("q_")])
-    fig = _new_figure(11.0, 4.0)
+    fig = new_figure(11.0, 4.0)
     left, right = fig.subplots(1, 2)
     data = stability.sort_values("k")
     left.errorbar(data["k"], data["stability"], yerr=data["stability_sd"], fmt="o-", capsize=3, color="tab:purple")
@@ -869,4 +741,4 @@ def stability_figure(stability: pd.DataFrame, clusters: pd.DataFrame, threshold:
               title="Each subject's confidence")
     right.set_xticks(sorted(clusters["cluster"].unique()))
     fig.suptitle(verdict)
-    _save(fig, path)
+    save(fig, path)

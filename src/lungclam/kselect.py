@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -667,77 +666,6 @@ def resampling_from_config(section: dict[str, Any]) -> Resampling:
                       fraction=float(section.get("subsample_fraction", default.fraction)),
                       n_splits=int(section.get("n_splits", default.n_splits)),
                       n_init=int(section.get("resampling_n_init", default.n_init)))
-
-
-def _mark(ax: Any, choices: pd.DataFrame | None, methods: Sequence[str], colours: Sequence[str]) -> None:
-    """Dashed vertical lines at the K each of ``methods`` chose (the default drawn bold)."""
-    if choices is None:
-        return
-    for method, colour in zip(methods, colours):
-        row = choices.loc[choices["method"] == method]
-        if row.empty:
-            continue
-        default = bool(row["default"].iloc[0])
-        ax.axvline(int(row["k"].iloc[0]), color=colour, linestyle="--", linewidth=2.5 if default else 1.0,
-                   alpha=0.9 if default else 0.6)
-
-
-def plot_k_selection(table: pd.DataFrame, path: str | Path, choices: pd.DataFrame | None = None,
-                     thresholds: dict[str, float] | None = None) -> None:
-    """Save a PNG (120 dpi) of a :func:`select_k` table, one panel per kind of criterion:
-    silhouettes, the gap statistic (+/- gap_sd), resampling stability and prediction
-    strength (+/- sd, with their thresholds), and PAC (with its threshold). Dashed lines
-    mark each criterion's K from ``choices`` (:func:`choices_table`), the one that
-    ``n_clusters: auto`` follows drawn bold; the title names it with its runner-up and
-    margin. Parent folders are created.
-
-    Drawn with matplotlib's Agg canvas directly (no pyplot, no display, global backend left
-    unchanged).
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from lungclam.atomic import save_png
-
-    limits = THRESHOLDS | (thresholds or {})
-    fig = Figure(figsize=(16, 4))
-    FigureCanvasAgg(fig)
-    sil, gap, stab, pac_ax = fig.subplots(1, 4)
-    data = table.sort_values("k")
-    sil.plot(data["k"], data["silhouette_kmeans"], "o-", color="tab:blue", label="k-means")
-    sil.plot(data["k"], data["silhouette_sparse_kmeans"], "s--", color="tab:orange", label="sparse k-means")
-    sil.set(xlabel="number of clusters K", ylabel="mean silhouette", title="Silhouette (higher is better)")
-    gap.errorbar(data["k"], data["gap"], yerr=data["gap_sd"], fmt="o-", capsize=3, color="tab:green")
-    gap.set(xlabel="number of clusters K", ylabel="gap", title="Gap statistic")
-    stab.errorbar(data["k"], data["stability"], yerr=data["stability_sd"], fmt="o-", capsize=3,
-                  color="tab:purple", label="stability (ARI of subsamples)")
-    stab.errorbar(data["k"], data["prediction_strength"], yerr=data["prediction_strength_sd"], fmt="s--",
-                  capsize=3, color="tab:brown", label="prediction strength")
-    stab.axhline(limits["stability"], color="tab:purple", linestyle=":", linewidth=1)
-    stab.axhline(limits["prediction_strength"], color="tab:brown", linestyle=":", linewidth=1)
-    stab.set(xlabel="number of clusters K", ylabel="agreement", ylim=(-0.05, 1.05),
-             title="Reproducibility (higher is better)")
-    pac_ax.plot(data["k"], data["pac"], "o-", color="tab:red")
-    pac_ax.axhline(limits["pac"], color="tab:red", linestyle=":", linewidth=1)
-    pac_ax.set(xlabel="number of clusters K", ylabel="PAC", ylim=(-0.02, max(0.3, float(data["pac"].max()) + 0.02)),
-               title="PAC (lower is better)")
-    _mark(sil, choices, SILHOUETTE_METHODS, ("tab:blue", "tab:orange"))
-    _mark(gap, choices, ("gap",), ("tab:green",))
-    _mark(stab, choices, ("stability", "prediction_strength"), ("tab:purple", "tab:brown"))
-    _mark(pac_ax, choices, ("pac",), ("tab:red",))
-    for ax in (sil, stab):
-        ax.legend(fontsize=8)
-    for ax in (sil, gap, stab, pac_ax):
-        ax.set_xticks(data["k"].to_numpy())
-    title = "Choosing the number of clusters"
-    if choices is not None and choices["default"].any():
-        row = choices.loc[choices["default"]].iloc[0]
-        agree = int((choices["k"] == row["k"]).sum())
-        title += (f": K = {row['k']} by {row['method']} (runner-up K = {row['runner_up']}, margin "
-                  f"{row['margin']:.3g}); {agree} of {len(choices)} criteria agree")
-    fig.suptitle(title)
-    fig.tight_layout()
-    save_png(fig, Path(path), 120)
 
 
 def resolve_n_clusters(setting: int | str, table: pd.DataFrame) -> int:

@@ -14,10 +14,11 @@ reaches the page), gzipped and base64-encoded into a JSON block that the page de
 when a volume is first shown. Arrays here are in NIfTI voxel order ``(i, j, k)``, as
 nibabel reads them; NiiVue places them in world space by the affine.
 
-Display conventions follow :mod:`lungclam.figures`: radiological view (the patient's right
-on the screen's left in axial and coronal views), anterior on the left in sagittal views,
-CT in grey over the lung window -1000..200 HU, importance with the ``jet`` colour map on
-``[0, 1]``, and the template lung outline in gold.
+Display conventions follow :mod:`lungclam.figure_panels`: radiological view (the
+patient's right on the screen's left in axial and coronal views), anterior on the left in
+sagittal views, CT in grey over the lung window -1000..200 HU, importance with the ``jet``
+colour map on ``[0, 1]``, and the template lung outline in gold (as in
+:mod:`lungclam.figures`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ __all__ = [
     "write_viewer",
 ]
 
-#: Lung window of the CT display, HU (low, high); as :data:`lungclam.figures.HU_WINDOW`.
+#: Lung window of the CT display, HU (low, high); as :data:`lungclam.figure_panels.HU_WINDOW`.
 HU_WINDOW: tuple[float, float] = (-1000.0, 200.0)
 #: Default overlay opacity and the importance below which the CLAM is not drawn.
 DEFAULT_OPACITY = 0.55

@@ -1,15 +1,16 @@
-"""Figures: slice levels, display orientation (array and rendered pixels), every figure
-function writing a real PNG, forest plots of empty/NaN tables, and the example draw."""
+"""Figures: every figure function writing a real PNG, forest plots of empty/NaN tables,
+the K-selection figure's marks, and the example draw (the panels they are drawn with are
+tested in test_figure_panels.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from matplotlib.image import imread
 
 from lungclam import figures as F
+from lungclam.kselect import THRESHOLDS, choices_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SHAPE = (20, 24, 28)  # (z, y, x)
@@ -39,66 +40,6 @@ def phantom() -> dict[str, np.ndarray]:
     clam = np.exp(-(((z - 10) / 4.0) ** 2 + ((y - 12) / 4.0) ** 2 + ((x - 8) / 3.0) ** 2))
     clam = np.where(mask > 0, clam / clam.max(), 0.0)
     return {"ct": ct, "mask": mask, "clam": clam}
-
-
-# ---------------------------------------------------------------- levels and orientation
-
-
-def test_axial_levels_top_to_bottom_within_mask():
-    mask = np.zeros(SHAPE, dtype=np.uint8)
-    mask[4:15, 6:10, 6:10] = 1  # z = 4..14
-    levels = F.axial_levels(mask, n=6)
-    assert len(levels) == 6
-    assert levels[0] == 14 and levels[-1] == 4  # superior (highest z) first
-    assert np.all(np.diff(levels) < 0)
-    assert levels.min() >= 4 and levels.max() <= 14
-    assert np.all(mask[levels].any(axis=(1, 2)))
-    assert len(F.axial_levels(mask, n=1)) == 1 and 4 <= F.axial_levels(mask, n=1)[0] <= 14
-    with pytest.raises(ValueError):
-        F.axial_levels(np.zeros(SHAPE), n=4)
-
-
-def _rendered(image: np.ndarray) -> np.ndarray:
-    """Draw a displayed panel with the module's CT drawing on a figure exactly its size
-    (one screen pixel per voxel) and return the grey level of each screen pixel."""
-    rows, cols = image.shape
-    fig = Figure(figsize=(cols / 10, rows / 10), dpi=10)
-    canvas = FigureCanvasAgg(fig)
-    ax = fig.add_axes((0, 0, 1, 1))
-    F._imshow_ct(ax, image, aspect="auto")
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., 0].astype(float)
-
-
-def test_axial_panel_is_radiological():
-    vol = np.full(SHAPE, -1000.0)
-    vol[:, :, :14] = 0.0  # the patient's right half (small x) is bright
-    vol[:, :4, 20:] = 200.0  # an anterior (small y) marker on the left side
-    panel = F.axial_panel(vol, 10)
-    half = panel.shape[1] // 2
-    assert panel[:, :half].mean() > panel[:, half:].mean()  # right on the image's left
-    assert panel[:4, 20:].min() == 200.0 and panel[-4:, 20:].max() == -1000.0  # marker at top
-    shown = _rendered(panel)
-    assert shown.shape == (24, 28)
-    assert shown[:, :12].mean() > shown[:, 16:].mean() + 50
-    assert shown[:3, 22:].mean() > shown[-3:, 22:].mean() + 100
-
-
-def test_coronal_and_sagittal_panels_put_superior_on_top():
-    vol = np.full(SHAPE, -1000.0)
-    vol[15:, :, :] = 0.0  # superior slab
-    vol[:, :, :5] += 100.0  # patient's right edge
-    vol[:, :5, :] += 150.0  # anterior edge
-    cor = F.coronal_panel(vol, 12)
-    assert cor.shape == (20, 28)
-    assert cor[:5].mean() > cor[-5:].mean()  # superior at the top
-    assert cor[:, :5].mean() > cor[:, -5:].mean()  # patient's right on the left
-    shown = _rendered(cor)
-    assert shown[:4].mean() > shown[-4:].mean() + 100
-    sag = F.sagittal_panel(vol, 14)
-    assert sag.shape == (20, 24)
-    assert sag[:5].mean() > sag[-5:].mean()
-    assert sag[:, :5].mean() > sag[:, -5:].mean()  # anterior on the left
 
 
 # ---------------------------------------------------------------- image figures
@@ -174,9 +115,6 @@ def test_pca_figure(tmp_path):
     one = tmp_path / "pca_one.png"
     F.pca_figure(before, None, clusters, one)
     _assert_png(one)
-    scores, share = F._pca2(feats)
-    assert share[0] > share[1] > 0 and share.sum() <= 1.0
-    assert np.isclose(scores[:, 0].var(), np.linalg.svd(feats - feats.mean(0), compute_uv=False)[0] ** 2 / 24)
 
 
 def test_loss_figure(tmp_path):
@@ -191,6 +129,36 @@ def test_loss_figure(tmp_path):
     _assert_png(tmp_path / "loss1.png")
     assert F._use_log([pretrain["loss"].to_numpy()])
     assert not F._use_log([np.array([0.0, 1.0, 2.0])])
+
+
+def _k_selection_table() -> pd.DataFrame:
+    """A ``select_k`` table in which every criterion is defined."""
+    return pd.DataFrame({
+        "k": [2, 3, 4, 5],
+        "silhouette_kmeans": [0.30, 0.50, 0.40, 0.35], "silhouette_sparse_kmeans": [0.32, 0.55, 0.41, 0.30],
+        "l1_bound": 2.0, "n_features_used": 4,
+        "gap": [0.10, 0.40, 0.42, 0.43], "gap_sd": 0.02,
+        "stability": [0.97, 0.93, 0.60, 0.50], "stability_sd": 0.03,
+        "prediction_strength": [0.90, 0.85, 0.50, 0.40], "prediction_strength_sd": 0.05,
+        "pac": [0.0, 0.01, 0.20, 0.30],
+    })
+
+
+def test_k_selection_figure_draws_the_choices_and_thresholds(tmp_path):
+    table = _k_selection_table()
+    choices = choices_table(table, "stability")
+    out = tmp_path / "figures" / "nested" / "k_selection.png"
+    F.k_selection_figure(table, out, choices=choices, thresholds=THRESHOLDS)
+    _assert_png(out)
+    bare = tmp_path / "bare.png"  # no choices, no thresholds: no dashed or dotted lines
+    F.k_selection_figure(table, bare)
+    _assert_png(bare)
+    no_thresholds = tmp_path / "no_thresholds.png"
+    F.k_selection_figure(table, no_thresholds, choices=choices)
+    drawn, plain, unmarked = imread(out), imread(no_thresholds), imread(bare)
+    assert drawn.shape == plain.shape == unmarked.shape
+    assert not np.array_equal(drawn, plain)  # the thresholds' lines
+    assert not np.array_equal(plain, unmarked)  # the choices' lines and title
 
 
 def _associations() -> pd.DataFrame:
@@ -228,7 +196,7 @@ def test_forest_figure_empty_and_all_nan(tmp_path):
 
 
 def test_contact_sheet(tmp_path):
-    from matplotlib.image import imread, imsave
+    from matplotlib.image import imsave
 
     rng = np.random.default_rng(2)
     paths = []

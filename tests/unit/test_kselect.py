@@ -1,9 +1,8 @@
 """Choosing K: sparse k-means, the permutation gap for its L1 bound, the gap statistic,
-silhouettes per K, and the plot. Small synthetic data only, so the file runs in seconds."""
+and silhouettes per K (its figure is tested in test_figures.py). Small synthetic data
+only, so the file runs in seconds."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,12 +13,10 @@ from lungclam.kmeans import kmeans
 from lungclam.kselect import (
     _pca_box_reference,
     choose_l1_bound,
-    choices_table,
     chosen_k,
     gap_choice,
     gap_statistic,
     Resampling,
-    plot_k_selection,
     select_k,
     sparse_kmeans,
 )
@@ -168,7 +165,7 @@ def test_gap_choice_rule_and_argmax_fallback() -> None:
     assert gap_choice(rising) == 3
 
 
-def test_select_k_table_choice_and_reproducibility(tmp_path: Path) -> None:
+def test_select_k_table_choice_and_reproducibility() -> None:
     x, _ = blobs(4, 15, 6, seed=5)
     messages: list[str] = []
     kwargs = dict(ks=range(2, 6), seed=3, n_init=5, n_permutations=3, n_references=5,
@@ -199,9 +196,6 @@ def test_select_k_table_choice_and_reproducibility(tmp_path: Path) -> None:
     sparse_cols = ["silhouette_sparse_kmeans", "l1_bound", "n_features_used"]
     assert not np.allclose(rescaled["silhouette_kmeans"], table["silhouette_kmeans"])
     pd.testing.assert_frame_equal(rescaled[sparse_cols], table[sparse_cols], check_exact=False, rtol=1e-6)
-    out = tmp_path / "figures" / "nested" / "k_selection.png"
-    plot_k_selection(table, out, choices=choices_table(table, "stability"))
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 1000
 
 
 def test_chosen_k_breaks_ties_towards_the_smaller_k() -> None:

@@ -12,7 +12,8 @@ smk = snakemake  # noqa: F821
 
 
 def main() -> None:
-    from lungclam.kselect import choices_table, plot_k_selection, resampling_from_config, select_k
+    from lungclam.figures import k_selection_figure
+    from lungclam.kselect import THRESHOLDS, choices_table, resampling_from_config, select_k
 
     log = logging.getLogger("lungclam.choose_k")
     c = smk.params.settings
@@ -40,7 +41,7 @@ def main() -> None:
     write_table(choices, smk.output.choices, float_format="%.6g")
     stability = table[["k", "stability", "stability_sd"]].assign(n_replicas=c["n_replicas"], chosen=table["chosen"])
     write_table(stability, smk.output.stability, float_format="%.6g")
-    plot_k_selection(table, smk.output.plot, choices=choices)
+    k_selection_figure(table, smk.output.plot, choices=choices, thresholds=THRESHOLDS)
 
 
 run_job("choose_k", main, smk.log[0], smk.threads)
