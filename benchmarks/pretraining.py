@@ -12,10 +12,14 @@ embedding (issue: longer pretraining destroyed the clusters).
 
 A setting is NAME:key=value,... with keys epochs, fraction (held-out share), patience,
 min_delta, batch, lr, and cepochs (run the clustering phase at K = true K for at most
-that many epochs and report its accuracy). ``--cohort RESULTS[:TRUTH]`` runs the same on a pipeline run's
+that many epochs and report its accuracy, its stop reason and its reconstruction MSE over the
+pretrained one), with gamma, clr (its learning rate), guard (0: no ClusterGuard) and growth
+(the guard's reconstruction limit) changing the clustering phase. ``--cohort RESULTS[:TRUTH]`` runs the same on a pipeline run's
 model inputs (``downsampled/*.nii.gz``, the 3D CAE of config/config.yaml) with the true
 patterns from TRUTH (default RESULTS/demo/truth.tsv), instead of simulation cases. Features are saved to --out (npz per case and setting) for the K
-criteria (benchmarks/k_selection.py).
+criteria (benchmarks/k_selection.py), with the pretrained weights (pt), which a later run
+with the same --out, case and setting name reuses instead of pretraining again (so the
+clustering phase can be compared at the cost of the clustering phase alone).
 """
 
 from __future__ import annotations
@@ -38,9 +42,27 @@ from lungclam.simstudy import StudySettings, _spec
 from lungclam.simulation import builtin_base, make_scenario, simulate
 from lungclam.device import seed_everything
 from lungclam.intensity import normalize_hu
-from lungclam.train import EarlyStopping, embed_images, pretrain
+from lungclam.train import EarlyStopping, embed_images, pretrain, reconstruction_error
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+PRETRAIN_KEYS = ("epochs", "fraction", "patience", "min_delta", "batch", "lr")
+
+
+def pretrain_key(values: dict[str, float]) -> str:
+    """A file-name stem of the pretraining part of a setting (the clustering keys left out)."""
+    return "_".join(f"{k}{values[k]:g}" for k in PRETRAIN_KEYS if k in values) or "default"
+
+
+def cluster_options(values: dict[str, float], gamma: float, learning_rate: float) -> dict:
+    """fit_clusters keywords from a setting's clustering keys: gamma, clr (learning rate),
+    guard (0: none), growth (the guard's reconstruction limit; 0: none)."""
+    from lungclam.dec import ClusterGuard
+
+    growth = values.get("growth", ClusterGuard().max_reconstruction_growth)
+    guard = ClusterGuard(max_reconstruction_growth=growth or None) if values.get("guard", 1) else None
+    return {"gamma": values.get("gamma", gamma), "learning_rate": values.get("clr", learning_rate), "guard": guard}
 
 
 def parse_setting(text: str) -> tuple[str, dict[str, float]]:
@@ -63,8 +85,17 @@ def pretrain_and_score(model, images: np.ndarray, truth: np.ndarray, case: str, 
     true_k = len(np.unique(truth))
     stopping = EarlyStopping(values.get("fraction", 0.0), int(values.get("patience", 10)), values.get("min_delta", 0.0))
     started = time.perf_counter()
-    history = pretrain(model, images, int(values.get("epochs", defaults[0])), int(values.get("batch", defaults[1])),
-                       float(values.get("lr", defaults[2])), seed, device, stopping=stopping)
+    cache = out / f"{stem}.pt" if out is not None else None
+    if cache is not None and cache.is_file():  # the pretrained weights of an earlier run of this setting
+        saved = torch.load(cache, weights_only=False)
+        model.load_state_dict(saved["state"])
+        history = saved["history"]
+    else:
+        history = pretrain(model, images, int(values.get("epochs", defaults[0])), int(values.get("batch", defaults[1])),
+                           float(values.get("lr", defaults[2])), seed, device, stopping=stopping)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"state": model.state_dict(), "history": history}, cache)
     seconds = time.perf_counter() - started
     features = embed_images(model, images, device=device)
     labels, _ = kmeans(features, true_k, seed, n_init)
@@ -89,27 +120,30 @@ def run(scenario: str, true_k: int, name: str, values: dict[str, float], setting
     model = ConvAutoencoder(_spec(settings, base.shape))
     row, features = pretrain_and_score(model, x, truth, f"{scenario} K={true_k}", name, values,
                                        (30, settings.batch_size, settings.learning_rate), settings.seed,
-                                       settings.n_init, out, f"{scenario}_k{true_k}_{name}")
+                                       settings.n_init, out, f"{scenario}_k{true_k}_{pretrain_key(values)}")
     if "cepochs" in values:
-        row.update(cluster_at_true_k(model, x, truth, true_k, int(values["cepochs"]), settings, features, device))
+        row.update(cluster_at_true_k(model, x, truth, true_k, values, settings, features, device))
     return row
 
 
-def cluster_at_true_k(model, x, truth, true_k, max_epochs, settings, features, device) -> dict:
+def cluster_at_true_k(model, x, truth, true_k, values, settings, features, device) -> dict:
     """The simulation's clustering phase at fitted K = true K: accuracy, ARI, epochs."""
     from lungclam.dec import fit_clusters
     from lungclam.simstudy import _kernel_scale
     from lungclam.simulation import best_match_accuracy, cluster_sizes
 
     started = time.perf_counter()
+    before = reconstruction_error(model, torch.from_numpy(x), 64, device)
     scale = _kernel_scale(settings.kernel_scale, features, true_k, settings)
-    fit = fit_clusters(model, x, true_k, max_epochs=max_epochs, scale=scale, batch_size=settings.batch_size,
-                       learning_rate=settings.cluster_learning_rate, gamma=settings.gamma,
-                       update_interval=settings.update_interval, tol=settings.tol, n_init=settings.n_init,
-                       seed=settings.seed, device=device)
+    fit = fit_clusters(model, x, true_k, max_epochs=int(values["cepochs"]), scale=scale,
+                       batch_size=settings.batch_size, update_interval=settings.update_interval, tol=settings.tol,
+                       n_init=settings.n_init, seed=settings.seed, device=device,
+                       **cluster_options(values, settings.gamma, settings.cluster_learning_rate))
     accuracy, _ = best_match_accuracy(truth, fit.labels)
     return {"accuracy": accuracy, "dec_ari": adjusted_rand_score(truth, fit.labels),
             "sizes": ",".join(map(str, cluster_sizes(fit.labels, true_k))), "cluster_epochs": len(fit.history),
+            "stop": fit.stop_reason.split(":")[0] + (" (" + fit.stop_reason.split(" ")[1] + ")" if ":" in fit.stop_reason else ""),
+            "recon_ratio": reconstruction_error(fit.model.autoencoder, torch.from_numpy(x), 64, device) / before,
             "cluster_seconds": time.perf_counter() - started}
 
 
@@ -132,25 +166,27 @@ def run_cohort(spec: str, name: str, values: dict[str, float], seed: int, out: P
     t = config["train"]
     label = results_dir.parent.name if results_dir.name == "results" else results_dir.name
     row, _ = pretrain_and_score(model, images, truth, label, name, values,
-                                (t["epochs"], t["batch_size"], t["learning_rate"]), seed, 20, out, f"{label}_{name}")
+                                (t["epochs"], t["batch_size"], t["learning_rate"]), seed, 20, out,
+                                f"{label}_s{seed}_{pretrain_key(values)}")
     if "cepochs" in values:
-        row.update(cluster_cohort(model, images, truth, int(values["cepochs"]), config["cluster"], seed, device))
+        row.update(cluster_cohort(model, images, truth, values, config["cluster"], seed, device))
     return row
 
 
-def cluster_cohort(model, images, truth, max_epochs, c: dict, seed: int, device) -> dict:
+def cluster_cohort(model, images, truth, values, c: dict, seed: int, device) -> dict:
     """The pipeline's clustering phase (config/config.yaml's ``cluster``) at K = true K."""
     from lungclam.dec import fit_clusters
     from lungclam.simulation import best_match_accuracy, cluster_sizes
 
     true_k = len(np.unique(truth))
     started = time.perf_counter()
-    fit = fit_clusters(model, images, true_k, max_epochs=max_epochs, batch_size=c["batch_size"],
-                       learning_rate=c["learning_rate"], gamma=c["gamma"], update_interval=c["update_interval"],
-                       tol=c["tol"], n_init=c["n_init"], seed=seed, device=device)
+    fit = fit_clusters(model, images, true_k, max_epochs=int(values["cepochs"]), batch_size=c["batch_size"],
+                       update_interval=c["update_interval"], tol=c["tol"], n_init=c["n_init"], seed=seed,
+                       device=device, **cluster_options(values, c["gamma"], c["learning_rate"]))
     accuracy, _ = best_match_accuracy(truth, fit.labels)
     return {"accuracy": accuracy, "dec_ari": adjusted_rand_score(truth, fit.labels),
             "sizes": ",".join(map(str, cluster_sizes(fit.labels, true_k))), "cluster_epochs": len(fit.history),
+            "stop": fit.stop_reason.split(":")[0] + (" (" + fit.stop_reason.split(" ")[1] + ")" if ":" in fit.stop_reason else ""),
             "cluster_seconds": time.perf_counter() - started}
 
 
