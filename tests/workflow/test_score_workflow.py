@@ -76,8 +76,14 @@ def test_study_subjects_scored_again_get_their_study_cluster_q_and_clam(demo_run
     overlay = _overlay(tmp_path / "score.yaml", {**OTHER_SETTINGS, "score": {"allow_study_subjects": True}})
     study_files = _tree(demo_run)
     workdir = tmp_path / "scoring"
-    snakemake(workdir, str(overlay), "--cores", "2", "score", "--config", f"study={demo_run}", f"samples={sheet}")
+    config = ("--config", f"study={demo_run}", f"samples={sheet}")
+    snakemake(workdir, str(overlay), "--cores", "2", "score", *config)
+    report = workdir / "score_report.html"
+    snakemake(workdir, str(overlay), "--report", str(report), "score", *config)
     assert _tree(demo_run) == study_files  # the study is only read
+    html = report.read_text()
+    assert "Scoring" in html and "New subjects scored against a finished study" in html
+    assert all(f"results/score/qc/{subject}.png" in html for subject in ("demo001", "demo002", "later003"))
 
     out = workdir / "results" / "score"
     study = pd.read_csv(demo_run / "clusters.tsv", sep="\t").set_index("subject")

@@ -64,7 +64,13 @@ use rule register as score_register with:
         affine="results/score/transforms/{subject}/0GenericAffine.mat",
         warp="results/score/transforms/{subject}/1Warp.nii.gz",
         inverse_warp="results/score/transforms/{subject}/1InverseWarp.nii.gz",
-        qc="results/score/qc/{subject}.png",
+        qc=report(
+            "results/score/qc/{subject}.png",
+            caption="../report/score_qc.rst",
+            category="Scoring",
+            subcategory="QC",
+            labels={"subject": "{subject}"},
+        ),
     params:
         settings=study_registration_settings,
         seed=lambda wildcards: STUDY.config["seed"],
@@ -96,7 +102,7 @@ rule score_assign:
         # Every bundle file, so a changed study re-scores; the job verifies them again.
         bundle=lambda wildcards: [str(path) for path in STUDY.files.values()],
     output:
-        clusters="results/score/clusters.tsv",
+        clusters=report("results/score/clusters.tsv", caption="../report/score_clusters.rst", category="Scoring"),
         maps=expand("results/score/clam/{subject}.nii.gz", subject=SUBJECTS),
     params:
         subjects=SUBJECTS,
