@@ -41,7 +41,7 @@ def main() -> None:
     write_table(choices, smk.output.choices, float_format="%.6g")
     stability = table[["k", "stability", "stability_sd"]].assign(n_replicas=c["n_replicas"], chosen=table["chosen"])
     write_table(stability, smk.output.stability, float_format="%.6g")
-    k_selection_figure(table, smk.output.plot, choices=choices, thresholds=THRESHOLDS)
+    k_selection_figure(table, smk.output.plot, choices=choices, thresholds=THRESHOLDS | c["thresholds"])
 
 
 run_job("choose_k", main, smk.log[0], smk.threads)
