@@ -292,6 +292,34 @@ def check_scoring_config(study: StudyBundle) -> None:
                                    f"{key} is {holder[name]!r}, which scoring cannot use")
 
 
+def study_association_settings(study: StudyBundle) -> dict[str, Any]:
+    """The study's association models, to refit on scored subjects with a clinical table.
+
+    Returns ``covariates`` and ``outcomes`` (lists of column names), ``comparator`` (a column
+    name, or "" for none), ``stats`` (the stats section) and ``columns`` (every clinical
+    column they read). Raises :class:`StudyBundleError` naming ``config.yaml`` when the
+    study's config lacks one of them or holds something else.
+    """
+    config = study.config if isinstance(study.config, dict) else {}
+    checks: dict[str, Callable[[Any], bool]] = {
+        "covariates": lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v),
+        "outcomes": lambda v: isinstance(v, list) and bool(v) and all(isinstance(c, str) for c in v),
+        "comparator": lambda v: isinstance(v, str),
+        "stats": lambda v: isinstance(v, dict),
+    }
+    for key, valid in checks.items():
+        if key not in config:
+            raise StudyBundleError(study.folder, BUNDLE_FILES["config"],
+                                   f"lacks {key}, which scoring needs to refit the study's association models")
+        if not valid(config[key]):
+            raise StudyBundleError(study.folder, BUNDLE_FILES["config"],
+                                   f"{key} is {config[key]!r}, which scoring cannot use")
+    settings = {key: config[key] for key in checks}
+    settings["columns"] = [*config["covariates"], *config["outcomes"], *([config["comparator"]] if config["comparator"]
+                                                                          else [])]
+    return settings
+
+
 def subjects_in_study(study: StudyBundle, subjects: Iterable[str]) -> list[str]:
     """Those of ``subjects`` (in their order) whose IDs are already in the study's clusters."""
     known = set(study.clusters()["subject"])

@@ -17,7 +17,8 @@ from lungclam.atomic import write_table
 from lungclam.dec import clusters_table
 from lungclam.model import ConvAutoencoder, ModelSpec, save_checkpoint
 from lungclam.study import (BUNDLE_FILES, MANIFEST, MODEL_FORMAT, SCORING_KEYS, StudyBundleError,
-                            check_scoring_config, load_bundle, sha256, subjects_in_study, write_bundle)
+                            check_scoring_config, load_bundle, sha256, study_association_settings,
+                            subjects_in_study, write_bundle)
 
 K = 3
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -180,3 +181,25 @@ def test_a_study_setting_scoring_cannot_use_is_refused(tmp_path: Path, study_inp
     study = load_bundle(_scoring_bundle(tmp_path, study_inputs, lambda c: c[section].update({name: value})))
     with pytest.raises(StudyBundleError, match=rf"config\.yaml: {section}\.{name} is .*, which scoring cannot use"):
         check_scoring_config(study)
+
+
+def test_the_study_association_models_come_from_its_config(tmp_path: Path, study_inputs: dict[str, Path]) -> None:
+    study = load_bundle(_scoring_bundle(tmp_path, study_inputs, lambda c: c.update(covariates=["age"],
+                                                                                  outcomes=["crp"])))
+    settings = study_association_settings(study)
+    assert settings["columns"] == ["age", "crp", "scadding"] and settings["stats"] == study.config["stats"]
+    study = load_bundle(_scoring_bundle(tmp_path / "b", study_inputs, lambda c: c.update(comparator="")))
+    assert "" not in study_association_settings(study)["columns"]
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda c: c.pop("outcomes"), "lacks outcomes, which scoring needs to refit the study's association models"),
+    (lambda c: c.update(outcomes=[]), "outcomes is [], which scoring cannot use"),
+    (lambda c: c.update(comparator=None), "comparator is None, which scoring cannot use"),
+])
+def test_a_study_without_usable_association_models_is_refused(tmp_path: Path, study_inputs: dict[str, Path], edit,
+                                                              message: str) -> None:
+    study = load_bundle(_scoring_bundle(tmp_path, study_inputs, edit))
+    with pytest.raises(StudyBundleError) as raised:
+        study_association_settings(study)
+    assert str(raised.value) == f"study bundle {study.folder}: config.yaml: {message}"

@@ -27,6 +27,9 @@ OTHER_SETTINGS = {
     "downsample": {"background_hu": -1000},
     "model": {"hu_window": [-1000, 100]},
     "clam": {"mask_to_lungs": False, "chunk_size": 3},
+    "outcomes": ["crp"],
+    "comparator": "",
+    "stats": {"reference_cluster": 2},
 }
 
 
@@ -51,9 +54,10 @@ def _tree(folder: Path) -> dict[str, tuple[int, int]]:
             for p in folder.rglob("*") if p.is_file()}
 
 
-def _refusal(workdir: Path, *args: str) -> str:
-    """Dry-run `snakemake score` expecting a refusal; returns its one line. No job may run."""
-    done = snakemake(workdir, "-n", "score", *args, check=False)
+def _refusal(workdir: Path, *args: str, overlays: tuple[Path, ...] = ()) -> str:
+    """Dry-run `snakemake score` (config overlays after the tiny config) expecting a refusal;
+    returns its one line. No job may run."""
+    done = snakemake(workdir, *map(str, overlays), "-n", "score", *args, check=False)
     assert done.returncode != 0, done.stdout[-2000:]
     lines = [line for line in done.stderr.splitlines() if line.startswith("lungclam: configuration error")]
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
@@ -67,23 +71,28 @@ def bundle_copy(demo_run: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(demo_run / "study", tmp_path / "shipped" / "study"))
 
 
-def test_study_subjects_scored_again_get_their_study_cluster_q_and_clam(demo_run: Path, tmp_path: Path) -> None:
-    """Two study subjects under their own IDs (allow_study_subjects) and a third under a
-    new ID, scored in another working directory whose own settings all differ."""
+def test_study_subjects_scored_again_get_their_study_cluster_q_clam_and_statistics(demo_run: Path,
+                                                                                    tmp_path: Path) -> None:
+    """The study's cohort scored again in another working directory whose own settings all
+    differ: three subjects under their own IDs (allow_study_subjects), one under a new ID,
+    with the study's clinical table (that row renamed too)."""
     dicom = demo_run / "demo" / "dicom"
-    sheet = _sheet(tmp_path / "new.tsv", {"demo001": dicom / "demo001", "demo002": dicom / "demo002",
-                                          "later003": dicom / "demo003"})
+    same_scans = {"demo001": "demo001", "demo002": "demo002", "later003": "demo003", "demo004": "demo004"}
+    sheet = _sheet(tmp_path / "new.tsv", {subject: dicom / scan for subject, scan in same_scans.items()})
+    clinical = pd.read_csv(demo_run / "demo" / "clinical.tsv", sep="\t", dtype={"subject": str})
+    clinical["subject"] = clinical["subject"].replace({"demo003": "later003"})
+    clinical.to_csv(tmp_path / "clinical.tsv", sep="\t", index=False)
     overlay = _overlay(tmp_path / "score.yaml", {**OTHER_SETTINGS, "score": {"allow_study_subjects": True}})
     study_files = _tree(demo_run)
     workdir = tmp_path / "scoring"
-    config = ("--config", f"study={demo_run}", f"samples={sheet}")
+    config = ("--config", f"study={demo_run}", f"samples={sheet}", f"clinical={tmp_path / 'clinical.tsv'}")
     snakemake(workdir, str(overlay), "--cores", "2", "score", *config)
     report = workdir / "score_report.html"
     snakemake(workdir, str(overlay), "--report", str(report), "score", *config)
     assert _tree(demo_run) == study_files  # the study is only read
     html = report.read_text()
     assert "Scoring" in html and "New subjects scored against a finished study" in html
-    assert all(f"results/score/qc/{subject}.png" in html for subject in ("demo001", "demo002", "later003"))
+    assert all(f"results/score/qc/{subject}.png" in html for subject in same_scans)
 
     out = workdir / "results" / "score"
     study = pd.read_csv(demo_run / "clusters.tsv", sep="\t").set_index("subject")
@@ -91,7 +100,6 @@ def test_study_subjects_scored_again_get_their_study_cluster_q_and_clam(demo_run
     k = sum(c.startswith("q_") for c in study.columns)
     q_columns = [f"q_{i}" for i in range(1, k + 1)]
     assert scored.columns.tolist() == ["cluster", *q_columns]
-    same_scans = {"demo001": "demo001", "demo002": "demo002", "later003": "demo003"}
     assert scored.index.tolist() == list(same_scans)
     grid = sitk.ReadImage(str(demo_run / "template" / "grid_template.nii.gz"))
     for subject, in_study in same_scans.items():
@@ -111,7 +119,12 @@ def test_study_subjects_scored_again_get_their_study_cluster_q_and_clam(demo_run
     for stage in ("convert", "resample", "segment", "register", "downsample"):
         assert (workdir / "results" / "logs" / "score" / stage / "later003.log").is_file(), stage
     assign_log = (workdir / "results" / "logs" / "score" / "assign.log").read_text()
-    assert "scored 3 subject(s) against the study" in assign_log
+    assert "scored 4 subject(s) against the study" in assign_log
+    # The study's association models (its outcomes, comparator and reference cluster, not
+    # this run's) refitted on the same subjects, clusters and clinical rows: the study's tables.
+    for name in ("demographics", "associations", "variance_explained"):
+        pd.testing.assert_frame_equal(pd.read_csv(out / "stats" / f"{name}.tsv", sep="\t"),
+                                      pd.read_csv(demo_run / "stats" / f"{name}.tsv", sep="\t"), obj=name)
 
 
 def test_a_copied_bundle_plans_only_the_new_subjects_imaging_and_scoring(bundle_copy: Path, demo_run: Path,
@@ -171,3 +184,14 @@ def test_score_without_a_study_or_into_the_study_is_refused(bundle_copy: Path, d
     bundle = Path(shutil.move(bundle_copy, workdir / "results" / "study"))
     line = _refusal(workdir, "--config", f"study={bundle}", f"samples={sheet}")
     assert "lies under this working directory's results/, where scoring writes" in line
+
+
+def test_a_clinical_table_without_the_study_outcomes_is_refused(demo_run: Path, tmp_path: Path) -> None:
+    """This run's config names only columns the sheet has; the study's models read crp."""
+    sheet = _sheet(tmp_path / "new.tsv", {"new1": demo_run / "demo" / "dicom" / "demo004"})
+    clinical = pd.read_csv(demo_run / "demo" / "clinical.tsv", sep="\t").drop(columns=["crp"])
+    clinical.to_csv(tmp_path / "clinical.tsv", sep="\t", index=False)
+    overlay = _overlay(tmp_path / "own.yaml", {"outcomes": ["fvc_pct"], "comparator": ""})
+    line = _refusal(tmp_path / "wd", "--config", f"study={demo_run}", f"samples={sheet}",
+                    f"clinical={tmp_path / 'clinical.tsv'}", overlays=(overlay,))
+    assert f"clinical sheet {tmp_path / 'clinical.tsv'}: the study's association models read column(s) ['crp']" in line

@@ -96,6 +96,26 @@ use rule downsample as score_downsample with:
         "results/benchmarks/score/downsample/{subject}.tsv"
 
 
+use rule stats as score_stats with:
+    input:
+        clusters="results/score/clusters.tsv",
+        clinical=clinical_table() or [],
+    output:
+        demographics=report(SCORE_STATS_TABLES[0], caption="../report/demographics.rst", category="Scoring",
+                            subcategory="Statistics"),
+        associations=report(SCORE_STATS_TABLES[1], caption="../report/associations.rst", category="Scoring",
+                            subcategory="Statistics"),
+        variance=report(SCORE_STATS_TABLES[2], caption="../report/variance_explained.rst", category="Scoring",
+                        subcategory="Statistics"),
+    params:
+        covariates=study_association_setting("covariates"),
+        outcomes=study_association_setting("outcomes"),
+        comparator=study_association_setting("comparator"),
+        settings=study_association_setting("stats"),
+    log:
+        "results/logs/score/stats.log",
+
+
 rule score_assign:
     input:
         volumes=expand("results/score/downsampled/{subject}.nii.gz", subject=SUBJECTS),

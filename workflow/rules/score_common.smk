@@ -4,7 +4,8 @@
 
 STUDY = None  # the verified bundle (lungclam.study.StudyBundle) when config["study"] is set
 if config["study"]:
-    from lungclam.study import StudyBundleError, check_scoring_config, load_bundle, subjects_in_study
+    from lungclam.study import (StudyBundleError, check_scoring_config, load_bundle, study_association_settings,
+                                subjects_in_study)
 
     try:
         # Checksums vouch for every file here; the scoring job reads the model itself, so a
@@ -21,6 +22,21 @@ if config["study"]:
         _listed = ", ".join(_in_study[:10]) + (f" and {len(_in_study) - 10} more" if len(_in_study) > 10 else "")
         _fail(f"{len(_in_study)} subject(s) to score are already in the study {STUDY.folder} ({_listed}): give new "
               "subjects new IDs, or set score.allow_study_subjects: true to score study subjects again as a check")
+
+# With a clinical table, the study's association models (its covariates, outcomes,
+# comparator and stats settings, not this run's) are refitted on the scored subjects.
+STUDY_ASSOCIATIONS = None
+SCORE_STATS_TABLES = [f"results/score/stats/{name}.tsv" for name in ("demographics", "associations",
+                                                                   "variance_explained")]
+if STUDY is not None and clinical_table():
+    try:
+        STUDY_ASSOCIATIONS = study_association_settings(STUDY)
+    except StudyBundleError as exc:
+        _fail(exc)
+    _lacking = [c for c in STUDY_ASSOCIATIONS["columns"] if c not in CLINICAL.columns] if config["clinical"] else []
+    if _lacking:
+        _fail(f"clinical sheet {config['clinical']}: the study's association models read column(s) {_lacking} "
+              f"that the sheet lacks (columns: {list(CLINICAL.columns)})")
 
 
 def study_file(role):
@@ -42,11 +58,18 @@ def study_registration_settings(wildcards):
     return {key: value for key, value in STUDY.config["register"].items() if key != "threads"}
 
 
+def study_association_setting(key):
+    """A params function: one of the study's association settings (lungclam.study)."""
+    return lambda wildcards: STUDY_ASSOCIATIONS[key]
+
+
 def score_targets(wildcards=None):
-    """Everything `snakemake score` makes: the clusters table, CLAMs and QC pages."""
+    """Everything `snakemake score` makes: the clusters table, CLAMs and QC pages, and with
+    a clinical table the study's association models refitted on the scored subjects."""
     if STUDY is None:
         _fail("snakemake score needs the study to score against: --config study=PATH (a finished run's results "
               "folder, or its results/study bundle)")
     return ["results/score/clusters.tsv",
             *expand("results/score/clam/{subject}.nii.gz", subject=SUBJECTS),
-            *expand("results/score/qc/{subject}.png", subject=SUBJECTS)]
+            *expand("results/score/qc/{subject}.png", subject=SUBJECTS),
+            *(SCORE_STATS_TABLES if STUDY_ASSOCIATIONS else [])]
