@@ -114,9 +114,12 @@ def third_party_imports(script: Path) -> dict[str, str]:
         for name in sorted(imported_names(path)):
             top = name.split(".")[0]
             if top == "lungclam":
-                module = library_module_path(name)
-                if module is not None:
-                    pending.append(module)
+                # Importing lungclam.a.b runs the package lungclam.a's __init__ first.
+                parts = name.split(".")
+                for end in range(1, len(parts) + 1):
+                    module = library_module_path(".".join(parts[:end]))
+                    if module is not None:
+                        pending.append(module)
             elif top not in sys.stdlib_module_names and top != "__future__":
                 found.setdefault(top, str(path.relative_to(PROJECT_ROOT)))
     return found

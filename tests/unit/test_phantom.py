@@ -17,13 +17,13 @@ from lungclam.phantom import (
     PADDING_HU,
     PATTERNS,
     Phantom,
-    _cohort_plan,
     demo_subject_ids,
     make_chest_phantom,
     write_demo_cohort,
     write_dicom_series,
     write_localizer,
 )
+from lungclam.phantom.cohort import _cohort_plan
 
 # 64 x 64 x 40 voxels of 6 mm: the whole anatomy, in a fraction of a second.
 TINY = dict(matrix=64, pixel_mm=6.0, slice_mm=6.0, n_slices=40)
