@@ -58,8 +58,8 @@ from lungclam.dec import ClusteringModel, fit_clusters  # noqa: E402
 from lungclam.device import autocast, seed_everything  # noqa: E402
 from lungclam.intensity import normalize_hu  # noqa: E402
 from lungclam.model import ConvAutoencoder, ModelSpec, resolve_device  # noqa: E402
-from lungclam.simstudy import StudySettings, _clam_subset, _kernel_scale, _spec  # noqa: E402
-from lungclam.simulation import BACKGROUND_HU, BaseSlice, best_match_accuracy, make_scenario, simulate  # noqa: E402
+from lungclam.simulation.cases import StudySettings, _clam_subset, _kernel_scale, _spec  # noqa: E402
+from lungclam.simulation.data import BACKGROUND_HU, BaseSlice, best_match_accuracy, make_scenario, simulate  # noqa: E402
 from lungclam.train import embed_images, pretrain  # noqa: E402
 
 SEED = 0
@@ -296,7 +296,7 @@ def _base() -> tuple[BaseSlice, str]:
         import SimpleITK  # noqa: F401
     except ImportError:
         return _ellipse_base(), "elliptic stand-in base (no SimpleITK)"
-    from lungclam.simulation import builtin_base
+    from lungclam.simulation.data import builtin_base
 
     return builtin_base(seed=SEED), "built-in phantom base"
 

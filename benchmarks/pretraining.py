@@ -38,8 +38,8 @@ from sklearn.metrics import adjusted_rand_score
 from lungclam.kmeans import kmeans
 from lungclam.kselect import silhouette
 from lungclam.model import ConvAutoencoder
-from lungclam.simstudy import StudySettings, _spec
-from lungclam.simulation import builtin_base, make_scenario, simulate
+from lungclam.simulation.cases import StudySettings, _spec
+from lungclam.simulation.data import builtin_base, make_scenario, simulate
 from lungclam.device import seed_everything
 from lungclam.intensity import normalize_hu
 from lungclam.train import EarlyStopping, embed_images, pretrain, reconstruction_error
@@ -129,8 +129,8 @@ def run(scenario: str, true_k: int, name: str, values: dict[str, float], setting
 def cluster_at_true_k(model, x, truth, true_k, values, settings, features, device) -> dict:
     """The simulation's clustering phase at fitted K = true K: accuracy, ARI, epochs."""
     from lungclam.dec import fit_clusters
-    from lungclam.simstudy import _kernel_scale
-    from lungclam.simulation import best_match_accuracy, cluster_sizes
+    from lungclam.simulation.cases import _kernel_scale
+    from lungclam.simulation.data import best_match_accuracy, cluster_sizes
 
     started = time.perf_counter()
     before = reconstruction_error(model, torch.from_numpy(x), 64, device)
@@ -176,7 +176,7 @@ def run_cohort(spec: str, name: str, values: dict[str, float], seed: int, out: P
 def cluster_cohort(model, images, truth, values, c: dict, seed: int, device) -> dict:
     """The pipeline's clustering phase (config/config.yaml's ``cluster``) at K = true K."""
     from lungclam.dec import fit_clusters
-    from lungclam.simulation import best_match_accuracy, cluster_sizes
+    from lungclam.simulation.data import best_match_accuracy, cluster_sizes
 
     true_k = len(np.unique(truth))
     started = time.perf_counter()

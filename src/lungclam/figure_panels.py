@@ -1,7 +1,7 @@
 """Drawing primitives shared by the pipeline's figures and the simulation study's figures.
 
 :mod:`lungclam.figures` (mean maps, example subjects, PCA, losses, associations, QC, K
-selection, stability) and :mod:`lungclam.simulation_figures` (the paper's Figs 2-6 on
+selection, stability) and :mod:`lungclam.simulation.figures` (the paper's Figs 2-6 on
 simulated slices) draw their panels with the pieces here, so that both show CT, CLAM,
 orientation and colour bars the same way: the display style (:data:`DPI`, the lung window
 :data:`HU_WINDOW`, the colour maps and the CLAM's opacity), the slice extractors in the

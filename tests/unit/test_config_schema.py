@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from lungclam.config_schema import config_problems, load_schema
-from lungclam.simstudy import StudySettings
+from lungclam.simulation.cases import StudySettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = load_schema(PROJECT_ROOT / "config" / "schema.yaml")

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from scipy import ndimage, stats
 
 from lungclam.imageio import write_image
-from lungclam.simulation import (
+from lungclam.simulation.data import (
     BACKGROUND_HU,
     BaseSlice,
     _builtin_phantom,
@@ -348,7 +348,7 @@ def test_compare_across_clusters_matches_scipy():
 
 
 def test_kernel_scale_settings() -> None:
-    from lungclam.simstudy import StudySettings, _kernel_scale
+    from lungclam.simulation.cases import StudySettings, _kernel_scale
 
     settings = StudySettings()
     square = np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lungclam import simulation_figures as SF
-from lungclam.simulation import builtin_base, make_scenario, simulate
+from lungclam.simulation import figures as SF
+from lungclam.simulation.data import builtin_base, make_scenario, simulate
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

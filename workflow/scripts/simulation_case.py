@@ -12,8 +12,8 @@ smk = snakemake  # noqa: F821
 
 def main() -> None:
     from lungclam.model import resolve_device
-    from lungclam.simstudy import StudySettings, run_case
-    from lungclam.simulation import base_from_template, builtin_base
+    from lungclam.simulation.cases import StudySettings, run_case
+    from lungclam.simulation.data import base_from_template, builtin_base
 
     log = logging.getLogger("lungclam.simulation")
     section = dict(smk.params.settings)

@@ -10,7 +10,7 @@ smk = snakemake  # noqa: F821
 
 
 def main() -> None:
-    from lungclam import simulation_figures as sf
+    from lungclam.simulation import figures as sf
 
     log = logging.getLogger("lungclam.simulation")
     cases = {scenario: dict(np.load(path)) for scenario, path in zip(smk.params.scenarios, smk.input.arrays)}

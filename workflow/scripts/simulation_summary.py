@@ -17,7 +17,7 @@ def _concat(paths) -> pd.DataFrame:
 
 
 def main() -> None:
-    from lungclam.simstudy import summarise_localization
+    from lungclam.simulation.cases import summarise_localization
 
     log = logging.getLogger("lungclam.simulation")
     accuracy = _concat(smk.input.accuracy)

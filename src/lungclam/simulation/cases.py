@@ -26,7 +26,7 @@ from lungclam.intensity import normalize_hu
 from lungclam.kmeans import kmeans
 from lungclam.kselect import RESAMPLING_METHODS, choose, resampling_table, silhouette
 from lungclam.model import ConvAutoencoder, ModelSpec
-from lungclam.simulation import (
+from lungclam.simulation.data import (
     BaseSlice,
     active_area,
     best_match_accuracy,

@@ -1,7 +1,7 @@
 """Figures of the simulation study (Ryan et al., section 4, Figs 2-6).
 
-Every figure reads the per-case arrays that :func:`lungclam.simstudy.run_case` returns
-(and ``workflow/scripts/simulation_case.py`` saves as ``arrays.npz``), a mapping with:
+Every figure reads the per-case arrays that :func:`lungclam.simulation.cases.run_case`
+returns (and ``workflow/scripts/simulation_case.py`` saves as ``arrays.npz``), a mapping with:
 
 * ``clam_images_hu``: ``(M, rows, cols)`` HU of the images whose CLAMs were computed;
 * ``clam_maps``: ``(M, rows, cols)`` their CLAM for the assigned cluster, importance in

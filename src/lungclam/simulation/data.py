@@ -13,7 +13,7 @@ N = 300 images are split among K = 3, 4 or 5 true clusters.
 
 This module makes those data and scores what a clustering made of them:
 
-* :func:`builtin_base` (a healthy synthetic phantom from :mod:`lungclam.phantom`) and
+* :func:`builtin_base` (a healthy synthetic phantom from :mod:`lungclam.phantom.anatomy`) and
   :func:`base_from_template` (a template NIfTI) give the :class:`BaseSlice`;
 * :func:`make_scenario` fixes the per-cluster intensity, centre and radius of the disc
   (rules below), :func:`simulate` draws the images, labels and abnormality masks;
@@ -49,10 +49,10 @@ from scipy.optimize import linear_sum_assignment
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
-    from lungclam.phantom import Phantom
+    from lungclam.phantom.anatomy import Phantom
 
 # SimpleITK (and the phantom's pydicom) are imported where a base slice is made from
-# images, so the study itself (lungclam.simstudy, benchmarks/gpu.py) runs without them.
+# images, so the study itself (lungclam.simulation.cases, benchmarks/gpu.py) runs without them.
 
 #: The null background outside the lungs (HU); the model sees the lungs only.
 BACKGROUND_HU = -1024.0
@@ -167,7 +167,7 @@ def _base_from_volume(ct: sitk.Image, labels: sitk.Image, size: int, pixel_mm: f
 def _builtin_phantom(size: int, pixel_mm: float, seed: int, fov_factor: float) -> Phantom:
     """The healthy phantom behind :func:`builtin_base` (2/3 of ``pixel_mm`` in plane, slices
     of ``pixel_mm``), drawn in a field of view of ``fov_factor * size * pixel_mm`` mm."""
-    from lungclam.phantom import make_chest_phantom
+    from lungclam.phantom.anatomy import make_chest_phantom
 
     fov_mm = fov_factor * size * pixel_mm
     fine_mm = pixel_mm * 2.0 / 3.0
@@ -185,7 +185,7 @@ def _builtin_phantom(size: int, pixel_mm: float, seed: int, fov_factor: float) -
 def builtin_base(size: int = 64, pixel_mm: float = 3.0, seed: int = 0) -> BaseSlice:
     """The base slice from a healthy synthetic chest CT (no template needed).
 
-    A ``near_normal`` phantom of severity 0 (:func:`lungclam.phantom.make_chest_phantom`,
+    A ``near_normal`` phantom of severity 0 (:func:`lungclam.phantom.anatomy.make_chest_phantom`,
     seeded by ``seed``) is resampled to ``pixel_mm`` isotropic (linear for HU, nearest
     neighbour for the lung labels); its median axial lung slice is cropped to the lungs and
     centred on a ``size`` x ``size`` canvas of ``BACKGROUND_HU``, with every non-lung pixel
