@@ -698,29 +698,37 @@ def k_selection_figure(table: pd.DataFrame, path: str | Path, choices: pd.DataFr
 SOLID_SHARE = 0.9
 
 
-def stability_verdict(stability: pd.DataFrame, clusters: pd.DataFrame, threshold: float) -> tuple[bool, str]:
+def stability_verdict(stability: pd.DataFrame, clusters: pd.DataFrame, threshold: float,
+                      pretraining_plateaued: bool | None = None) -> tuple[bool, str]:
     """Whether the clusters are solid, and one line saying why.
 
     Solid: the stability (mean pairwise ARI of subsample clusterings) at the fitted K is at
-    least ``threshold`` and at least :data:`SOLID_SHARE` of the subjects have a confidence
-    of 0.9 or more. ``stability``: ``model/stability.tsv``; ``clusters``: ``clusters.tsv``
-    with a ``confidence`` column.
+    least ``threshold``, at least :data:`SOLID_SHARE` of the subjects have a confidence
+    of 0.9 or more, and pretraining did not end at its epoch maximum while its held-out
+    error was still improving (``pretraining_plateaued`` False, from
+    :func:`lungclam.train.stopped_before_maximum`; None: not judged). The replicas behind
+    stability and confidence share one embedding, so they cannot see an embedding that is
+    still changing; an underfit one is the case they miss. ``stability``:
+    ``model/stability.tsv``; ``clusters``: ``clusters.tsv`` with a ``confidence`` column.
     """
     k = len([c for c in clusters.columns if c.startswith("q_")])  # the fitted K, empty clusters included
     row = stability.loc[stability["k"] == k]
     value = float(row["stability"].iloc[0]) if len(row) else float("nan")
     share = float((clusters["confidence"] >= 0.9).mean())
-    solid = bool(np.isfinite(value) and value >= threshold and share >= SOLID_SHARE)
+    solid = bool(np.isfinite(value) and value >= threshold and share >= SOLID_SHARE
+                 and pretraining_plateaued is not False)
     word = "SOLID" if solid else "SHAKY"
+    caveat = "; pretraining ended at its epoch maximum, still improving" if pretraining_plateaued is False else ""
     return solid, (f"{word}: stability at K = {k} is {value:.2f} (threshold {threshold:.2f}); "
-                   f"{share:.0%} of subjects have confidence >= 0.9")
+                   f"{share:.0%} of subjects have confidence >= 0.9{caveat}")
 
 
-def stability_figure(stability: pd.DataFrame, clusters: pd.DataFrame, threshold: float, path: str | Path) -> None:
+def stability_figure(stability: pd.DataFrame, clusters: pd.DataFrame, threshold: float, path: str | Path,
+                     pretraining_plateaued: bool | None = None) -> None:
     """Stability per K (mean pairwise ARI of subsample clusterings, +/- sd; the fitted K
     marked) and each subject's confidence by cluster (dots, jittered), titled with
     :func:`stability_verdict`."""
-    _, verdict = stability_verdict(stability, clusters, threshold)
+    _, verdict = stability_verdict(stability, clusters, threshold, pretraining_plateaued)
     k_fit = len([c for c in clusters.columns if c.startswith("q_")])
     fig = new_figure(11.0, 4.0)
     left, right = fig.subplots(1, 2)

@@ -63,6 +63,20 @@ class EarlyStopping:
                    min_delta=float(train.get("min_delta", default.min_delta)))
 
 
+def stopped_before_maximum(history: pd.DataFrame, patience: int) -> bool | None:
+    """Whether pretraining reached a plateau: its best held-out epoch lies at least
+    ``patience`` epochs before the last epoch run, so the stopping rule acted (or would
+    have). False when the held-out error was still improving when the epoch maximum ended
+    training: the embedding may be underfit, and the clusters found on it may change with
+    more epochs or another seed. None without a held-out share (nothing to judge by).
+    ``history``: :func:`pretrain`'s table (``pretrain_loss.tsv``).
+    """
+    if "val_loss" not in history or not history["val_loss"].notna().any():
+        return None
+    best = int(history.loc[history["best"].astype(bool), "epoch"].iloc[0])
+    return int(history["epoch"].iloc[-1]) - best >= patience
+
+
 @torch.inference_mode()
 def reconstruction_error(model: ConvAutoencoder, data: torch.Tensor, batch_size: int,
                          device: torch.device, mixed_precision: bool = False) -> float:

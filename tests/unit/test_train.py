@@ -16,6 +16,7 @@ from lungclam.train import (
     EarlyStopping,
     pretrain,
     reconstruction_error,
+    stopped_before_maximum,
     validation_split,
 )
 
@@ -103,6 +104,19 @@ def test_pretrain_stops_on_the_held_out_error_and_keeps_the_best_weights() -> No
     _, held = validation_split(20, 0.25, seed=0)
     restored = reconstruction_error(model, torch.from_numpy(images[held]), 4, torch.device("cpu"))
     assert restored == pytest.approx(best["val_loss"], rel=1e-6)
+
+
+def test_stopped_before_maximum_tells_a_plateau_from_a_run_cut_short() -> None:
+    images = _noisy_discs(20)
+    stopped = pretrain(_tiny_model(), images, epochs=60, batch_size=4, learning_rate=0.05, seed=0,
+                       stopping=EarlyStopping(fraction=0.25, patience=3))
+    assert stopped_before_maximum(stopped, 3) is True
+    # the same run cut at a maximum two epochs after its best epoch: still improving as far as it knows
+    best = int(stopped.loc[stopped["best"], "epoch"].iloc[0])
+    cut = stopped.loc[stopped["epoch"] <= best + 2]
+    assert stopped_before_maximum(cut, 3) is False
+    fixed = pretrain(_tiny_model(), images, epochs=3, batch_size=4, learning_rate=0.05, seed=0)
+    assert stopped_before_maximum(fixed, 3) is None
 
 
 def test_early_stopping_from_config_defaults_to_fixed_epochs() -> None:

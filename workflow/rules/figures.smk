@@ -56,6 +56,7 @@ rule figure_stability:
     input:
         stability="results/model/stability.tsv",
         clusters="results/clusters.tsv",
+        pretraining="results/model/pretrain_loss.tsv",
     output:
         report(
             "results/figures/stability.png",
@@ -64,6 +65,7 @@ rule figure_stability:
         ),
     params:
         threshold=config["choose_k"]["thresholds"]["stability"],
+        patience=config["train"]["patience"],
     log:
         "results/logs/figures/stability.log",
     threads: 1

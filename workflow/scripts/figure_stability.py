@@ -9,10 +9,12 @@ smk = snakemake  # noqa: F821
 
 def main() -> None:
     from lungclam.figures import stability_figure
+    from lungclam.train import stopped_before_maximum
 
     stability = pd.read_csv(smk.input.stability, sep="\t")
     clusters = pd.read_csv(smk.input.clusters, sep="\t")
-    stability_figure(stability, clusters, smk.params.threshold, smk.output[0])
+    plateaued = stopped_before_maximum(pd.read_csv(smk.input.pretraining, sep="\t"), smk.params.patience)
+    stability_figure(stability, clusters, smk.params.threshold, smk.output[0], plateaued)
 
 
 run_job("figure_stability", main, smk.log[0], smk.threads)

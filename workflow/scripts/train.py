@@ -12,7 +12,7 @@ def main() -> None:
     from lungclam.model import ConvAutoencoder, resolve_device, save_checkpoint, spec_from_config
     from lungclam.device import seed_everything
     from lungclam.imageio import load_volumes
-    from lungclam.train import EarlyStopping, embed_images, features_table, pretrain
+    from lungclam.train import EarlyStopping, embed_images, features_table, pretrain, stopped_before_maximum
 
     log = logging.getLogger("lungclam.train")
     m, t = smk.params.model, smk.params.train
@@ -28,6 +28,10 @@ def main() -> None:
                        learning_rate=t["learning_rate"], seed=smk.params.seed, device=device,
                        mixed_precision=m["mixed_precision"], progress=log.info, stopping=stopping)
     kept = int(history.loc[history["best"], "epoch"].iloc[0])
+    if stopped_before_maximum(history, stopping.patience) is False:
+        log.warning("pretraining reached its maximum of %d epochs while the held-out error was still improving "
+                    "(best at epoch %d): the embedding may be underfit; consider a larger train.epochs",
+                    len(history), kept)
     save_checkpoint(smk.output.model, model, meta={"subjects": subjects, "epochs": kept,
                                                    "epochs_run": len(history)})
     write_table(history, smk.output.loss)
