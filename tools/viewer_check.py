@@ -20,6 +20,13 @@ no port, no extra Python package), with software WebGL2 (ANGLE on SwiftShader), 
 - writes a screenshot of the last subject, sliders and crosshair as the page first set
   them, as ``--out``.
 
+A split viewer's pages (a large cohort: ``index.html`` plus ``subjects/{subject}.html``)
+are walked as far as each shows: on the index the clusters and the population mean, then
+its first subject's link is clicked and, on that subject's page, the subject, the sliders
+and the orientation are checked, and that its link back leads to the index. Such a page
+may load its own scripts (NiiVue, shared by the subject pages) from disk beside it; any
+other request counts as a network request.
+
 Prints the outcome as JSON; exit status 1 when anything above failed (the reasons on stderr).
 """
 
@@ -100,9 +107,10 @@ class DevTools:
                 return message.get("result", {})
             self.events.append(message)
 
-    def wait_event(self, method: str, timeout: float = 60.0) -> dict:
+    def wait_event(self, method: str, timeout: float = 60.0, since: int = 0) -> dict:
+        """The first ``method`` event from the ``since``-th kept event on, waiting for one."""
         deadline = time.monotonic() + timeout
-        for event in self.events:
+        for event in self.events[since:]:
             if event.get("method") == method:
                 return event
         while True:
@@ -179,14 +187,15 @@ def _orientation(tools: DevTools, session: str) -> dict:
             "sagittal_screen_left_is_anterior": sag_left[1] > sag_right[1]}
 
 
-def _problems_in(events: list[dict], page_url: str) -> tuple[list[str], list[str]]:
-    """(network requests other than the page itself, errors) among the DevTools events."""
+def _problems_in(events: list[dict], allowed: set[str]) -> tuple[list[str], list[str]]:
+    """(network requests other than to the ``allowed`` URLs (the pages opened and their own
+    file:// scripts), errors) among the DevTools events."""
     requests, errors = [], []
     for event in events:
         method, params = event.get("method"), event.get("params", {})
         if method == "Network.requestWillBeSent":
             url = params.get("request", {}).get("url", "")
-            if url != page_url and not url.startswith("data:"):
+            if url not in allowed and not url.startswith("data:"):
                 requests.append(url)
         elif method == "Runtime.exceptionThrown":
             details = params.get("exceptionDetails", {})
@@ -197,6 +206,95 @@ def _problems_in(events: list[dict], page_url: str) -> tuple[list[str], list[str
         elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
             errors.append(f"log: {params['entry'].get('text')} {params['entry'].get('url', '')}")
     return requests, errors
+
+
+def _opened(tools: DevTools, session: str, since: int, timeout: float) -> dict:
+    """Wait for the page navigated to (the ``since``-th event on) to draw its first view:
+    its URL, kind (``all``, ``index`` or ``subject``), load time and timings, and the
+    file:// URLs of the scripts it loads from disk (none but a split viewer's NiiVue)."""
+    tools.wait_event("Page.loadEventFired", timeout, since)
+    load_ms = _evaluate(tools, session, "window.lungclamViewer.ready.then(() => "
+                        "document.body.dataset.ready === '1' ? performance.now() : -1)", timeout)
+    return {"load_ms": load_ms, "timings_ms": _evaluate(tools, session, "lungclamViewer.timings"),
+            "kind": _evaluate(tools, session, "lungclamViewer.data.page || 'all'"),
+            "url": _evaluate(tools, session, "location.href"),
+            "scripts": [u for u in _evaluate(tools, session, "Array.from(document.scripts, s => s.src)"
+                                             ".filter(Boolean)") if u.startswith("file:")]}
+
+
+def _views(kind: str, data: dict) -> list[dict]:
+    """The views to walk through on a page of ``kind``, as the page first shows them, then
+    others, then the sliders."""
+    if kind == "subject":
+        s = data["subjects"][0]
+        views: list[dict] = [{"subject": s["id"], "expect_cluster": s["cluster"], "initial": True}]
+    else:
+        views = [{"cluster": data["clusters"][0], "initial": True}]  # as the page opened
+        if len(data["clusters"]) > 1:
+            views.append({"cluster": data["clusters"][1]})
+        views.append({"population": True})
+    if kind == "all":
+        first_of = {}
+        for s in data["subjects"]:
+            first_of.setdefault(s["cluster"], s)
+        views += [{"subject": s["id"], "expect_cluster": s["cluster"]} for s in list(first_of.values())[:2]]
+    if kind != "index":  # on a split viewer's index, the sliders are checked on the subject page
+        # the sliders, moved as a user would: the overlay must change with each
+        views += [{"slider": "threshold", "value": 0.6}, {"slider": "opacity", "value": 1.0}]
+    return views
+
+
+def _walk(tools: DevTools, session: str, views: list[dict], records: list[dict], before: np.ndarray | None,
+          timeout: float) -> np.ndarray | None:
+    """Show each view in turn, recording what the page says and how its canvas looks and
+    changed (into ``records``); returns the last canvas."""
+    for view in views:
+        if "slider" in view:
+            _evaluate(tools, session, f"(() => {{ const e = document.getElementById('{view['slider']}');"
+                                      f" e.value = {view['value']}; e.dispatchEvent(new Event('input'));"
+                                      " return e.value; })()")
+        elif not view.get("initial"):
+            selection = ({"subject": view["subject"]} if "subject" in view else
+                         {"cluster": view["cluster"]} if "cluster" in view else {})
+            _evaluate(tools, session, f"lungclamViewer.show({json.dumps(selection)})", timeout)
+        _evaluate(tools, session, "new Promise(r => requestAnimationFrame(() => "
+                                  "requestAnimationFrame(() => r(1))))")
+        pixels = _canvas_pixels(tools, session)
+        lit = pixels.max(axis=2) > 16
+        record = {**view, "showing": _evaluate(tools, session, "document.getElementById('showing').textContent"),
+                  "canvas": list(pixels.shape[:2]), "lit_fraction": round(float(lit.mean()), 4),
+                  "colours": int(len(np.unique(pixels.reshape(-1, 3).astype(np.uint32)
+                                               @ np.array([1 << 16, 1 << 8, 1], dtype=np.uint32))))}
+        if before is not None and before.shape == pixels.shape:
+            record["changed_fraction"] = round(float((np.abs(pixels.astype(int) - before).max(axis=2)
+                                                       > 8).mean()), 4)
+        before = pixels.astype(int)
+        records.append(record)
+    return before
+
+
+def _follow_first_subject(tools: DevTools, session: str, index_url: str, outcome: dict, allowed: set[str],
+                          before: np.ndarray | None, timeout: float) -> np.ndarray | None:
+    """On a split viewer's index: click the first subject's link, check the subject page it
+    opens (views, sliders) and that page's link back to the index (``outcome["links"]``)."""
+    link = _evaluate(tools, session, "(() => { const a = document.querySelector('a.subject-page');"
+                                     " return a ? [a.href, a.textContent] : null; })()")
+    outcome["links"] = {"index_to_subject": False, "subject_to_index": False}
+    if link is None:
+        return before
+    since = len(tools.events)
+    _evaluate(tools, session, "(() => { document.querySelector('a.subject-page').click(); return 1; })()")
+    opened = _opened(tools, session, since, timeout)
+    allowed |= {opened["url"], *opened["scripts"]}
+    outcome["subject_page"] = {k: opened[k] for k in ("url", "kind", "load_ms", "timings_ms", "scripts")}
+    data = _evaluate(tools, session, "({clusters: lungclamViewer.data.clusters.map(c => c.k),"
+                                     " subjects: lungclamViewer.data.subjects})")
+    outcome["links"]["index_to_subject"] = (opened["kind"] == "subject" and len(data["subjects"]) == 1
+                                            and data["subjects"][0]["id"] == link[1])
+    back = _evaluate(tools, session, "(() => { const a = document.getElementById('index-link');"
+                                     " return a ? a.href : null; })()")
+    outcome["links"]["subject_to_index"] = back == index_url
+    return _walk(tools, session, _views(opened["kind"], data), outcome["views"], before, timeout)
 
 
 def check_viewer(page: Path, out: Path, chromium: str | None = None, timeout: float = 120.0) -> dict:
@@ -211,6 +309,7 @@ def check_viewer(page: Path, out: Path, chromium: str | None = None, timeout: fl
              "--force-device-scale-factor=1"]
     url = page.resolve().as_uri()
     outcome: dict = {"page": str(page), "page_mb": round(page.stat().st_size / 1e6, 2), "views": []}
+    allowed = {url}
     with tempfile.TemporaryDirectory() as profile:
         tools = DevTools(chromium, profile, flags)
         try:
@@ -222,48 +321,16 @@ def check_viewer(page: Path, out: Path, chromium: str | None = None, timeout: fl
                                                               "deviceScaleFactor": 1, "mobile": False}, session)
             started = time.monotonic()
             tools.send("Page.navigate", {"url": url}, session)
-            tools.wait_event("Page.loadEventFired", timeout)
-            outcome["load_ms"] = _evaluate(tools, session, "window.lungclamViewer.ready.then(() => "
-                                           "document.body.dataset.ready === '1' ? performance.now() : -1)", timeout)
+            opened = _opened(tools, session, 0, timeout)
             outcome["load_wall_s"] = round(time.monotonic() - started, 2)
-            outcome["timings_ms"] = _evaluate(tools, session, "lungclamViewer.timings")
+            outcome.update({k: opened[k] for k in ("load_ms", "timings_ms", "kind")})
+            allowed |= set(opened["scripts"])
             data = _evaluate(tools, session, "({clusters: lungclamViewer.data.clusters.map(c => c.k),"
                                              " subjects: lungclamViewer.data.subjects})")
             outcome["subjects"] = [[s["id"], s["cluster"]] for s in data["subjects"]]
-            views: list[dict] = [{"cluster": data["clusters"][0], "initial": True}]  # as the page opened
-            if len(data["clusters"]) > 1:
-                views.append({"cluster": data["clusters"][1]})
-            views.append({"population": True})
-            first_of = {}
-            for s in data["subjects"]:
-                first_of.setdefault(s["cluster"], s)
-            views += [{"subject": s["id"], "expect_cluster": s["cluster"]} for s in list(first_of.values())[:2]]
-            # then the sliders, moved as a user would: the overlay must change with each
-            views += [{"slider": "threshold", "value": 0.6}, {"slider": "opacity", "value": 1.0}]
-            before = None
-            for view in views:
-                if "slider" in view:
-                    _evaluate(tools, session, f"(() => {{ const e = document.getElementById('{view['slider']}');"
-                                              f" e.value = {view['value']}; e.dispatchEvent(new Event('input'));"
-                                              " return e.value; })()")
-                elif not view.get("initial"):
-                    selection = ({"subject": view["subject"]} if "subject" in view else
-                                 {"cluster": view["cluster"]} if "cluster" in view else {})
-                    _evaluate(tools, session, f"lungclamViewer.show({json.dumps(selection)})", timeout)
-                _evaluate(tools, session, "new Promise(r => requestAnimationFrame(() => "
-                                          "requestAnimationFrame(() => r(1))))")
-                pixels = _canvas_pixels(tools, session)
-                lit = pixels.max(axis=2) > 16
-                record = {**view, "showing": _evaluate(tools, session,
-                                                       "document.getElementById('showing').textContent"),
-                          "canvas": list(pixels.shape[:2]), "lit_fraction": round(float(lit.mean()), 4),
-                          "colours": int(len(np.unique(pixels.reshape(-1, 3).astype(np.uint32)
-                                                       @ np.array([1 << 16, 1 << 8, 1], dtype=np.uint32))))}
-                if before is not None and before.shape == pixels.shape:
-                    record["changed_fraction"] = round(float((np.abs(pixels.astype(int) - before).max(axis=2)
-                                                               > 8).mean()), 4)
-                before = pixels.astype(int)
-                outcome["views"].append(record)
+            before = _walk(tools, session, _views(opened["kind"], data), outcome["views"], None, timeout)
+            if opened["kind"] == "index":
+                before = _follow_first_subject(tools, session, url, outcome, allowed, before, timeout)
             # back to the page's own slider settings, for the screenshot
             _evaluate(tools, session, "(() => { for (const id of ['threshold', 'opacity']) { const e = "
                                       "document.getElementById(id); e.value = lungclamViewer.data[id]; "
@@ -274,7 +341,7 @@ def check_viewer(page: Path, out: Path, chromium: str | None = None, timeout: fl
             out.write_bytes(base64.b64decode(shot["data"]))
         finally:
             tools.close()
-    outcome["requests"], outcome["errors"] = _problems_in(tools.events, url)
+    outcome["requests"], outcome["errors"] = _problems_in(tools.events, allowed)
     return outcome
 
 
@@ -285,6 +352,12 @@ def problems(outcome: dict) -> list[str]:
               if not holds]
     if outcome.get("load_ms", -1) < 0:
         found.append("the page never finished drawing its first view")
+    if outcome.get("kind") == "index" and "links" not in outcome:
+        found.append("a split viewer's index, but its subject links were not followed")
+    found += [f"link: {name} does not lead where it should" for name, ok in outcome.get("links", {}).items()
+              if not ok]
+    if outcome.get("subject_page", {}).get("load_ms", 0) < 0:
+        found.append("the subject page never finished drawing its first view")
     for view in outcome["views"]:
         name = json.dumps({k: v for k, v in view.items() if k in ("subject", "cluster", "population")})
         if view["lit_fraction"] < 0.02 or view["colours"] < 20:

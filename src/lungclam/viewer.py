@@ -1,9 +1,19 @@
-"""An offline viewer of the model-grid scans and CLAMs: one HTML page built on NiiVue.
+"""An offline viewer of the model-grid scans and CLAMs: HTML pages built on NiiVue.
 
-The page opens from disk (``file://``) with no server and no network: the vendored NiiVue
+A cohort of up to ``max_subjects_per_page`` subjects gets one page, ``index.html``. The
+page opens from disk (``file://``) with no server and no network: the vendored NiiVue
 bundle (a classic UMD script, so no module import from another file, which ``file://``
 forbids) and every volume are inlined into the page, and its Content-Security-Policy allows
 no request to anywhere (``default-src 'none'``).
+
+A larger cohort is split (:func:`write_viewer`): ``index.html`` keeps the study template
+with the cluster-mean and population-mean CLAMs and the subject list, each subject linking
+to ``subjects/{subject}.html``, which holds that subject's scan and CLAM (and the template
+lung mask, for the outline) and links back. The subject pages share one copy of NiiVue,
+``subjects/niivue-*.umd.js``, loaded by a classic ``<script src>`` from the same folder
+(which ``file://`` allows; their policy admits scripts from there and nowhere else), so
+that a page adds only its own volumes, not another 2.3 MB of NiiVue. The index inlines
+NiiVue as the single page does, so that it also works on its own inside the report.
 
 Volumes are the files the workflow wrote, re-encoded for the page only where it changes
 nothing a reader sees: CT in HU is rounded to int16 (the lung window spans 1,200 HU),
@@ -44,10 +54,14 @@ __all__ = [
     "start_point",
     "ViewerInputs",
     "build_page",
+    "build_split_pages",
     "decode_volume",
     "encode_volume",
     "read_page_data",
     "read_assignments",
+    "SUBJECTS_FOLDER",
+    "is_split",
+    "subject_page",
     "write_viewer",
 ]
 
@@ -58,6 +72,18 @@ DEFAULT_OPACITY = 0.55
 DEFAULT_THRESHOLD = 0.05
 
 _KINDS = ("ct", "importance", "mask")
+# The page's Content-Security-Policy: no request to anywhere; inline scripts and styles only.
+_CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval' 'wasm-unsafe-eval'; "
+        "style-src 'unsafe-inline'; img-src data: blob:; worker-src blob:; connect-src data: blob:")
+# A split viewer's subject page loads NiiVue from its own folder on disk: scripts from the
+# page's origin ('self': Chromium's reading of a file:// page) or file: (for browsers that
+# give a file:// page no origin to match), never from a network scheme.
+_CSP_SHARED_SCRIPT = _CSP.replace("script-src ", "script-src 'self' file: ")
+
+#: Folder of the subject pages of a split viewer, beside ``index.html``.
+SUBJECTS_FOLDER = "subjects"
+# Subject IDs become file names of a split viewer: as the workflow's wildcard constraint
+_SUBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 def encode_volume(path: str | Path, kind: str) -> tuple[str, tuple[int, ...], np.ndarray]:
@@ -152,24 +178,47 @@ def _check_grid(name: str, shape: tuple[int, ...], affine: np.ndarray, ref_shape
                          f"(shape {shape} vs {ref_shape}, or a different affine)")
 
 
-def _volumes(inputs: ViewerInputs) -> dict[str, str]:
-    """Every volume of the page, base64-encoded, keyed as the page's script names them."""
+_Grid = tuple[tuple[int, ...], np.ndarray]  # (shape, affine) of the template
+
+
+def _encode_on_grid(listed: Sequence[tuple[str, str, Path, str]], grid: _Grid) -> dict[str, str]:
+    """``(key, name, path, kind)`` -> {key: base64 volume}, each checked to lie on ``grid``."""
     volumes: dict[str, str] = {}
-    volumes["template"], ref_shape, ref_affine = encode_volume(inputs.template, "ct")
+    for key, name, path, kind in listed:
+        text, shape, affine = encode_volume(path, kind)
+        _check_grid(name, shape, affine, grid[0], grid[1], Path(path))
+        volumes[key] = text
+    return volumes
+
+
+def _template_volumes(inputs: ViewerInputs) -> tuple[dict[str, str], _Grid]:
+    """The template, its lung mask and the mean CLAMs, base64-encoded and keyed as the page's
+    script names them; with the template's grid, which every other volume must share."""
+    template, ref_shape, ref_affine = encode_volume(inputs.template, "ct")
+    grid = (ref_shape, ref_affine)
     listed: list[tuple[str, str, Path, str]] = [("mask", "template lung mask", inputs.mask, "mask"),
                                                 ("population", "population mean CLAM", inputs.population_mean,
                                                  "importance")]
     listed += [(f"cluster/{k}", f"cluster {k} mean CLAM", Path(p), "importance")
                for k, p in sorted(inputs.cluster_means.items())]
+    return {"template": template, **_encode_on_grid(listed, grid)}, grid
+
+
+def _subject_volumes(inputs: ViewerInputs, subject: str, grid: _Grid) -> dict[str, str]:
+    """One subject's scan and CLAM, keyed ``subject/{id}/scan`` and ``subject/{id}/clam``."""
+    listed: list[tuple[str, str, Path, str]] = []
+    for part, paths, kind in (("scan", inputs.scans, "ct"), ("clam", inputs.clams, "importance")):
+        if subject not in paths:
+            raise ValueError(f"subject {subject!r}: no {part} volume given to the viewer")
+        listed.append((f"subject/{subject}/{part}", f"subject {subject!r} {part}", Path(paths[subject]), kind))
+    return _encode_on_grid(listed, grid)
+
+
+def _volumes(inputs: ViewerInputs) -> dict[str, str]:
+    """Every volume of the single page, base64-encoded, keyed as the page's script names them."""
+    volumes, grid = _template_volumes(inputs)
     for subject in inputs.assignments["subject"]:
-        for part, paths, kind in (("scan", inputs.scans, "ct"), ("clam", inputs.clams, "importance")):
-            if subject not in paths:
-                raise ValueError(f"subject {subject!r}: no {part} volume given to the viewer")
-            listed.append((f"subject/{subject}/{part}", f"subject {subject!r} {part}", Path(paths[subject]), kind))
-    for key, name, path, kind in listed:
-        text, shape, affine = encode_volume(path, kind)
-        _check_grid(name, shape, affine, ref_shape, ref_affine, Path(path))
-        volumes[key] = text
+        volumes.update(_subject_volumes(inputs, subject, grid))
     return volumes
 
 
@@ -224,6 +273,44 @@ def _script_safe(text: str) -> str:
     return re.sub(r"</(script)", r"<\\/\1", text, flags=re.IGNORECASE).replace("<!--", "<\\!--")
 
 
+def _cluster_ids(inputs: ViewerInputs) -> list[int]:
+    """The clusters that have a mean map; ValueError when a subject's cluster has none."""
+    cluster_ids = sorted(int(k) for k in inputs.cluster_means)
+    assigned = sorted(set(inputs.assignments["cluster"].astype(int)))
+    orphans = [k for k in assigned if k not in cluster_ids]
+    if orphans:
+        raise ValueError(f"clusters {orphans} have subjects but no cluster-mean CLAM was given")
+    return cluster_ids
+
+
+def _display(inputs: ViewerInputs) -> dict:
+    """What every page's script needs besides volumes and listing: where the crosshair
+    starts, the HU window and the overlay's default opacity and threshold."""
+    return {"start_mm": start_point(inputs.mask), "hu_window": list(HU_WINDOW), "opacity": DEFAULT_OPACITY,
+            "threshold": DEFAULT_THRESHOLD}
+
+
+def _render(title: str, niivue: str, data: dict, nav: str = "", csp: str = _CSP) -> str:
+    """A page from :data:`_PAGE`: ``niivue`` is the whole ``<script>`` element that defines
+    the global ``niivue``; ``nav`` is HTML put above the lists (links between pages);
+    ``csp`` the Content-Security-Policy."""
+    parts = {
+        "CSP": html.escape(csp, quote=False),
+        "TITLE": html.escape(title),
+        "NIIVUE": niivue,
+        "NAV": nav,
+        # "<" as a JSON unicode escape: the data cannot close its <script> element
+        "DATA": json.dumps(data, separators=(",", ":")).replace("<", "\\u003c"),
+        "APP": _APP,
+    }
+    # one pass, so that no inserted text is searched for placeholders again
+    return re.sub(r"%%(CSP|TITLE|NIIVUE|NAV|DATA|APP)%%", lambda m: parts[m.group(1)], _PAGE)
+
+
+def _inline_script(niivue_js: str) -> str:
+    return f"<script>{_script_safe(niivue_js)}</script>"
+
+
 def build_page(inputs: ViewerInputs, niivue_js: str, title: str = "lungclam viewer") -> str:
     """The viewer page as one HTML text (UTF-8), everything inlined.
 
@@ -235,29 +322,96 @@ def build_page(inputs: ViewerInputs, niivue_js: str, title: str = "lungclam view
     ValueError when a subject lacks a volume, a volume is off the template's grid, or a
     cluster in ``clusters.tsv`` has no mean map.
     """
-    cluster_ids = sorted(int(k) for k in inputs.cluster_means)
-    assigned = sorted(set(inputs.assignments["cluster"].astype(int)))
-    orphans = [k for k in assigned if k not in cluster_ids]
-    if orphans:
-        raise ValueError(f"clusters {orphans} have subjects but no cluster-mean CLAM was given")
-    data = {"volumes": _volumes(inputs), **_listing(inputs.assignments, cluster_ids),
-            "start_mm": start_point(inputs.mask),
-            "hu_window": list(HU_WINDOW), "opacity": DEFAULT_OPACITY, "threshold": DEFAULT_THRESHOLD}
-    parts = {
-        "TITLE": html.escape(title),
-        "NIIVUE": _script_safe(niivue_js),
-        # "<" as a JSON unicode escape: the data cannot close its <script> element
-        "DATA": json.dumps(data, separators=(",", ":")).replace("<", "\\u003c"),
-        "APP": _APP,
-    }
-    # one pass, so that no inserted text is searched for placeholders again
-    return re.sub(r"%%(TITLE|NIIVUE|DATA|APP)%%", lambda m: parts[m.group(1)], _PAGE)
+    cluster_ids = _cluster_ids(inputs)
+    data = {"page": "all", "volumes": _volumes(inputs), **_listing(inputs.assignments, cluster_ids),
+            **_display(inputs)}
+    return _render(title, _inline_script(niivue_js), data)
+
+
+def is_split(n_subjects: int, max_subjects_per_page: int | None) -> bool:
+    """Whether a cohort of ``n_subjects`` gets a page per subject plus an index (more than
+    ``max_subjects_per_page`` subjects; ``None``: never)."""
+    if max_subjects_per_page is not None and max_subjects_per_page < 1:
+        raise ValueError(f"max_subjects_per_page must be at least 1, got {max_subjects_per_page}")
+    return max_subjects_per_page is not None and n_subjects > max_subjects_per_page
+
+
+def subject_page(subject: str) -> str:
+    """Where a split viewer keeps a subject's page, relative to its ``index.html``.
+
+    ValueError for an ID that is not a plain file name (letters, digits, ``_``, ``-``; as
+    the workflow's subject wildcard)."""
+    if not _SUBJECT_ID.fullmatch(subject):
+        raise ValueError(f"subject {subject!r}: its ID cannot name a viewer page "
+                         "(letters, digits, '_' and '-' only, starting with a letter or digit)")
+    return f"{SUBJECTS_FOLDER}/{subject}.html"
+
+
+def _neighbours_nav(subject: str, cluster: int, members: Sequence[str]) -> str:
+    """The subject page's links: back to the index, and to the previous and next subject of
+    the same cluster (in the order of ``clusters.tsv``)."""
+    links = ['<a id="index-link" href="../index.html">&larr; index: study template, cluster means, '
+             'all subjects</a>']
+    at = members.index(subject)
+    for rel, other, text in (("prev", members[at - 1] if at > 0 else None, "&larr; previous in cluster {k}: {id}"),
+                             ("next", members[at + 1] if at + 1 < len(members) else None,
+                              "next in cluster {k}: {id} &rarr;")):
+        if other is not None:
+            name = html.escape(other)
+            links.append(f'<a id="{rel}-link" rel="{rel}" href="{name}.html">'
+                         f'{text.format(k=cluster, id=name)}</a>')
+    return '<nav id="pages">' + "<br>\n".join(links) + "</nav>"
+
+
+def build_split_pages(inputs: ViewerInputs, niivue_js: str, script_name: str,
+                      title: str = "lungclam viewer") -> dict[str, str]:
+    """The pages of a split viewer: ``{path relative to the index: HTML text}``.
+
+    ``index.html`` inlines NiiVue and holds the template, its lung mask and the mean CLAMs;
+    it lists every subject with a link to ``subjects/{subject}.html``. Each subject page
+    holds that subject's scan and CLAM and the template lung mask (for the outline), and
+    loads NiiVue from ``subjects/{script_name}``, which the caller writes there.
+
+    Args:
+        inputs: the volumes and assignments to show (:class:`ViewerInputs`).
+        niivue_js: the vendored NiiVue UMD bundle (defines the global ``niivue``).
+        script_name: the file name of the NiiVue copy beside the subject pages.
+        title: the index's title; subject pages add the subject's ID.
+
+    ValueError as :func:`build_page`, and for a subject ID that cannot name a file.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*\.js", script_name):
+        raise ValueError(f"script_name must be a plain .js file name, got {script_name!r}")
+    cluster_ids = _cluster_ids(inputs)
+    listing = _listing(inputs.assignments, cluster_ids)
+    hrefs = {s["id"]: subject_page(s["id"]) for s in listing["subjects"]}
+    if len(hrefs) != len(listing["subjects"]):
+        raise ValueError("clusters.tsv lists a subject more than once")
+    template_volumes, grid = _template_volumes(inputs)
+    display = _display(inputs)
+    index = {"page": "index", "volumes": template_volumes, **listing, **display,
+             "subjects": [{**s, "href": hrefs[s["id"]]} for s in listing["subjects"]]}
+    pages = {"index.html": _render(title, _inline_script(niivue_js), index,
+                                   '<p class="note" id="pages">One page per subject: the subject names below '
+                                   f'open them (<code>{SUBJECTS_FOLDER}/</code> beside this page).</p>')}
+    shared_script = f'<script src="{html.escape(script_name)}"></script>'
+    for entry in listing["subjects"]:
+        members = [s["id"] for s in listing["subjects"] if s["cluster"] == entry["cluster"]]
+        data = {"page": "subject", "volumes": {"mask": template_volumes["mask"],
+                                               **_subject_volumes(inputs, entry["id"], grid)},
+                **listing, **display, "subjects": [entry]}
+        pages[hrefs[entry["id"]]] = _render(f"{title}: subject {entry['id']}", shared_script, data,
+                                            _neighbours_nav(entry["id"], entry["cluster"], members),
+                                            _CSP_SHARED_SCRIPT)
+    return pages
 
 
 def read_page_data(path: str | Path) -> dict:
-    """The data block a viewer page embeds: subjects, clusters and the base64 volumes
-    (keys ``template``, ``mask``, ``population``, ``cluster/{k}``,
-    ``subject/{id}/scan`` and ``subject/{id}/clam``). For checks and tests."""
+    """The data block a viewer page embeds: ``page`` (``all``, or a split viewer's ``index``
+    or ``subject``), subjects, clusters and the base64 volumes (keys ``template``, ``mask``,
+    ``population``, ``cluster/{k}``, ``subject/{id}/scan`` and ``subject/{id}/clam``; a
+    split viewer's index holds the first four kinds, a subject page the mask and that
+    subject's two). For checks and tests."""
     text = Path(path).read_text(encoding="utf-8")
     start = text.index('<script type="application/json" id="lungclam-data">')
     start = text.index(">", start) + 1
@@ -270,20 +424,67 @@ def decode_volume(text: str) -> nib.Nifti1Image:
     return nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(text)))
 
 
-def write_viewer(inputs: ViewerInputs, niivue_js_path: str | Path, out: str | Path) -> int:
-    """Build the page (:func:`build_page`) and write it atomically; returns its size in bytes."""
-    page = build_page(inputs, Path(niivue_js_path).read_text(encoding="utf-8")).encode("utf-8")
-    with atomic_path(out) as tmp:
-        Path(tmp).write_bytes(page)
-    return len(page)
+def _remove_stale_subject_pages(folder: Path, keep: frozenset[str] = frozenset()) -> int:
+    """Delete what an earlier split viewer left in ``folder`` (its subject pages, which hold
+    that run's data, and its NiiVue copy), except the file names in ``keep``; anything else
+    stays. Returns how many files went."""
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for path in folder.iterdir():
+        ours = path.is_file() and path.name not in keep and (re.fullmatch(r"niivue-.*\.umd\.js", path.name) or (
+            path.suffix == ".html" and 'id="lungclam-data"' in path.read_text(encoding="utf-8", errors="replace")))
+        if ours:
+            path.unlink()
+            removed += 1
+    if not any(folder.iterdir()):
+        folder.rmdir()
+    return removed
 
 
-# The page. No external resource of any kind: the policy below makes any attempt fail.
+def write_viewer(inputs: ViewerInputs, niivue_js_path: str | Path, out: str | Path,
+                 max_subjects_per_page: int | None = None) -> int:
+    """Write the viewer at ``out`` (its ``index.html``); each file atomically. Returns the
+    bytes written, all pages together.
+
+    Up to ``max_subjects_per_page`` subjects (``None``: any number), one page,
+    :func:`build_page`; a split viewer's subject pages left beside it by an earlier run are
+    removed, as they would show that run's data. Above it, :func:`build_split_pages`: the
+    subject pages and their NiiVue copy (the vendored file, byte for byte) go into
+    ``subjects/`` beside ``out``, the index last, so that it never links a page not yet
+    written.
+    """
+    out = Path(out)
+    niivue_js_path = Path(niivue_js_path)
+    niivue_js = niivue_js_path.read_text(encoding="utf-8")
+    if not is_split(len(inputs.assignments), max_subjects_per_page):
+        page = build_page(inputs, niivue_js).encode("utf-8")
+        with atomic_path(out) as tmp:
+            Path(tmp).write_bytes(page)
+        _remove_stale_subject_pages(out.parent / SUBJECTS_FOLDER)
+        return len(page)
+    pages = build_split_pages(inputs, niivue_js, niivue_js_path.name)
+    script = niivue_js_path.read_bytes()
+    with atomic_path(out.parent / SUBJECTS_FOLDER / niivue_js_path.name) as tmp:
+        Path(tmp).write_bytes(script)
+    written = len(script)
+    for name in sorted(pages, key=lambda n: n == "index.html"):  # the index last
+        page = pages[name].encode("utf-8")
+        with atomic_path(out if name == "index.html" else out.parent / name) as tmp:
+            Path(tmp).write_bytes(page)
+        written += len(page)
+    # pages of subjects no longer in the cohort, were the folder not emptied before
+    _remove_stale_subject_pages(out.parent / SUBJECTS_FOLDER,
+                                frozenset({niivue_js_path.name, *(Path(n).name for n in pages)}))
+    return written
+
+
+# The page. No external resource of any kind: the policy makes any attempt fail.
 _PAGE = """<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval' 'wasm-unsafe-eval'; style-src 'unsafe-inline'; img-src data: blob:; worker-src blob:; connect-src data: blob:">
+<meta http-equiv="Content-Security-Policy" content="%%CSP%%">
 <title>%%TITLE%%</title>
 <style>
 body { margin: 0; font: 14px/1.35 system-ui, sans-serif; color: #222; display: flex; height: 100vh; }
@@ -307,9 +508,9 @@ button.pick.active { background: #ffd54a; border-color: #b08900; }
 </style>
 </head>
 <body>
-<div id="side">
-<h2>Study template</h2>
-<div id="template-list"></div>
+<div id="side">%%NAV%%
+<div id="template-section"><h2>Study template</h2>
+<div id="template-list"></div></div>
 <h2>Subjects by cluster</h2>
 <div id="subject-list"></div>
 <p class="note">q_k: the subject's soft assignment to cluster k. Volumes are the model-grid
@@ -334,7 +535,7 @@ files of this run (<code>downsampled/</code>, <code>clam/</code>, <code>template
 <div><div>Radiological view: patient's right on the left (R/L), anterior on top in axial (A/P), anterior on the left in sagittal.</div><div id="location"></div></div>
 </div>
 </div>
-<script>%%NIIVUE%%</script>
+%%NIIVUE%%
 <script type="application/json" id="lungclam-data">%%DATA%%</script>
 <script>%%APP%%</script>
 </body>
@@ -467,8 +668,20 @@ _APP = r"""
     return b;
   }
 
+  // a split viewer's index links each subject's own page instead of showing it here
+  function subjectLink(s) {
+    const a = document.createElement("a");
+    a.className = "pick subject-page";
+    a.href = s.href;
+    a.textContent = s.id;
+    a.title = "open the page of subject " + s.id;
+    return a;
+  }
+
   function buildLists() {
     const tl = document.getElementById("template-list");
+    // a subject's own page shows that subject only; its link leads back to the template
+    document.getElementById("template-section").hidden = data.page === "subject";
     tl.appendChild(button("population mean", {}));
     for (const c of data.clusters) {
       tl.appendChild(document.createTextNode(" "));
@@ -476,6 +689,7 @@ _APP = r"""
     }
     const sl = document.getElementById("subject-list");
     for (const c of data.clusters) {
+      if (data.page === "subject" && !data.subjects.some(s => s.cluster === c.k)) continue;
       const h = document.createElement("div");
       h.textContent = "Cluster " + c.k + " (n = " + c.n + ")";
       h.style.fontWeight = "600";
@@ -489,7 +703,7 @@ _APP = r"""
       }
       for (const s of data.subjects.filter(s => s.cluster === c.k)) {
         const row = table.insertRow();
-        row.insertCell().appendChild(button(s.id, {subject: s.id}));
+        row.insertCell().appendChild(s.href ? subjectLink(s) : button(s.id, {subject: s.id}));
         s.q.forEach(q => { row.insertCell().textContent = fmt(q); });
         if (data.has_confidence) row.insertCell().textContent = fmt(s.confidence);
       }
@@ -565,7 +779,8 @@ _APP = r"""
     await nv.attachToCanvas(document.getElementById("gl"));
     timings.niivue = performance.now();
     nv.setSliceType(nv.sliceTypeMultiplanar);
-    await show(data.clusters.length ? {cluster: data.clusters[0].k} : {});
+    await show(data.page === "subject" ? {subject: data.subjects[0].id} :
+               data.clusters.length ? {cluster: data.clusters[0].k} : {});
     // start inside the right lung, as the figures' sagittal panels do (the centre of the
     // grid lies between the lungs)
     nv.scene.crosshairPos = nv.mm2frac(data.start_mm);

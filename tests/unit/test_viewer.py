@@ -4,7 +4,9 @@ page that no embedded text can break out of."""
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -113,8 +115,6 @@ def test_read_assignments_takes_confidence_only_when_present(run, tmp_path):
 
 def _data_of(page: str) -> dict:
     block = re.search(r'<script type="application/json" id="lungclam-data">(.*?)</script>', page, re.S)
-    import json
-
     return json.loads(block.group(1))
 
 
@@ -185,3 +185,122 @@ def test_write_viewer_writes_the_page_whole(run, tmp_path):
     assert out.stat().st_size == size
     assert V.read_page_data(out)["clusters"] == [{"k": 1, "n": 2}, {"k": 2, "n": 1}]
     assert [p.name for p in out.parent.iterdir()] == ["index.html"]  # no temporary left
+
+
+# --- a large cohort: an index plus one page per subject (split viewer) ---------------------
+
+def _hrefs(page: str) -> list[str]:
+    """Every link of a page: the static ones and those its script builds from its data."""
+    return re.findall(r'<a [^>]*href="([^"]+)"', page) + [s["href"] for s in _data_of(page)["subjects"]
+                                                         if "href" in s]
+
+
+def test_split_threshold_is_respected(run, tmp_path):
+    assert not V.is_split(3, None) and not V.is_split(3, 3) and V.is_split(3, 2)
+    with pytest.raises(ValueError, match="at least 1"):
+        V.is_split(3, 0)
+    niivue = tmp_path / "niivue-9.9.9.umd.js"
+    niivue.write_text(FAKE_NIIVUE)
+    out = tmp_path / "at_limit" / "index.html"
+    size = V.write_viewer(_inputs(run), niivue, out, max_subjects_per_page=3)
+    # up to the limit: today's single page, byte for byte, and nothing else
+    assert out.read_text(encoding="utf-8") == V.build_page(_inputs(run), FAKE_NIIVUE)
+    assert [p.name for p in out.parent.iterdir()] == ["index.html"] and out.stat().st_size == size
+    split = tmp_path / "above" / "index.html"
+    V.write_viewer(_inputs(run), niivue, split, max_subjects_per_page=2)
+    assert sorted(str(p.relative_to(split.parent)) for p in split.parent.rglob("*")) == \
+        ["index.html", "subjects", "subjects/niivue-9.9.9.umd.js", "subjects/s1.html", "subjects/s2.html",
+         "subjects/s3.html"]
+    # the subject pages' NiiVue is the vendored file, unchanged
+    assert (split.parent / "subjects" / niivue.name).read_bytes() == niivue.read_bytes()
+
+
+def test_split_index_holds_the_template_and_links_every_subject(run, tmp_path):
+    pages = V.build_split_pages(_inputs(run), FAKE_NIIVUE, "niivue.umd.js")
+    assert set(pages) == {"index.html", "subjects/s1.html", "subjects/s2.html", "subjects/s3.html"}
+    index = _data_of(pages["index.html"])
+    assert index["page"] == "index"
+    assert set(index["volumes"]) == {"template", "mask", "population", "cluster/1", "cluster/2"}
+    assert [(s["id"], s["cluster"], s["q"], s["href"]) for s in index["subjects"]] == \
+        [("s1", 1, [0.9, 0.1], "subjects/s1.html"), ("s2", 2, [0.2, 0.8], "subjects/s2.html"),
+         ("s3", 1, [0.6, 0.4], "subjects/s3.html")]
+    assert index["clusters"] == [{"k": 1, "n": 2}, {"k": 2, "n": 1}]
+    # the index stands alone (as in the report): NiiVue inlined, no script from a file
+    assert "<script>window.niivue" in pages["index.html"]
+    assert not re.search(r"<script[^>]*\bsrc=", pages["index.html"])
+
+
+def test_each_subject_page_embeds_only_its_own_volumes(run):
+    assignments = V.read_assignments(run / "clusters.tsv").assign(confidence=[0.95, 0.5, 0.8])
+    pages = V.build_split_pages(_inputs(run, assignments), FAKE_NIIVUE, "niivue.umd.js")
+    mask = nib.load(str(run / "grid_mask.nii.gz")).get_fdata() > 0
+    for subject, cluster, confidence in (("s1", 1, 0.95), ("s2", 2, 0.5), ("s3", 1, 0.8)):
+        page = pages[f"subjects/{subject}.html"]
+        data = _data_of(page)
+        assert data["page"] == "subject"
+        assert set(data["volumes"]) == {"mask", f"subject/{subject}/scan", f"subject/{subject}/clam"}
+        assert [(s["id"], s["cluster"], s["confidence"]) for s in data["subjects"]] == \
+            [(subject, cluster, confidence)]
+        for part, path, tolerance in (("scan", f"scan_{subject}.nii.gz", 0.5),
+                                      ("clam", f"clam_{subject}.nii.gz", 0.5 / 255 + 1e-6)):
+            shown = V.decode_volume(data["volumes"][f"subject/{subject}/{part}"]).get_fdata()
+            assert np.abs(shown - nib.load(str(run / path)).get_fdata()).max() <= tolerance
+        assert np.array_equal(V.decode_volume(data["volumes"]["mask"]).get_fdata() > 0, mask)
+        # no other subject's ID in the page's data (beyond the volumes, checked above);
+        # the page's links to its neighbours in the cluster are tested below
+        listing = json.dumps({k: v for k, v in data.items() if k != "volumes"})
+        assert not any(o in listing for o in {"s1", "s2", "s3"} - {subject})
+        # NiiVue from its own folder only, and the policy still admits no network scheme
+        assert re.findall(r"<script[^>]*\bsrc=\"([^\"]+)\"", page) == ["niivue.umd.js"]
+        csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', page).group(1)
+        assert "default-src 'none'" in csp and "http" not in csp and "*" not in csp
+
+
+def test_split_pages_link_each_other_correctly(run, tmp_path):
+    niivue = tmp_path / "niivue-9.9.9.umd.js"
+    niivue.write_text(FAKE_NIIVUE)
+    out = tmp_path / "viewer" / "index.html"
+    V.write_viewer(_inputs(run), niivue, out, max_subjects_per_page=1)
+    index_links = _hrefs(out.read_text(encoding="utf-8"))
+    assert index_links == ["subjects/s1.html", "subjects/s2.html", "subjects/s3.html"]
+    for href in index_links:  # each link opens the page of the subject it names
+        target = (out.parent / href).resolve()
+        assert [s["id"] for s in V.read_page_data(target)["subjects"]] == [Path(href).stem]
+    expected = {"s1": ["../index.html", "s3.html"], "s2": ["../index.html"], "s3": ["../index.html", "s1.html"]}
+    for subject, links in expected.items():  # back to the index; previous / next in the cluster
+        page = out.parent / "subjects" / f"{subject}.html"
+        assert sorted(_hrefs(page.read_text(encoding="utf-8"))) == sorted(links)
+        assert all((page.parent / href).resolve().is_file() for href in links)
+        assert (page.parent / links[0]).resolve() == out.resolve()
+
+
+def test_rewriting_the_viewer_leaves_no_stale_subject_page(run, tmp_path):
+    niivue = tmp_path / "niivue-9.9.9.umd.js"
+    niivue.write_text(FAKE_NIIVUE)
+    out = tmp_path / "viewer" / "index.html"
+    subjects = out.parent / "subjects"
+    V.write_viewer(_inputs(run), niivue, out, max_subjects_per_page=1)
+    (subjects / "notes.txt").write_text("kept")  # not the viewer's: left alone
+    # a smaller cohort, still split: the dropped subject's page goes
+    fewer = V.read_assignments(run / "clusters.tsv").iloc[:2]
+    V.write_viewer(_inputs(run, fewer), niivue, out, max_subjects_per_page=1)
+    assert sorted(p.name for p in subjects.iterdir()) == ["niivue-9.9.9.umd.js", "notes.txt", "s1.html", "s2.html"]
+    # back to one page: no subject page of the split run stays to be opened by mistake
+    V.write_viewer(_inputs(run), niivue, out, max_subjects_per_page=5)
+    assert [p.name for p in subjects.iterdir()] == ["notes.txt"]
+    (subjects / "notes.txt").unlink()
+    V.write_viewer(_inputs(run), niivue, out, max_subjects_per_page=5)
+    assert not subjects.exists()
+
+
+def test_split_refuses_a_subject_id_that_cannot_name_a_page(run):
+    assignments = V.read_assignments(run / "clusters.tsv")
+    assignments.loc[1, "subject"] = "../s2"
+    inputs = _inputs(run, assignments, scans={"s1": run / "scan_s1.nii.gz", "../s2": run / "scan_s2.nii.gz",
+                                              "s3": run / "scan_s3.nii.gz"},
+                     clams={"s1": run / "clam_s1.nii.gz", "../s2": run / "clam_s2.nii.gz",
+                            "s3": run / "clam_s3.nii.gz"})
+    with pytest.raises(ValueError, match=r"'\.\./s2'.*cannot name a viewer page"):
+        V.build_split_pages(inputs, FAKE_NIIVUE, "niivue.umd.js")
+    with pytest.raises(ValueError, match="plain .js file name"):
+        V.build_split_pages(_inputs(run), FAKE_NIIVUE, "../niivue.js")

@@ -9,6 +9,7 @@ minute or two per run on two cores.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,22 @@ def demo_run(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("demo")
     snakemake(workdir, "--cores", "2")
     return workdir / "results"
+
+
+@pytest.fixture(scope="session")
+def split_viewer(demo_run: Path, tmp_path_factory) -> Path:
+    """The viewer of the tiny run, split into an index and a page per subject: a copy of
+    that run with viewer.max_subjects_per_page at 2 (it has 4 subjects), where the viewer
+    rule alone runs again (mtime triggers, the copy keeps every time stamp). Returns the
+    copy's results/viewer."""
+    workdir = tmp_path_factory.mktemp("split_viewer") / "run"
+    shutil.copytree(demo_run.parent, workdir, symlinks=True)
+    split = workdir.parent / "split.yaml"
+    split.write_text("viewer:\n  max_subjects_per_page: 2\n")
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(PROJECT_ROOT / "Snakefile"), "-d", str(workdir),
+               "--configfile", str(TINY), str(split), "--rerun-triggers", "mtime", "--forcerun", "viewer",
+               "--cores", "1", "results/viewer/index.html"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-6000:]
+    assert [rule for rule, _ in planned_jobs(done.stdout + done.stderr)] == ["viewer"]
+    return workdir / "results" / "viewer"

@@ -58,3 +58,22 @@ def test_no_identifier_in_the_viewer_volumes(demo_run: Path) -> None:
         data = gzip.decompress(base64.b64decode(text))
         for value in values:
             assert value.encode() not in data, f"{value!r} found in {page}, volume {key}"
+
+
+def test_no_identifier_in_the_split_viewer(demo_run: Path, split_viewer: Path) -> None:
+    """A large cohort's viewer (index plus a page per subject): every page, searched as it
+    is and with each embedded volume decoded."""
+    from lungclam.viewer import read_assignments, read_page_data
+
+    values = _identifying_values(demo_run / "demo" / "dicom")
+    pages = sorted(split_viewer.rglob("*.html"))
+    assert len(pages) == 1 + len(read_assignments(demo_run / "clusters.tsv"))  # the index and every subject's
+    for page in pages:
+        raw = page.read_bytes()
+        volumes = read_page_data(page)["volumes"]
+        assert volumes
+        for value in values:
+            assert value.encode() not in raw, f"{value!r} found in {page}"
+            for key, text in volumes.items():
+                assert value.encode() not in gzip.decompress(base64.b64decode(text)), \
+                    f"{value!r} found in {page}, volume {key}"

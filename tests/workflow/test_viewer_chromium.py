@@ -2,7 +2,12 @@
 opens from file:// in headless Chromium with software WebGL2, with no error and no network
 request, draws, changes with the subject or cluster chosen, and says what it shows.
 Chromium is Debian's, found or installed by the report test's fixture (skipped with the
-reason where neither works)."""
+reason where neither works).
+
+The same run's viewer split into an index and a page per subject (the ``split_viewer``
+fixture: the viewer rule rerun on a copy of the run with viewer.max_subjects_per_page 2):
+each page embeds its own part of that run's maps, and the index, followed to a subject's
+page and back, passes the same check."""
 
 from __future__ import annotations
 
@@ -50,4 +55,46 @@ def test_viewer_opens_offline_and_follows_the_choice(chromium: str, demo_run: Pa
     assert viewer_check.problems(outcome) == []
     shown = [v for v in outcome["views"] if "subject" in v or "cluster" in v]
     assert any("subject" in v for v in shown) and any("cluster" in v for v in shown)
+    assert shot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_split_viewer_pages_embed_the_runs_own_maps(demo_run: Path, split_viewer: Path) -> None:
+    table = read_assignments(demo_run / "clusters.tsv")
+    subjects = sorted(p.stem for p in (split_viewer / "subjects").glob("*.html"))
+    assert subjects == sorted(table["subject"])
+    index = read_page_data(split_viewer / "index.html")
+    assert index["page"] == "index"
+    assert [(s["id"], s["cluster"], s["href"]) for s in index["subjects"]] == \
+        [(s, int(k), f"subjects/{s}.html") for s, k in zip(table["subject"], table["cluster"])]
+    assert not any(key.startswith("subject/") for key in index["volumes"])
+    for key, path, tolerance in (("template", "template/grid_template.nii.gz", 0.5),
+                                 ("population", "clam/population_mean.nii.gz", 0.5 / 255)):
+        shown = decode_volume(index["volumes"][key]).get_fdata()
+        assert np.abs(shown - nib.load(str(demo_run / path)).get_fdata()).max() <= tolerance + 1e-6, key
+    for row in table.itertuples(index=False):
+        data = read_page_data(split_viewer / "subjects" / f"{row.subject}.html")
+        assert set(data["volumes"]) == {"mask", f"subject/{row.subject}/scan", f"subject/{row.subject}/clam"}
+        assert [(s["id"], s["cluster"]) for s in data["subjects"]] == [(row.subject, int(row.cluster))]
+        for part, path, tolerance in (("clam", f"clam/{row.subject}.nii.gz", 0.5 / 255),
+                                      ("scan", f"downsampled/{row.subject}.nii.gz", 0.5)):
+            shown, source = decode_volume(data["volumes"][f"subject/{row.subject}/{part}"]), \
+                nib.load(str(demo_run / path))
+            np.testing.assert_allclose(shown.affine, source.affine, atol=1e-3)
+            assert np.abs(shown.get_fdata() - source.get_fdata()).max() <= tolerance + 1e-6, (row.subject, part)
+
+
+def test_split_viewer_opens_offline_and_links_its_pages(chromium: str, split_viewer: Path,  # noqa: F811
+                                                        tmp_path: Path) -> None:
+    shot = tmp_path / "split_viewer.png"
+    outcome = viewer_check.check_viewer(split_viewer / "index.html", shot, chromium)
+    subject_page = outcome.get("subject_page", {})
+    print(f"split viewer: index {outcome['page_mb']} MB, first view after {outcome['load_ms']:.0f} ms; "
+          f"subject page first view after {subject_page.get('load_ms', -1):.0f} ms; screenshot {shot}")
+    assert viewer_check.problems(outcome) == []
+    assert outcome["kind"] == "index" and subject_page["kind"] == "subject"
+    assert outcome["links"] == {"index_to_subject": True, "subject_to_index": True}
+    # the subject page's one file besides itself: the NiiVue copy in its own folder
+    assert subject_page["scripts"] == [(split_viewer / "subjects" / "niivue-0.69.0.umd.js").resolve().as_uri()]
+    on_subject_page = [v for v in outcome["views"] if "subject" in v]
+    assert on_subject_page and all(v["lit_fraction"] >= 0.02 for v in on_subject_page)
     assert shot.read_bytes()[:4] == b"\x89PNG"

@@ -1,9 +1,14 @@
 # The offline viewer: one HTML page (NiiVue, vendored) of the model-grid scans, the
 # subjects' CLAMs and the cluster-mean CLAMs on the template. It embeds the very files the
-# rules above wrote, so it shows the same subjects, clusters and maps.
+# rules above wrote, so it shows the same subjects, clusters and maps. A cohort of more than
+# viewer.max_subjects_per_page subjects gets an index (template, mean CLAMs, subject list)
+# plus one page per subject under results/viewer/subjects/ (README: The viewer).
 
 # NiiVue 0.69.0: dist/niivue.umd.js of the npm package @niivue/niivue (README: updating it).
 NIIVUE_JS = os.path.join(workflow.basedir, "workflow/resources/niivue/niivue-0.69.0.umd.js")
+# Decided when the workflow is read, so that the subject pages are a declared output (a
+# directory: Snakemake empties it before the rule runs, so no page of an earlier cohort stays).
+VIEWER_SPLIT = len(SUBJECTS) > config["viewer"]["max_subjects_per_page"]
 
 
 rule viewer:
@@ -18,8 +23,10 @@ rule viewer:
         niivue=NIIVUE_JS,
     output:
         page=report("results/viewer/index.html", caption="../report/viewer.rst", category="Viewer"),
+        **({"subject_pages": directory("results/viewer/subjects")} if VIEWER_SPLIT else {}),
     params:
         subjects=SUBJECTS,
+        max_subjects_per_page=config["viewer"]["max_subjects_per_page"],
     log:
         "results/logs/viewer.log",
     threads: 1
