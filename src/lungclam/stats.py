@@ -41,6 +41,7 @@ _SMALL_EXPECTED = 5.0
 __all__ = [
     "associations",
     "column_kinds",
+    "compare_associations",
     "demographics",
     "merge_clusters",
     "variance_explained",
@@ -585,3 +586,29 @@ def variance_explained(
     names = ["outcome", "n_used", "r2_covariates", "adj_r2_covariates", "r2_cluster",
              "adj_r2_cluster", "r2_comparator", "adj_r2_comparator"]
     return pd.DataFrame(rows, columns=names)
+
+
+# Columns of :func:`associations` set side by side by :func:`compare_associations`.
+COMPARED_COLUMNS = ("estimate", "ci_low", "ci_high", "p_value", "f_p_value", "n_used", "note")
+
+
+def compare_associations(first: pd.DataFrame, second: pd.DataFrame, names: tuple[str, str] = ("study", "scored"),
+                         ) -> pd.DataFrame:
+    """Two :func:`associations` tables side by side, row by (outcome, term).
+
+    Used to set a study's cluster contrasts beside those refitted on newly scored subjects
+    (same clusters, same models). Output columns ``outcome, term``, then for each of
+    :data:`COMPARED_COLUMNS` one column per table, suffixed ``_<name>``; rows in
+    ``first``'s order, then those only ``second`` has (their ``first`` columns empty, and
+    vice versa). Terms match only when both tables use the same reference cluster.
+    """
+    keys = ["outcome", "term"]
+    left, right = (table[keys + list(COMPARED_COLUMNS)].copy() for table in (first, second))
+    for table in (left, right):
+        table["term"] = table["term"].fillna("")
+    merged = left.merge(right, on=keys, how="outer", suffixes=tuple(f"_{name}" for name in names), sort=False)
+    order = {key: i for i, key in enumerate(zip(left["outcome"], left["term"]))}
+    rank = [order.get(key, len(order)) for key in zip(merged["outcome"], merged["term"])]
+    merged = merged.assign(_rank=rank).sort_values("_rank", kind="stable").drop(columns="_rank")
+    columns = keys + [f"{column}_{name}" for column in COMPARED_COLUMNS for name in names]
+    return merged[columns].reset_index(drop=True)

@@ -50,6 +50,12 @@ BUNDLE_FILES: dict[str, str] = {
     "clusters": "clusters.tsv",
     "config": "config.yaml",
 }
+# role -> file name of files a bundle holds only when the study made them: the study's
+# outcome associations (stats/associations.tsv, with a clinical table), which scoring with
+# a clinical table sets beside the ones refitted on the scored subjects.
+OPTIONAL_BUNDLE_FILES: dict[str, str] = {
+    "associations": "associations.tsv",
+}
 
 
 class StudyBundleError(LungclamError):
@@ -66,7 +72,8 @@ class StudyBundle:
 
     Attributes:
         folder: the bundle folder (holding ``study.json``).
-        files: role (keys of :data:`BUNDLE_FILES`) -> path of that file.
+        files: role (keys of :data:`BUNDLE_FILES`, and of :data:`OPTIONAL_BUNDLE_FILES`
+            the bundle holds) -> path of that file.
         config: the resolved config of the run that made the study.
         lungclam_version: the version that wrote the bundle.
         model_format: the checkpoint format (:data:`MODEL_FORMAT` when written).
@@ -124,7 +131,8 @@ def _cluster_sizes(clusters: Path, n_clusters: int, folder: Path) -> dict[int, i
 
 
 def write_bundle(folder: str | Path, *, template: str | Path, template_mask: str | Path, grid_template: str | Path,
-                 grid_mask: str | Path, model: str | Path, clusters: str | Path, config: dict[str, Any]) -> Path:
+                 grid_mask: str | Path, model: str | Path, clusters: str | Path, config: dict[str, Any],
+                 associations: str | Path | None = None) -> Path:
     """Copy a finished study into ``folder`` with a checksummed manifest; returns its path.
 
     Args:
@@ -134,6 +142,8 @@ def write_bundle(folder: str | Path, *, template: str | Path, template_mask: str
         model: the clustering checkpoint (``results/model/dec.pt``, with centroids).
         clusters: ``clusters.tsv`` (subject, cluster, q_1..q_K).
         config: the resolved config of the run, written as ``config.yaml``.
+        associations: the study's ``stats/associations.tsv`` (None: the study had no
+            clinical table; an older copy in ``folder`` is then removed).
 
     Each file is written whole under its final name (lungclam.atomic); the manifest comes
     last, so a bundle with a manifest holds every file it lists.
@@ -146,6 +156,14 @@ def write_bundle(folder: str | Path, *, template: str | Path, template_mask: str
             shutil.copyfile(source, tmp)
     with atomic_path(folder / BUNDLE_FILES["config"]) as tmp:
         tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+    optional = {"associations": associations}
+    for role, source in optional.items():
+        if source is None:
+            (folder / OPTIONAL_BUNDLE_FILES[role]).unlink(missing_ok=True)
+            continue
+        with atomic_path(folder / OPTIONAL_BUNDLE_FILES[role]) as tmp:
+            shutil.copyfile(source, tmp)
+    names = {**BUNDLE_FILES, **{role: OPTIONAL_BUNDLE_FILES[role] for role, source in optional.items() if source}}
     n_clusters = _model_clusters(folder / BUNDLE_FILES["model"], folder)
     manifest = {
         "lungclam_version": __version__,
@@ -153,7 +171,7 @@ def write_bundle(folder: str | Path, *, template: str | Path, template_mask: str
         "n_clusters": n_clusters,
         "cluster_sizes": {str(k): n for k, n in
                           _cluster_sizes(folder / BUNDLE_FILES["clusters"], n_clusters, folder).items()},
-        "files": {role: {"name": name, "sha256": sha256(folder / name)} for role, name in BUNDLE_FILES.items()},
+        "files": {role: {"name": name, "sha256": sha256(folder / name)} for role, name in names.items()},
     }
     with atomic_path(folder / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -182,6 +200,8 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     missing = sorted({"lungclam_version", "model_format", "n_clusters", "files"} - set(manifest))
     if missing:
         raise StudyBundleError(folder, MANIFEST, f"manifest lacks {', '.join(missing)}")
+    if not isinstance(manifest["files"], dict):
+        raise StudyBundleError(folder, MANIFEST, "the manifest's files are not listed by role")
     return manifest
 
 
@@ -196,9 +216,11 @@ def _check_model_format(folder: Path, manifest: dict[str, Any]) -> int:
 
 
 def _check_files(folder: Path, manifest: dict[str, Any]) -> dict[str, Path]:
-    """Every bundle file listed, present and matching its checksum; role -> path."""
+    """Every bundle file listed (and every optional one the manifest lists), present and
+    matching its checksum; role -> path."""
     files = {}
-    for role, name in BUNDLE_FILES.items():
+    optional = {role: name for role, name in OPTIONAL_BUNDLE_FILES.items() if role in manifest["files"]}
+    for role, name in {**BUNDLE_FILES, **optional}.items():
         entry = manifest["files"].get(role)
         if not isinstance(entry, dict) or entry.get("name") != name or "sha256" not in entry:
             raise StudyBundleError(folder, MANIFEST, f"manifest does not list the {role} file {name}")
@@ -296,9 +318,11 @@ def study_association_settings(study: StudyBundle) -> dict[str, Any]:
     """The study's association models, to refit on scored subjects with a clinical table.
 
     Returns ``covariates`` and ``outcomes`` (lists of column names), ``comparator`` (a column
-    name, or "" for none), ``stats`` (the stats section) and ``columns`` (every clinical
-    column they read). Raises :class:`StudyBundleError` naming ``config.yaml`` when the
-    study's config lacks one of them or holds something else.
+    name, or "" for none), ``stats`` (the stats section; when the bundle holds the study's
+    ``associations.tsv``, its ``reference_cluster`` is the cluster those used, so refitted
+    contrasts are the study's, "cluster k vs ref" with the same ref) and ``columns`` (every
+    clinical column they read). Raises :class:`StudyBundleError` naming ``config.yaml`` when
+    the study's config lacks one of them or holds something else.
     """
     config = study.config if isinstance(study.config, dict) else {}
     checks: dict[str, Callable[[Any], bool]] = {
@@ -315,6 +339,10 @@ def study_association_settings(study: StudyBundle) -> dict[str, Any]:
             raise StudyBundleError(study.folder, BUNDLE_FILES["config"],
                                    f"{key} is {config[key]!r}, which scoring cannot use")
     settings = {key: config[key] for key in checks}
+    if "associations" in study.files:
+        references = pd.read_csv(study.files["associations"], sep="\t")["reference"].dropna()
+        if len(references):
+            settings["stats"] = {**settings["stats"], "reference_cluster": int(references.iloc[0])}
     settings["columns"] = [*config["covariates"], *config["outcomes"], *([config["comparator"]] if config["comparator"]
                                                                           else [])]
     return settings

@@ -12,6 +12,7 @@ from scipy import stats as sps
 from lungclam.stats import (
     associations,
     column_kinds,
+    compare_associations,
     demographics,
     merge_clusters,
     variance_explained,
@@ -354,3 +355,25 @@ def test_variance_explained_without_comparator_or_covariates() -> None:
     assert res.iloc[0]["adj_r2_cluster"] == pytest.approx(adj, rel=1e-8)
     with pytest.raises(ValueError, match="nope"):
         variance_explained(d, ["y"], ["age"], "nope")
+
+
+def test_compare_associations_sets_two_fits_side_by_side_by_contrast() -> None:
+    """A study's fit beside a refit on another cohort with the same reference: matched by
+    (outcome, term), in the study's order; a contrast only one table has keeps its row."""
+    study = associations(simulated(seed=7), ["y", "y2"], ["age"], reference=3)
+    later = associations(simulated(seed=8, sizes=(10, 12, 14)), ["y2", "y"], ["age"], reference=3)
+    later = later[~((later["outcome"] == "y2") & (later["term"] == "cluster 1 vs 3"))]
+    table = compare_associations(study, later)
+    assert table[["outcome", "term"]].values.tolist() == study[["outcome", "term"]].values.tolist()
+    assert table.columns[:4].tolist() == ["outcome", "term", "estimate_study", "estimate_scored"]
+    by_term = table.set_index(["outcome", "term"])
+    for (outcome, term), fit in study.set_index(["outcome", "term"]).iterrows():
+        assert by_term.loc[(outcome, term), "estimate_study"] == fit["estimate"]
+        assert by_term.loc[(outcome, term), "n_used_study"] == 90
+    refit = later.set_index(["outcome", "term"]).loc[("y", "cluster 2 vs 3")]
+    assert by_term.loc[("y", "cluster 2 vs 3"), "estimate_scored"] == refit["estimate"]
+    assert np.isnan(by_term.loc[("y2", "cluster 1 vs 3"), "estimate_scored"])
+    # a different reference makes other contrasts: nothing is matched across references
+    other = associations(simulated(seed=8), ["y"], ["age"], reference=1)
+    mixed = compare_associations(study[study["outcome"] == "y"], other)
+    assert mixed[["estimate_study", "estimate_scored"]].notna().sum(axis=1).max() == 1

@@ -203,3 +203,21 @@ def test_a_study_without_usable_association_models_is_refused(tmp_path: Path, st
     with pytest.raises(StudyBundleError) as raised:
         study_association_settings(study)
     assert str(raised.value) == f"study bundle {study.folder}: config.yaml: {message}"
+
+
+def test_a_study_with_associations_bundles_them_and_refits_against_its_reference(
+        tmp_path: Path, study_inputs: dict[str, Path]) -> None:
+    associations = tmp_path / "associations.tsv"
+    associations.write_text("outcome\tterm\testimate\treference\nfvc_pct\tcluster 1 vs 2\t-3.5\t2\n")
+    config = yaml.safe_load((PROJECT_ROOT / "config" / "config.yaml").read_text())
+    folder = tmp_path / "study"
+    write_bundle(folder, config=config, associations=associations, **study_inputs)
+    study = load_bundle(folder)
+    assert study.files["associations"].read_bytes() == associations.read_bytes()
+    assert study_association_settings(study)["stats"] == {**config["stats"], "reference_cluster": 2}
+    path = folder / "associations.tsv"
+    path.write_text(path.read_text().replace("-3.5", "-3.6"))
+    with pytest.raises(StudyBundleError, match=r"associations\.tsv: checksum does not match"):
+        load_bundle(folder)
+    write_bundle(folder, config=config, **study_inputs)  # the study lost its clinical table
+    assert "associations" not in load_bundle(folder).files and not path.exists()

@@ -71,6 +71,7 @@ def bundle_copy(demo_run: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(demo_run / "study", tmp_path / "shipped" / "study"))
 
 
+@pytest.mark.slow  # about a minute: four subjects' imaging chain, scoring and statistics
 def test_study_subjects_scored_again_get_their_study_cluster_q_clam_and_statistics(demo_run: Path,
                                                                                     tmp_path: Path) -> None:
     """The study's cohort scored again in another working directory whose own settings all
@@ -125,6 +126,12 @@ def test_study_subjects_scored_again_get_their_study_cluster_q_clam_and_statisti
     for name in ("demographics", "associations", "variance_explained"):
         pd.testing.assert_frame_equal(pd.read_csv(out / "stats" / f"{name}.tsv", sep="\t"),
                                       pd.read_csv(demo_run / "stats" / f"{name}.tsv", sep="\t"), obj=name)
+    # ... and set beside the study's own (from its bundle), contrast by contrast.
+    beside = pd.read_csv(out / "stats" / "associations_vs_study.tsv", sep="\t")
+    study_associations = pd.read_csv(demo_run / "stats" / "associations.tsv", sep="\t")
+    assert beside[["outcome", "term"]].values.tolist() == study_associations[["outcome", "term"]].values.tolist()
+    np.testing.assert_array_equal(beside["estimate_study"], study_associations["estimate"])
+    np.testing.assert_array_equal(beside["estimate_scored"], study_associations["estimate"])
 
 
 def test_a_copied_bundle_plans_only_the_new_subjects_imaging_and_scoring(bundle_copy: Path, demo_run: Path,

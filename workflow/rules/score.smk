@@ -116,6 +116,21 @@ use rule stats as score_stats with:
         "results/logs/score/stats.log",
 
 
+rule score_vs_study:
+    input:
+        scored=SCORE_STATS_TABLES[1],
+        study=study_file("associations"),
+    output:
+        report(SCORE_VS_STUDY, caption="../report/score_vs_study.rst", category="Scoring", subcategory="Statistics"),
+    log:
+        "results/logs/score/vs_study.log",
+    threads: 1
+    conda:
+        "../../envs/model.yaml"
+    script:
+        "../scripts/score_vs_study.py"
+
+
 rule score_assign:
     input:
         volumes=expand("results/score/downsampled/{subject}.nii.gz", subject=SUBJECTS),

@@ -28,6 +28,8 @@ if config["study"]:
 STUDY_ASSOCIATIONS = None
 SCORE_STATS_TABLES = [f"results/score/stats/{name}.tsv" for name in ("demographics", "associations",
                                                                    "variance_explained")]
+# The study's own associations (in its bundle when it had a clinical table) beside them.
+SCORE_VS_STUDY = "results/score/stats/associations_vs_study.tsv"
 if STUDY is not None and clinical_table():
     try:
         STUDY_ASSOCIATIONS = study_association_settings(STUDY)
@@ -65,11 +67,13 @@ def study_association_setting(key):
 
 def score_targets(wildcards=None):
     """Everything `snakemake score` makes: the clusters table, CLAMs and QC pages, and with
-    a clinical table the study's association models refitted on the scored subjects."""
+    a clinical table the study's association models refitted on the scored subjects (and
+    set beside the study's own, when its bundle holds them)."""
     if STUDY is None:
         _fail("snakemake score needs the study to score against: --config study=PATH (a finished run's results "
               "folder, or its results/study bundle)")
     return ["results/score/clusters.tsv",
             *expand("results/score/clam/{subject}.nii.gz", subject=SUBJECTS),
             *expand("results/score/qc/{subject}.png", subject=SUBJECTS),
-            *(SCORE_STATS_TABLES if STUDY_ASSOCIATIONS else [])]
+            *(SCORE_STATS_TABLES if STUDY_ASSOCIATIONS else []),
+            *([SCORE_VS_STUDY] if STUDY_ASSOCIATIONS and "associations" in STUDY.files else [])]
