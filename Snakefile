@@ -21,6 +21,9 @@ configfile: os.path.join(workflow.basedir, "config/config.yaml")
 configfile: os.path.join(workflow.basedir, "config/simulation.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/preprocess.smk"

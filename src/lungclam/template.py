@@ -31,7 +31,6 @@ import SimpleITK as sitk
 from lungclam.metrics import dice
 from lungclam.register import prepare_moving, register_images
 from lungclam.resample import AIR_HU
-from lungclam.sampling import sample_subjects  # noqa: F401  (re-exported: it lived here)
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ import SimpleITK as sitk
 
 from lungclam.metrics import dice
 from lungclam.register import AFFINE_FILE, INVERSE_WARP_FILE, WARP_FILE, register_to_template
-from lungclam.template import build_template, sample_subjects
+from lungclam.sampling import sample_subjects
+from lungclam.template import build_template
 
 
 def toy_chest(rng: np.random.Generator, scale: float, shift_mm=(0.0, 0.0)) -> tuple[sitk.Image, sitk.Image]:

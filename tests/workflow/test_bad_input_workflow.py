@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from lungclam.phantom import make_chest_phantom, write_dicom_series, write_localizer
-from lungclam.template import sample_subjects
+from lungclam.sampling import sample_subjects
 from tests.workflow.conftest import planned_jobs, snakemake
 
 pytestmark = pytest.mark.workflow

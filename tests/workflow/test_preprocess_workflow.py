@@ -105,7 +105,7 @@ def test_user_sheet_and_changed_file_reruns_only_that_subject(demo_run: Path, tm
     work = tmp_path / "run"
     config = f"samples={cohort / 'samples.tsv'}"
     snakemake(work, "--cores", "2", "--config", config)
-    from lungclam.template import sample_subjects
+    from lungclam.sampling import sample_subjects
 
     in_template = set(sample_subjects(subjects, 0.1, 3, 0))
     outsider = next(s for s in subjects if s not in in_template)
