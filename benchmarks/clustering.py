@@ -11,7 +11,8 @@ RESULTS/demo/truth.tsv unless given as NAME=RESULTS:TRUTH):
         [--agree demo_s0 demo_s0_seed1]
 
 which prints cohort, subjects, true K, chosen K, the K criterion's runner-up and margin, ARI
-against the truth, the stability at the chosen K and the stability figure's verdict; with
+against the truth, the stability at the chosen K and the stability figure's verdict (``*``:
+with the caveat that pretraining ended at its epoch maximum while still improving); with
 ``--agree A B`` also the ARI between two runs' clusters on the subjects they share (two
 runs that differ only in ``seed``).
 
@@ -90,9 +91,10 @@ def clam_mass(results: Path, clusters: pd.DataFrame, truth: pd.DataFrame) -> pd.
     return pd.DataFrame(rows)
 
 
-def run_summary(name: str, spec: str, threshold: float) -> dict:
+def run_summary(name: str, spec: str, threshold: float, patience: int) -> dict:
     """One row of the ``--table``: K choice, ARI against the truth and stability of a finished run."""
     from lungclam.figures import stability_verdict
+    from lungclam.train import stopped_before_maximum
 
     results, _, truth_path = spec.partition(":")
     results = Path(results)
@@ -103,15 +105,16 @@ def run_summary(name: str, spec: str, threshold: float) -> dict:
     used = criteria.loc[criteria["default"].astype(bool)].iloc[0]
     stability = pd.read_csv(results / "model" / "stability.tsv", sep="\t")
     chosen = len([c for c in clusters.columns if c.startswith("q_")])
-    solid, _ = stability_verdict(stability, clusters, threshold)
     pretrain = pd.read_csv(results / "model" / "pretrain_loss.tsv", sep="\t")
+    plateaued = stopped_before_maximum(pretrain, patience)
+    solid, _ = stability_verdict(stability, clusters, threshold, plateaued)
     kept = pretrain.loc[pretrain["best"].astype(bool), "epoch"] if "best" in pretrain else pretrain["epoch"].tail(1)
     return {"cohort": name, "subjects": len(merged), "true_k": truth["pattern"].nunique(), "chosen_k": chosen,
             "method": used["method"], "runner_up": int(used["runner_up"]), "margin": float(used["margin"]),
             "ari": adjusted_rand_score(merged["pattern"], merged["cluster"]),
             "stability": float(stability.loc[stability["k"] == chosen, "stability"].iloc[0]),
             "confident": float((clusters["confidence"] >= 0.9).mean()),
-            "verdict": "SOLID" if solid else "SHAKY",
+            "verdict": ("SOLID" if solid else "SHAKY") + ("*" if plateaued is False else ""),
             "pretrain_epochs": f"{int(kept.iloc[0])}/{len(pretrain)}"}
 
 
@@ -122,7 +125,7 @@ def summary(specs: list[str], agree: list[list[str]]) -> int:
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
     threshold = float(config["choose_k"]["thresholds"]["stability"])
     named = dict(spec.split("=", 1) for spec in specs)
-    rows = [run_summary(name, spec, threshold) for name, spec in named.items()]
+    rows = [run_summary(name, spec, threshold, int(config["train"]["patience"])) for name, spec in named.items()]
     pd.set_option("display.width", 200)
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     for a, b in agree:

@@ -703,22 +703,23 @@ def stability_verdict(stability: pd.DataFrame, clusters: pd.DataFrame, threshold
     """Whether the clusters are solid, and one line saying why.
 
     Solid: the stability (mean pairwise ARI of subsample clusterings) at the fitted K is at
-    least ``threshold``, at least :data:`SOLID_SHARE` of the subjects have a confidence
-    of 0.9 or more, and pretraining did not end at its epoch maximum while its held-out
-    error was still improving (``pretraining_plateaued`` False, from
-    :func:`lungclam.train.stopped_before_maximum`; None: not judged). The replicas behind
-    stability and confidence share one embedding, so they cannot see an embedding that is
-    still changing; an underfit one is the case they miss. ``stability``:
-    ``model/stability.tsv``; ``clusters``: ``clusters.tsv`` with a ``confidence`` column.
+    least ``threshold`` and at least :data:`SOLID_SHARE` of the subjects have a confidence
+    of 0.9 or more. ``stability``: ``model/stability.tsv``; ``clusters``: ``clusters.tsv``
+    with a ``confidence`` column. The replicas behind both share one embedding, so they
+    cannot see an embedding that is still changing: when ``pretraining_plateaued`` is False
+    (:func:`lungclam.train.stopped_before_maximum`: pretraining ended at its epoch maximum
+    while its held-out error was still improving) the line carries that caveat. It does not
+    make the clusters shaky by itself: a slowly improving embedding often already holds
+    the final clusters.
     """
     k = len([c for c in clusters.columns if c.startswith("q_")])  # the fitted K, empty clusters included
     row = stability.loc[stability["k"] == k]
     value = float(row["stability"].iloc[0]) if len(row) else float("nan")
     share = float((clusters["confidence"] >= 0.9).mean())
-    solid = bool(np.isfinite(value) and value >= threshold and share >= SOLID_SHARE
-                 and pretraining_plateaued is not False)
+    solid = bool(np.isfinite(value) and value >= threshold and share >= SOLID_SHARE)
     word = "SOLID" if solid else "SHAKY"
-    caveat = "; pretraining ended at its epoch maximum, still improving" if pretraining_plateaued is False else ""
+    caveat = ("\ncaveat: pretraining ended at its epoch maximum while still improving; "
+              "more train.epochs may change the clusters" if pretraining_plateaued is False else "")
     return solid, (f"{word}: stability at K = {k} is {value:.2f} (threshold {threshold:.2f}); "
                    f"{share:.0%} of subjects have confidence >= 0.9{caveat}")
 

@@ -225,14 +225,15 @@ def test_sagittal_cuts_go_through_each_lung(phantom):
     assert F._sagittal_cuts(only_right, by_label=True)[1][0] is None
 
 
-def test_stability_verdict_needs_stability_confidence_and_a_plateaued_pretraining() -> None:
+def test_stability_verdict_needs_stability_and_confidence_and_flags_unfinished_pretraining() -> None:
     stability = pd.DataFrame({"k": [2, 3], "stability": [0.80, 0.95], "stability_sd": 0.02})
     clusters = pd.DataFrame({"subject": list("abcdefghij"), "cluster": [1, 2, 3] * 3 + [1],
                              "confidence": [1.0] * 10, "q_1": 0.4, "q_2": 0.3, "q_3": 0.3})
     assert F.stability_verdict(stability, clusters, 0.9)[0]
     assert F.stability_verdict(stability, clusters, 0.9, pretraining_plateaued=True)[0]
     solid, line = F.stability_verdict(stability, clusters, 0.9, pretraining_plateaued=False)
-    assert not solid and line.startswith("SHAKY") and "epoch maximum" in line
+    assert solid and line.startswith("SOLID") and "caveat: pretraining ended at its epoch maximum" in line
+    assert "caveat" not in F.stability_verdict(stability, clusters, 0.9, pretraining_plateaued=None)[1]
     assert not F.stability_verdict(stability, clusters, 0.97)[0]  # stability at K = 3 below the threshold
     shaky = clusters.assign(confidence=[1.0] * 8 + [0.5, 0.5])  # 80 % confident, below nine in ten
     assert not F.stability_verdict(stability, shaky, 0.9)[0]
