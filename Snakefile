@@ -39,6 +39,7 @@ include: "workflow/rules/simulation.smk"
 
 
 rule all:
+    default_target: True
     input:
         preprocess_targets(),
         model_targets(),
@@ -46,4 +47,3 @@ rule all:
         figure_targets(),
         viewer_targets(),
         study_targets(),
-    default_target: True

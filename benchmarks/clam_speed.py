@@ -282,7 +282,13 @@ def _rate(rates: list[float]) -> tuple[float, str]:
 def run_dims(ndim: int, args: argparse.Namespace, device: torch.device) -> None:
     if ndim == 2:
         spec = ModelSpec((64, 64))
-        n_images, floor_batches, chunks, naive_n, floor_work = args.images, (1, 16, 32, 64, 128), (16, 32, 64, 128), args.naive_images, 256
+        n_images, floor_batches, chunks, naive_n, floor_work = (
+            args.images,
+            (1, 16, 32, 64, 128),
+            (16, 32, 64, 128),
+            args.naive_images,
+            256,
+        )
     else:
         spec = ModelSpec((88, 88, 88), strides=(2, 2, 2))
         n_images, floor_batches, chunks, naive_n, floor_work = args.volumes, (1, 4, 8, 16), (1, 8, 16, 32), 1, 16
@@ -294,8 +300,11 @@ def run_dims(ndim: int, args: argparse.Namespace, device: torch.device) -> None:
     images = torch.rand(n_images, spec.in_channels, *spec.input_shape, generator=gen).to(device)
     rounds = args.rounds if ndim == 2 or args.rounds_3d is None else args.rounds_3d
     label = f"{ndim}D {'x'.join(map(str, spec.input_shape))}"
-    print(f"\n=== {label}, H = {H} channels, K = {K}, device {device}{' (bf16 autocast)' if args.amp and device.type == 'cuda' else ''}, "
-          f"{torch.get_num_threads()} threads, {rounds} rounds ===")
+    print(
+        f"\n=== {label}, H = {H} channels, K = {K}, device {device}"
+        f"{' (bf16 autocast)' if args.amp and device.type == 'cuda' else ''}, "
+        f"{torch.get_num_threads()} threads, {rounds} rounds ==="
+    )
     started = time.perf_counter()
     methods: list[Method] = []
 
@@ -314,8 +323,17 @@ def run_dims(ndim: int, args: argparse.Namespace, device: torch.device) -> None:
                         net.assign(x)
                 return calls * x.shape[0]
 
-            methods.append(Method("encoder floor", f"batch {b}{fmt_name}", floor, batch, b * input_bytes,
-                                  floor_batch=b, warm=lambda x=batch, f=floor: f(x, 1)))
+            methods.append(
+                Method(
+                    "encoder floor",
+                    f"batch {b}{fmt_name}",
+                    floor,
+                    batch,
+                    b * input_bytes,
+                    floor_batch=b,
+                    warm=lambda x=batch, f=floor: f(x, 1),
+                )
+            )
 
     # naive loop
     def naive(x: torch.Tensor) -> int:
@@ -330,6 +348,7 @@ def run_dims(ndim: int, args: argparse.Namespace, device: torch.device) -> None:
         def run(x: torch.Tensor) -> int:
             holder[:] = [clam_image(net, xi, chunk) for xi in x]
             return len(x)
+
         return run
 
     ours: list[tuple[Method, list]] = []
@@ -340,8 +359,18 @@ def run_dims(ndim: int, args: argparse.Namespace, device: torch.device) -> None:
     # what the pipeline runs (iter_clam): channels-last weights at the automatic chunk size
     cl_chunk = auto_chunk_size(ndim, device)
     holder = []
-    ours.append((Method("lungclam CLAM", f"chunk {cl_chunk} (auto), channels_last", ours_for(cl_model, cl_chunk, holder),
-                        images, cl_chunk * input_bytes), holder))
+    ours.append(
+        (
+            Method(
+                "lungclam CLAM",
+                f"chunk {cl_chunk} (auto), channels_last",
+                ours_for(cl_model, cl_chunk, holder),
+                images,
+                cl_chunk * input_bytes,
+            ),
+            holder,
+        )
+    )
     methods += [m for m, _ in ours]
 
     # peers
@@ -361,8 +390,11 @@ def run_dims(ndim: int, args: argparse.Namespace, device: torch.device) -> None:
                     extractor(input_tensor=x, targets=None)  # None: each image's top cluster
                 return len(x)
 
-            methods.append(Method("grad-cam ScoreCAM", "batch 16 (default)", gradcam, peer_images,
-                                  len(peer_images) * H * input_bytes))
+            methods.append(
+                Method(
+                    "grad-cam ScoreCAM", "batch 16 (default)", gradcam, peer_images, len(peer_images) * H * input_bytes
+                )
+            )
         else:
             methods.append(Method("grad-cam ScoreCAM", "batch 16 (default)", lambda x: 0, skipped=note))
     else:
@@ -371,8 +403,9 @@ def run_dims(ndim: int, args: argparse.Namespace, device: torch.device) -> None:
     notes.append(note)
     if cls is not None:
         wrapper = ClusterScores(model).eval()
-        extractor = cls(wrapper, target_layer=wrapper.last_act, batch_size=32,
-                        input_shape=(spec.in_channels, *spec.input_shape))
+        extractor = cls(
+            wrapper, target_layer=wrapper.last_act, batch_size=32, input_shape=(spec.in_channels, *spec.input_shape)
+        )
 
         def torchcam(x: torch.Tensor, wrapper=wrapper, extractor=extractor) -> int:
             with torch.inference_mode():
@@ -395,8 +428,10 @@ def run_dims(ndim: int, args: argparse.Namespace, device: torch.device) -> None:
                 d = max(float((a[0].float() - b[0]).abs().max()) for a, b in zip(holder, naive_method.last))
                 dq = max(float((a[1].float() - b[1].float()).abs().max()) for a, b in zip(holder, naive_method.last))
                 diffs.append(f"{m.setting}: maps {d:.1e}, q {dq:.1e}")
-        print(f"lungclam vs naive loop, max |difference| over {len(naive_method.last)} "
-              f"{'image' if ndim == 2 else 'volume'}(s) x {K} clusters: " + "; ".join(diffs))
+        print(
+            f"lungclam vs naive loop, max |difference| over {len(naive_method.last)} "
+            f"{'image' if ndim == 2 else 'volume'}(s) x {K} clusters: " + "; ".join(diffs)
+        )
 
     # encoder table; the floor is the best encoder rate (median over rounds) over batch sizes
     # and memory formats, on wall-clock and, separately, on CPU time
@@ -406,25 +441,35 @@ def run_dims(ndim: int, args: argparse.Namespace, device: torch.device) -> None:
     floor_ips = statistics.median(best.rates) / H if best else float("nan")
     floor_cpu = statistics.median(best_cpu.cpu_rates) / H if best_cpu else float("nan")
     print("\nEncoder + clustering layer (model.assign, inference mode)")
-    print(f"{'setting':<24}  {'encoder passes/s, median (min-max)':<36}  {'/ H = CLAM images/s':>20}  "
-          f"{'passes per CPU-s':>16}  {'input batch':>12}")
+    print(
+        f"{'setting':<24}  {'encoder passes/s, median (min-max)':<36}  {'/ H = CLAM images/s':>20}  "
+        f"{'passes per CPU-s':>16}  {'input batch':>12}"
+    )
     for m in floor_rows:
         med, txt = _rate(m.rates)
-        print(f"{m.setting:<24}  {txt:<36}  {med / H:>20.3g}  {statistics.median(m.cpu_rates):>16.3g}  "
-              f"{_mb(m.batch_bytes):>12}")
+        print(
+            f"{m.setting:<24}  {txt:<36}  {med / H:>20.3g}  {statistics.median(m.cpu_rates):>16.3g}  "
+            f"{_mb(m.batch_bytes):>12}"
+        )
 
     # main table
     unit = "images" if ndim == 2 else "volumes"
-    print(f"\nCLAM {unit}/s ({label}; lungclam on {len(images)} {unit}, naive loop on {naive_n}, "
-          f"peers on {len(peer_images)})")
-    header = (f"{'method':<18}  {'setting':<34}  {unit + '/s, median (min-max)':<29}  {'x floor':>7}  "
-              f"{'per CPU-s':>9}  {'x floor':>7}  {'masked-input batch':>18}")
+    print(
+        f"\nCLAM {unit}/s ({label}; lungclam on {len(images)} {unit}, naive loop on {naive_n}, "
+        f"peers on {len(peer_images)})"
+    )
+    header = (
+        f"{'method':<18}  {'setting':<34}  {unit + '/s, median (min-max)':<29}  {'x floor':>7}  "
+        f"{'per CPU-s':>9}  {'x floor':>7}  {'masked-input batch':>18}"
+    )
     print(header)
     print("-" * len(header))
     if best is not None:
         setting = f"encoder / {H}: {best.setting.replace('batch ', 'b')}"
-        print(f"{'CLAM floor':<18}  {setting:<34}  {f'{floor_ips:.3g}':<29}  {1.0:>7.2f}  "
-              f"{floor_cpu:>9.3g}  {1.0:>7.2f}  {'':>18}")
+        print(
+            f"{'CLAM floor':<18}  {setting:<34}  {f'{floor_ips:.3g}':<29}  {1.0:>7.2f}  "
+            f"{floor_cpu:>9.3g}  {1.0:>7.2f}  {'':>18}"
+        )
     for m in methods:
         if m.floor_batch is not None:
             continue
@@ -433,19 +478,29 @@ def run_dims(ndim: int, args: argparse.Namespace, device: torch.device) -> None:
             continue
         med, txt = _rate(m.rates)
         cpu = statistics.median(m.cpu_rates)
-        print(f"{m.name:<18}  {m.setting:<34}  {txt:<29}  {med / floor_ips:>7.2f}  "
-              f"{cpu:>9.3g}  {cpu / floor_cpu:>7.2f}  {_mb(m.batch_bytes):>18}")
+        print(
+            f"{m.name:<18}  {m.setting:<34}  {txt:<29}  {med / floor_ips:>7.2f}  "
+            f"{cpu:>9.3g}  {cpu / floor_cpu:>7.2f}  {_mb(m.batch_bytes):>18}"
+        )
     print("\nNotes:")
-    print("- CLAM floor: the best encoder rate (median over rounds; any batch size or memory format) / H, i.e. "
-          "H encoder passes per image; x floor: the row's rate over it (wall-clock, then CPU time).")
-    print("- per CPU-s: per second of this process's CPU time (all threads), median over rounds; steadier than "
-          "wall-clock rates when other jobs share the cores (on CUDA it is host time only). A ratio above 1 "
-          "means faster than H separate encoder passes (e.g. a chunk that fits the cache better).")
-    print("- masked-input batch: bytes of the masked inputs one forward pass holds (float32); activations add a "
-          "multiple of it. grad-cam builds all H masked inputs of every image in the call at once.")
-    print("- lungclam gives the maps of all K clusters per image; the naive loop too. The peers give the map of each "
-          "image's top cluster only, and weight channels by a softmax over channel scores (torchcam after "
-          "subtracting a baseline score): Score-CAM, not CLAM. They are speed peers only.")
+    print(
+        "- CLAM floor: the best encoder rate (median over rounds; any batch size or memory format) / H, i.e. "
+        "H encoder passes per image; x floor: the row's rate over it (wall-clock, then CPU time)."
+    )
+    print(
+        "- per CPU-s: per second of this process's CPU time (all threads), median over rounds; steadier than "
+        "wall-clock rates when other jobs share the cores (on CUDA it is host time only). A ratio above 1 "
+        "means faster than H separate encoder passes (e.g. a chunk that fits the cache better)."
+    )
+    print(
+        "- masked-input batch: bytes of the masked inputs one forward pass holds (float32); activations add a "
+        "multiple of it. grad-cam builds all H masked inputs of every image in the call at once."
+    )
+    print(
+        "- lungclam gives the maps of all K clusters per image; the naive loop too. The peers give the map of each "
+        "image's top cluster only, and weight channels by a softmax over channel scores (torchcam after "
+        "subtracting a baseline score): Score-CAM, not CLAM. They are speed peers only."
+    )
     print(f"- peers: {'; '.join(notes)}")
     print(f"- section wall time {elapsed:.0f} s")
 
@@ -455,14 +510,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dims", choices=["2", "3", "both"], default="2")
     parser.add_argument("--images", type=int, default=16, help="2D images per round (default 16)")
     parser.add_argument("--volumes", type=int, default=2, help="3D volumes per round for lungclam (default 2)")
-    parser.add_argument("--naive-images", type=int, default=4,
-                        help="2D images per round for the naive loop (default 4; 3D: 1 volume)")
+    parser.add_argument(
+        "--naive-images", type=int, default=4, help="2D images per round for the naive loop (default 4; 3D: 1 volume)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rounds-3d", type=int, default=None, help="rounds for 3D (default: --rounds)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (ignored on the CPU)")
-    parser.add_argument("--no-torchvision-shim", action="store_true",
-                        help="skip grad-cam when torchvision's C++ ops do not load, instead of declaring their schemas")
+    parser.add_argument(
+        "--no-torchvision-shim",
+        action="store_true",
+        help="skip grad-cam when torchvision's C++ ops do not load, instead of declaring their schemas",
+    )
     parser.add_argument("--cpu-only", action="store_true", help="do not time on CUDA even when a GPU is present")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

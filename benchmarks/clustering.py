@@ -61,8 +61,9 @@ def pattern_regions(results: Path, truth: pd.DataFrame) -> tuple[dict[str, np.nd
     grid = ants.from_sitk(sitk.Cast(grid_image, sitk.sitkFloat32))
     regions = {}
     for pattern, rows in truth.groupby("pattern"):
-        share = np.mean([warped_disease(results, demo, r.subject, r.disease_mask, grid) > 0.5
-                         for r in rows.itertuples()], axis=0)
+        share = np.mean(
+            [warped_disease(results, demo, r.subject, r.disease_mask, grid) > 0.5 for r in rows.itertuples()], axis=0
+        )
         regions[pattern] = (share >= REGION_SHARE) & lung
     return regions, lung
 
@@ -77,10 +78,16 @@ def clam_mass(results: Path, clusters: pd.DataFrame, truth: pd.DataFrame) -> pd.
         path = results / "clam" / f"cluster_{k}_mean.nii.gz"
         clam = sitk.GetArrayFromImage(sitk.ReadImage(str(path))) if path.is_file() else None
         region = regions[pattern]
-        row = {"cluster": k, "n": len(members), "majority_pattern": pattern,
-               "purity": float((members["pattern"] == pattern).mean()),
-               "region_ml": float(region.sum() * np.prod(sitk.ReadImage(str(path)).GetSpacing()) / 1000) if clam is not None else np.nan,
-               "region_share_of_lung": float(region.sum() / lung.sum())}
+        row = {
+            "cluster": k,
+            "n": len(members),
+            "majority_pattern": pattern,
+            "purity": float((members["pattern"] == pattern).mean()),
+            "region_ml": float(region.sum() * np.prod(sitk.ReadImage(str(path)).GetSpacing()) / 1000)
+            if clam is not None
+            else np.nan,
+            "region_share_of_lung": float(region.sum() / lung.sum()),
+        }
         if clam is not None and region.any():
             in_lung = clam[lung].sum()
             row["clam_mass_in_region"] = float(clam[region].sum() / clam.sum())
@@ -109,13 +116,20 @@ def run_summary(name: str, spec: str, threshold: float, patience: int) -> dict:
     plateaued = stopped_before_maximum(pretrain, patience)
     solid, _ = stability_verdict(stability, clusters, threshold, plateaued)
     kept = pretrain.loc[pretrain["best"].astype(bool), "epoch"] if "best" in pretrain else pretrain["epoch"].tail(1)
-    return {"cohort": name, "subjects": len(merged), "true_k": truth["pattern"].nunique(), "chosen_k": chosen,
-            "method": used["method"], "runner_up": int(used["runner_up"]), "margin": float(used["margin"]),
-            "ari": adjusted_rand_score(merged["pattern"], merged["cluster"]),
-            "stability": float(stability.loc[stability["k"] == chosen, "stability"].iloc[0]),
-            "confident": float((clusters["confidence"] >= 0.9).mean()),
-            "verdict": ("SOLID" if solid else "SHAKY") + ("*" if plateaued is False else ""),
-            "pretrain_epochs": f"{int(kept.iloc[0])}/{len(pretrain)}"}
+    return {
+        "cohort": name,
+        "subjects": len(merged),
+        "true_k": truth["pattern"].nunique(),
+        "chosen_k": chosen,
+        "method": used["method"],
+        "runner_up": int(used["runner_up"]),
+        "margin": float(used["margin"]),
+        "ari": adjusted_rand_score(merged["pattern"], merged["cluster"]),
+        "stability": float(stability.loc[stability["k"] == chosen, "stability"].iloc[0]),
+        "confident": float((clusters["confidence"] >= 0.9).mean()),
+        "verdict": ("SOLID" if solid else "SHAKY") + ("*" if plateaued is False else ""),
+        "pretrain_epochs": f"{int(kept.iloc[0])}/{len(pretrain)}",
+    }
 
 
 def summary(specs: list[str], agree: list[list[str]]) -> int:
@@ -131,8 +145,10 @@ def summary(specs: list[str], agree: list[list[str]]) -> int:
     for a, b in agree:
         tables = [pd.read_csv(Path(named[n].partition(":")[0]) / "clusters.tsv", sep="\t") for n in (a, b)]
         both = tables[0].merge(tables[1], on="subject")
-        print(f"agreement {a} vs {b}: ARI {adjusted_rand_score(both['cluster_x'], both['cluster_y']):.3f} "
-              f"on {len(both)} shared subjects")
+        print(
+            f"agreement {a} vs {b}: ARI {adjusted_rand_score(both['cluster_x'], both['cluster_y']):.3f} "
+            f"on {len(both)} shared subjects"
+        )
     return 0
 
 

@@ -38,17 +38,27 @@ def write_cohort(folder: Path, n: int, files_per_subject: int = 0) -> tuple[Path
         for i in range(files_per_subject):
             (folder / "dicom" / subject / f"IM{i:05d}.dcm").touch()
     samples = folder / "samples.tsv"
-    pd.DataFrame({"subject": subjects, "dicom": [f"dicom/{s}" for s in subjects]}).to_csv(samples, sep="\t", index=False)
+    pd.DataFrame({"subject": subjects, "dicom": [f"dicom/{s}" for s in subjects]}).to_csv(
+        samples, sep="\t", index=False
+    )
     clinical = folder / "clinical.tsv"
-    pd.DataFrame({
-        "subject": subjects,
-        "age": rng.integers(20, 80, n), "sex": rng.choice(["F", "M"], n), "race": rng.choice(["A", "B"], n),
-        "bmi": rng.normal(27, 4, n).round(1), "fev1_pct": rng.normal(85, 15, n).round(1),
-        "fvc_pct": rng.normal(90, 15, n).round(1), "dlco_pct": rng.normal(80, 15, n).round(1),
-        "cd4": rng.normal(700, 200, n).round(), "crp": rng.gamma(2, 2, n).round(2),
-        "sobq": rng.normal(30, 10, n).round(), "sf12_physical": rng.normal(45, 8, n).round(1),
-        "scadding": rng.integers(0, 5, n),
-    }).to_csv(clinical, sep="\t", index=False)
+    pd.DataFrame(
+        {
+            "subject": subjects,
+            "age": rng.integers(20, 80, n),
+            "sex": rng.choice(["F", "M"], n),
+            "race": rng.choice(["A", "B"], n),
+            "bmi": rng.normal(27, 4, n).round(1),
+            "fev1_pct": rng.normal(85, 15, n).round(1),
+            "fvc_pct": rng.normal(90, 15, n).round(1),
+            "dlco_pct": rng.normal(80, 15, n).round(1),
+            "cd4": rng.normal(700, 200, n).round(),
+            "crp": rng.gamma(2, 2, n).round(2),
+            "sobq": rng.normal(30, 10, n).round(),
+            "sf12_physical": rng.normal(45, 8, n).round(1),
+            "scadding": rng.integers(0, 5, n),
+        }
+    ).to_csv(clinical, sep="\t", index=False)
     return samples, clinical
 
 
@@ -72,8 +82,18 @@ def main() -> None:
             samples, clinical = write_cohort(tmp / "cohort", n, args.files_per_subject)
             work = tmp / "work"
             work.mkdir()
-            base = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "-d", str(work),
-                    "--config", f"samples={samples}", f"clinical={clinical}"]
+            base = [
+                sys.executable,
+                "-m",
+                "snakemake",
+                "--snakefile",
+                str(ROOT / "Snakefile"),
+                "-d",
+                str(work),
+                "--config",
+                f"samples={samples}",
+                f"clinical={clinical}",
+            ]
             if args.profile:
                 base += ["--profile", str(ROOT / args.profile)]
             for label, extra in (("snakemake -n", ["-n", "--quiet", "rules"]), ("--rulegraph", ["--rulegraph"])):
@@ -87,8 +107,16 @@ def main() -> None:
                 if label == "snakemake -n":
                     total = [line for line in done.stdout.splitlines() if line.startswith("total")]
                     jobs = total[0].split()[-1] if total else "?"
-                rows.append({"subjects": n, "files_each": args.files_per_subject, "command": label, "jobs": jobs,
-                             "best_s": round(min(seconds), 2), "median_s": round(float(np.median(seconds)), 2)})
+                rows.append(
+                    {
+                        "subjects": n,
+                        "files_each": args.files_per_subject,
+                        "command": label,
+                        "jobs": jobs,
+                        "best_s": round(min(seconds), 2),
+                        "median_s": round(float(np.median(seconds)), 2),
+                    }
+                )
     table = pd.DataFrame(rows)
     print(add_ms_per_job(table).to_string(index=False))
 

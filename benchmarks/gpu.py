@@ -86,11 +86,29 @@ class Sizes:
     simulation: dict | None = None  # overrides of the study's settings (None: the configs')
 
 
-QUICK = Sizes(shape_3d=(24, 24, 24), shape_2d=(32, 32), channels=(8, 16, 32), volumes=8, epochs=2, clam_3d=2,
-              clam_2d=4, floor_batches_3d=(4, 8), floor_batches_2d=(8, 16), floor_calls=1, rounds=1,
-              simulation={"n_images": 24, "pretrain_epochs": 2, "cluster_max_epochs": 2, "clam_images": 3,
-                          "batch_size": 8, "update_interval": 3, "n_init": 2,
-                          "model": {"channels": [4, 8, 16], "strides": [2, 1, 2], "kernel": 4, "latent_dim": 6}})
+QUICK = Sizes(
+    shape_3d=(24, 24, 24),
+    shape_2d=(32, 32),
+    channels=(8, 16, 32),
+    volumes=8,
+    epochs=2,
+    clam_3d=2,
+    clam_2d=4,
+    floor_batches_3d=(4, 8),
+    floor_batches_2d=(8, 16),
+    floor_calls=1,
+    rounds=1,
+    simulation={
+        "n_images": 24,
+        "pretrain_epochs": 2,
+        "cluster_max_epochs": 2,
+        "clam_images": 3,
+        "batch_size": 8,
+        "update_interval": 3,
+        "n_init": 2,
+        "model": {"channels": [4, 8, 16], "strides": [2, 1, 2], "kernel": 4, "latent_dim": 6},
+    },
+)
 
 
 class Table:
@@ -100,11 +118,26 @@ class Table:
         self.device = device
         self.rows: list[tuple[str, ...]] = []
 
-    def add(self, section: str, setting: str, value: float | str, unit: str, floor: float | None = None,
-            peak: float | None = None, note: str = "") -> None:
+    def add(
+        self,
+        section: str,
+        setting: str,
+        value: float | str,
+        unit: str,
+        floor: float | None = None,
+        peak: float | None = None,
+        note: str = "",
+    ) -> None:
         text = value if isinstance(value, str) else f"{value:.4g}"
-        cells = (section, setting, text, unit, "" if floor is None else f"{floor:.2f}",
-                 "" if peak is None else f"{peak:.0f}", note)
+        cells = (
+            section,
+            setting,
+            text,
+            unit,
+            "" if floor is None else f"{floor:.2f}",
+            "" if peak is None else f"{peak:.0f}",
+            note,
+        )
         self.rows.append(cells)
         print("| " + " | ".join(cells) + " |", flush=True)
 
@@ -158,7 +191,11 @@ def bench_training(table: Table, sizes: Sizes, device: torch.device) -> None:
     pretrained = None
     for precision, amp in _precisions(device):
         for deterministic in (True, False):
-            mode = "deterministic" if deterministic else ("cudnn.benchmark" if device.type == "cuda" else "nondeterministic")
+            mode = (
+                "deterministic"
+                if deterministic
+                else ("cudnn.benchmark" if device.type == "cuda" else "nondeterministic")
+            )
             setting = f"{grid}, batch {sizes.batch}, {precision}, {mode}"
             if amp and device.type != "cuda":
                 table.add("pretrain", setting, "n/a", "ms/volume-epoch", note="bf16 autocast is CUDA only")
@@ -166,11 +203,18 @@ def bench_training(table: Table, sizes: Sizes, device: torch.device) -> None:
             _set_determinism(device, deterministic)
             model = ConvAutoencoder(spec)
             _reset_peak(device)
-            history = pretrain(model, images, sizes.epochs + 1, sizes.batch, seed=SEED, device=device,
-                               mixed_precision=amp)
+            history = pretrain(
+                model, images, sizes.epochs + 1, sizes.batch, seed=SEED, device=device, mixed_precision=amp
+            )
             ms = statistics.median(history["seconds"].iloc[1:]) / len(images) * 1e3
-            table.add("pretrain", setting, ms, "ms/volume-epoch", peak=_peak(device),
-                      note=f"{len(images)} volumes, median of {sizes.epochs} epochs")
+            table.add(
+                "pretrain",
+                setting,
+                ms,
+                "ms/volume-epoch",
+                peak=_peak(device),
+                note=f"{len(images)} volumes, median of {sizes.epochs} epochs",
+            )
             if deterministic and not amp:
                 pretrained = model
     _set_determinism(device, True)
@@ -181,12 +225,29 @@ def bench_training(table: Table, sizes: Sizes, device: torch.device) -> None:
             table.add("cluster", setting, "n/a", "ms/volume-epoch", note="bf16 autocast is CUDA only")
             continue
         _reset_peak(device)
-        fit = fit_clusters(copy.deepcopy(pretrained), images, K, max_epochs=sizes.epochs + 1, batch_size=sizes.batch,
-                           update_interval=steps, tol=0.0, n_init=2, seed=SEED, device=device, mixed_precision=amp,
-                           guard=None)
+        fit = fit_clusters(
+            copy.deepcopy(pretrained),
+            images,
+            K,
+            max_epochs=sizes.epochs + 1,
+            batch_size=sizes.batch,
+            update_interval=steps,
+            tol=0.0,
+            n_init=2,
+            seed=SEED,
+            device=device,
+            mixed_precision=amp,
+            guard=None,
+        )
         ms = statistics.median(fit.history["seconds"].iloc[1:]) / len(images) * 1e3
-        table.add("cluster", setting, ms, "ms/volume-epoch", peak=_peak(device),
-                  note=f"targets refreshed once an epoch; median of {len(fit.history) - 1} epochs")
+        table.add(
+            "cluster",
+            setting,
+            ms,
+            "ms/volume-epoch",
+            peak=_peak(device),
+            note=f"targets refreshed once an epoch; median of {len(fit.history) - 1} epochs",
+        )
 
 
 def _clustering_model(spec: ModelSpec, device: torch.device) -> ClusteringModel:
@@ -211,8 +272,15 @@ def _rate(work: Callable[[], int], device: torch.device, rounds: int) -> float:
     return statistics.median(rates)
 
 
-def _floor(model: ClusteringModel, spec: ModelSpec, batches: tuple[int, ...], calls: int, device: torch.device,
-           amp: bool, rounds: int) -> tuple[float, str]:
+def _floor(
+    model: ClusteringModel,
+    spec: ModelSpec,
+    batches: tuple[int, ...],
+    calls: int,
+    device: torch.device,
+    amp: bool,
+    rounds: int,
+) -> tuple[float, str]:
     """Best encoder + clustering layer passes per second over batch sizes and memory formats."""
     layout = torch.channels_last if spec.ndim == 2 else torch.channels_last_3d
     best, where = 0.0, ""
@@ -235,8 +303,10 @@ def _floor(model: ClusteringModel, spec: ModelSpec, batches: tuple[int, ...], ca
 
 def bench_clam(table: Table, sizes: Sizes, device: torch.device) -> None:
     """CLAM items per second against the encoder floor, 2D and 3D, fp32 and bf16."""
-    for spec, n, floor_batches, unit in ((_spec_2d(sizes), sizes.clam_2d, sizes.floor_batches_2d, "images/s"),
-                                         (_spec_3d(sizes), sizes.clam_3d, sizes.floor_batches_3d, "volumes/s")):
+    for spec, n, floor_batches, unit in (
+        (_spec_2d(sizes), sizes.clam_2d, sizes.floor_batches_2d, "images/s"),
+        (_spec_3d(sizes), sizes.clam_3d, sizes.floor_batches_3d, "volumes/s"),
+    ):
         model = _clustering_model(spec, device)
         channels = spec.channels[-1]
         images = _volumes(n, spec.input_shape)
@@ -248,8 +318,15 @@ def bench_clam(table: Table, sizes: Sizes, device: torch.device) -> None:
             _reset_peak(device)
             passes, where = _floor(model, spec, floor_batches, sizes.floor_calls, device, amp, sizes.rounds)
             floor = passes / channels
-            table.add("clam", f"{grid}, {precision}, floor", floor, unit, 1.0, _peak(device),
-                      note=f"encoder + clustering layer at {where} / H = {channels}")
+            table.add(
+                "clam",
+                f"{grid}, {precision}, floor",
+                floor,
+                unit,
+                1.0,
+                _peak(device),
+                note=f"encoder + clustering layer at {where} / H = {channels}",
+            )
             for chunk in (None, 128):
                 net = copy.deepcopy(model)
                 _reset_peak(device)
@@ -259,8 +336,15 @@ def bench_clam(table: Table, sizes: Sizes, device: torch.device) -> None:
 
                 rate = _rate(run, device, sizes.rounds)
                 label = "chunk auto (the pipeline's)" if chunk is None else f"chunk {chunk}"
-                table.add("clam", f"{grid}, {precision}, {label}", rate, unit, rate / floor, _peak(device),
-                          note=f"iter_clam on {n}, maps of all K = {K} clusters")
+                table.add(
+                    "clam",
+                    f"{grid}, {precision}, {label}",
+                    rate,
+                    unit,
+                    rate / floor,
+                    _peak(device),
+                    note=f"iter_clam on {n}, maps of all K = {K} clusters",
+                )
 
 
 def bench_reproducibility(table: Table, sizes: Sizes, device: torch.device) -> None:
@@ -275,9 +359,14 @@ def bench_reproducibility(table: Table, sizes: Sizes, device: torch.device) -> N
     (loss_a, weights_a), (loss_b, weights_b) = runs
     diff = max(float((weights_a[k].double() - weights_b[k].double()).abs().max()) for k in weights_a)
     same = loss_a == loss_b and diff == 0.0
-    table.add("reproducibility", "two deterministic fp32 pretraining runs", diff, "max abs weight difference",
-              note=f"losses {'identical' if loss_a == loss_b else 'differ'}; "
-                   f"{'bit-identical' if same else 'NOT bit-identical'}")
+    table.add(
+        "reproducibility",
+        "two deterministic fp32 pretraining runs",
+        diff,
+        "max abs weight difference",
+        note=f"losses {'identical' if loss_a == loss_b else 'differ'}; "
+        f"{'bit-identical' if same else 'NOT bit-identical'}",
+    )
 
 
 def _ellipse_base(size: int = 64, pixel_mm: float = 3.0) -> BaseSlice:
@@ -307,8 +396,9 @@ def _study_settings(overlay: str | None, overrides: dict | None) -> StudySetting
     if overlay:
         section.update(yaml.safe_load((ROOT / "config" / overlay).read_text()).get("simulation", {}))
     section.update(overrides or {})
-    return StudySettings.from_config({k: v for k, v in section.items() if k not in ("scenarios", "true_ks", "threads")},
-                                     SEED)
+    return StudySettings.from_config(
+        {k: v for k, v in section.items() if k not in ("scenarios", "true_ks", "threads")}, SEED
+    )
 
 
 def bench_simulation(table: Table, sizes: Sizes, device: torch.device, base: BaseSlice, base_note: str) -> None:
@@ -316,24 +406,37 @@ def bench_simulation(table: Table, sizes: Sizes, device: torch.device, base: Bas
     phase at K = true K and the CLAMs, at the CPU config and at the paper's epochs."""
     for label, overlay in (("CPU config", None), ("paper epochs", "paper.yaml")):
         settings = _study_settings(overlay, sizes.simulation)
-        hu, truth, _ = simulate(make_scenario("intensity", K, base), base, settings.n_images, settings.seed,
-                                settings.noise_scale)
+        hu, truth, _ = simulate(
+            make_scenario("intensity", K, base), base, settings.n_images, settings.seed, settings.noise_scale
+        )
         x = normalize_hu(hu, *settings.hu_window)[:, None]
         _set_determinism(device, True)
         model = ConvAutoencoder(_spec(settings, base.shape))
         _reset_peak(device)
         started = time.perf_counter()
-        history = pretrain(model, x, settings.pretrain_epochs, settings.batch_size, settings.learning_rate,
-                           settings.seed, device)
+        history = pretrain(
+            model, x, settings.pretrain_epochs, settings.batch_size, settings.learning_rate, settings.seed, device
+        )
         pretrain_s = time.perf_counter() - started
         steps = len(history) * math.ceil(len(x) / settings.batch_size)
         started = time.perf_counter()
         features = embed_images(model, x, device=device)
         scale = _kernel_scale(settings.kernel_scale, features, K, settings)
-        fit = fit_clusters(model, x, K, max_epochs=settings.cluster_max_epochs, scale=scale,
-                           batch_size=settings.batch_size, learning_rate=settings.cluster_learning_rate,
-                           gamma=settings.gamma, update_interval=settings.update_interval, tol=settings.tol,
-                           n_init=settings.n_init, seed=settings.seed, device=device)
+        fit = fit_clusters(
+            model,
+            x,
+            K,
+            max_epochs=settings.cluster_max_epochs,
+            scale=scale,
+            batch_size=settings.batch_size,
+            learning_rate=settings.cluster_learning_rate,
+            gamma=settings.gamma,
+            update_interval=settings.update_interval,
+            tol=settings.tol,
+            n_init=settings.n_init,
+            seed=settings.seed,
+            device=device,
+        )
         cluster_s = time.perf_counter() - started
         started = time.perf_counter()
         subset = _clam_subset(truth, settings.clam_images, settings.seed)
@@ -343,16 +446,33 @@ def bench_simulation(table: Table, sizes: Sizes, device: torch.device, base: Bas
         accuracy, _ = best_match_accuracy(truth, fit.labels)
         peak = _peak(device)
         setting = f"{label}, {settings.n_images} images"
-        table.add("simulation", f"{setting}: pretraining, {len(history)} epochs", pretrain_s, "s", peak=peak,
-                  note=f"{pretrain_s / steps * 1e3:.3g} ms per Adam step ({steps} steps); {base_note}")
-        table.add("simulation", f"{setting}: clustering at K = true K = {K}", cluster_s, "s",
-                  note=f"{len(fit.history)} epochs{', converged' if fit.converged else ''}; accuracy {accuracy:.3f}")
-        table.add("simulation", f"{setting}: CLAM of {len(subset)} images", clam_s, "s",
-                  note=f"chunk {settings.chunk_size}")
+        table.add(
+            "simulation",
+            f"{setting}: pretraining, {len(history)} epochs",
+            pretrain_s,
+            "s",
+            peak=peak,
+            note=f"{pretrain_s / steps * 1e3:.3g} ms per Adam step ({steps} steps); {base_note}",
+        )
+        table.add(
+            "simulation",
+            f"{setting}: clustering at K = true K = {K}",
+            cluster_s,
+            "s",
+            note=f"{len(fit.history)} epochs{', converged' if fit.converged else ''}; accuracy {accuracy:.3f}",
+        )
+        table.add(
+            "simulation", f"{setting}: CLAM of {len(subset)} images", clam_s, "s", note=f"chunk {settings.chunk_size}"
+        )
         estimate = pretrain_s + len(settings.fitted_ks) * cluster_s + clam_s
-        table.add("simulation", f"{setting}: whole case, estimated", estimate, "s",
-                  note=f"pretraining + {len(settings.fitted_ks)} clustering phases (fitted Ks) as the one measured "
-                       "+ CLAMs; the K criteria not included")
+        table.add(
+            "simulation",
+            f"{setting}: whole case, estimated",
+            estimate,
+            "s",
+            note=f"pretraining + {len(settings.fitted_ks)} clustering phases (fitted Ks) as the one measured "
+            "+ CLAMs; the K criteria not included",
+        )
 
 
 def main(argv: list[str] | None = None) -> Table:
@@ -360,8 +480,13 @@ def main(argv: list[str] | None = None) -> Table:
     parser.add_argument("--device", default="auto", help="auto (CUDA when visible), cpu or cuda[:N]")
     parser.add_argument("--quick", action="store_true", help="small models and few epochs (a smoke test)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
-    parser.add_argument("--skip", action="append", default=[],
-                        choices=["training", "clam", "simulation", "reproducibility"], help="leave out a section")
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=["training", "clam", "simulation", "reproducibility"],
+        help="leave out a section",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

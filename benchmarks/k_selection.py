@@ -35,14 +35,23 @@ def load(path: Path, truth_sheet: Path | None) -> tuple[str, np.ndarray, np.ndar
     sheet = truth_sheet or path / "demo" / "truth.tsv"
     truth = pd.read_csv(sheet, sep="\t").set_index("subject").loc[features["subject"], "pattern"]
     labels = pd.factorize(truth)[0]
-    return path.parent.name if path.name == "results" else path.name, features.drop(columns="subject").to_numpy(), labels
+    return (
+        path.parent.name if path.name == "results" else path.name,
+        features.drop(columns="subject").to_numpy(),
+        labels,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", type=Path)
-    parser.add_argument("--truth", type=Path, action="append", default=None,
-                        help="truth.tsv for each results folder given by samples= (in order)")
+    parser.add_argument(
+        "--truth",
+        type=Path,
+        action="append",
+        default=None,
+        help="truth.tsv for each results folder given by samples= (in order)",
+    )
     parser.add_argument("--k-max", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -58,18 +67,33 @@ def main(argv: list[str] | None = None) -> int:
         choices = choices_table(table, "stability")
         for choice in choices.itertuples():
             labels, _ = kmeans(x, int(choice.k), args.seed, 20)
-            rows.append({"input": name, "n": len(x), "true_k": true_k, "method": choice.method, "k": choice.k,
-                         "runner_up": choice.runner_up, "margin": choice.margin,
-                         "ari": adjusted_rand_score(truth, labels), "seconds": seconds})
+            rows.append(
+                {
+                    "input": name,
+                    "n": len(x),
+                    "true_k": true_k,
+                    "method": choice.method,
+                    "k": choice.k,
+                    "runner_up": choice.runner_up,
+                    "margin": choice.margin,
+                    "ari": adjusted_rand_score(truth, labels),
+                    "seconds": seconds,
+                }
+            )
         print(f"{name}: n={len(x)}, true K={true_k}, select_k {seconds:.1f} s", file=sys.stderr)
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"), file=sys.stderr)
     result = pd.DataFrame(rows)
     pd.set_option("display.width", 200)
     print(result.drop(columns="seconds").to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    summary = result.assign(hit=result["k"] == result["true_k"]).groupby("method").agg(
-        true_k_found=("hit", "sum"), inputs=("hit", "size"), min_ari=("ari", "min"), mean_ari=("ari", "mean"))
+    summary = (
+        result.assign(hit=result["k"] == result["true_k"])
+        .groupby("method")
+        .agg(true_k_found=("hit", "sum"), inputs=("hit", "size"), min_ari=("ari", "min"), mean_ari=("ari", "mean"))
+    )
     print("\nper criterion:")
-    print(summary.sort_values(["true_k_found", "min_ari"], ascending=False).to_string(float_format=lambda v: f"{v:.3f}"))
+    print(
+        summary.sort_values(["true_k_found", "min_ari"], ascending=False).to_string(float_format=lambda v: f"{v:.3f}")
+    )
     return 0
 
 

@@ -35,8 +35,14 @@ import pandas as pd
 
 DEFAULT_SCAN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-ct" / "lung-pet-ct-dx"
 STAGES = ("import", "convert", "resample", "segment", "register", "register_syn1mm", "downsample", "train", "clam")
-PAPER = {"spacing_mm": 1.0, "syn_spacing_mm": 2.0, "margin_mm": 12.0, "grid_mm": 3.0, "grid": (88, 88, 88),
-         "batch_size": 4}
+PAPER = {
+    "spacing_mm": 1.0,
+    "syn_spacing_mm": 2.0,
+    "margin_mm": 12.0,
+    "grid_mm": 3.0,
+    "grid": (88, 88, 88),
+    "batch_size": 4,
+}
 
 
 def _peak_mb() -> float:
@@ -92,22 +98,34 @@ def run_stage(stage: str, scan: Path, work: Path, quick: bool) -> dict:
         target = sitk.Resample(target, target, scale, sitk.sitkLinear, -1024.0)
         target_labels = sitk.Resample(target_labels, target_labels, scale, sitk.sitkNearestNeighbor, 0)
         iterations = (4, 2, 1) if quick else (10, 5, 2)
-        result = register_to_template(image, labels, target, target_labels, work / f"transforms_{stage}",
-                                      reg_iterations=iterations, margin_mm=PAPER["margin_mm"],
-                                      syn_spacing_mm=syn_spacing, seed=0)
+        result = register_to_template(
+            image,
+            labels,
+            target,
+            target_labels,
+            work / f"transforms_{stage}",
+            reg_iterations=iterations,
+            margin_mm=PAPER["margin_mm"],
+            syn_spacing_mm=syn_spacing,
+            seed=0,
+        )
         write_image(result.warped, work / name)
         write_image(target_labels, work / "target_labels.nii.gz")
         grid = syn_grid_spacing(PAPER["spacing_mm"], syn_spacing)
         syn_size = "x".join(str(round(n * PAPER["spacing_mm"] / grid)) for n in target.GetSize())
-        detail = (f"SyN grid {syn_size} at {grid:g} mm, outputs " + "x".join(map(str, target.GetSize()))
-                  + f" at 1 mm, iterations {iterations}, lung Dice {result.lung_dice:.3f}")
+        detail = (
+            f"SyN grid {syn_size} at {grid:g} mm, outputs "
+            + "x".join(map(str, target.GetSize()))
+            + f" at 1 mm, iterations {iterations}, lung Dice {result.lung_dice:.3f}"
+        )
     elif stage == "downsample":
         from lungclam.downsample import downsample_to_grid, grid_mask, lung_grid
 
         template_labels = read_image(work / "target_labels.nii.gz")
         reference = lung_grid(template_labels, PAPER["grid_mm"], PAPER["grid"])
-        out = downsample_to_grid(read_image(work / "registered.nii.gz"), grid_mask(template_labels, reference),
-                                 reference)
+        out = downsample_to_grid(
+            read_image(work / "registered.nii.gz"), grid_mask(template_labels, reference), reference
+        )
         detail = "x".join(map(str, out.GetSize())) + f" at {PAPER['grid_mm']:g} mm"
     elif stage in ("train", "clam"):
         import numpy as np
@@ -137,8 +155,12 @@ def run_stage(stage: str, scan: Path, work: Path, quick: bool) -> dict:
             detail = f"paper CAE, 88^3, K={k}, chunk size auto (1 on the CPU)"
     else:
         raise ValueError(f"unknown stage {stage!r}")
-    return {"stage": stage, "peak_mb": round(_peak_mb()), "seconds": round(time.perf_counter() - started, 1),
-            "detail": detail}
+    return {
+        "stage": stage,
+        "peak_mb": round(_peak_mb()),
+        "seconds": round(time.perf_counter() - started, 1),
+        "detail": detail,
+    }
 
 
 def demo_table(results: Path) -> pd.DataFrame:
@@ -151,9 +173,13 @@ def demo_table(results: Path) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame(columns=["rule", "jobs", "peak_mb", "max_s"])
     frame = pd.DataFrame(rows)
-    return (frame.groupby("rule", sort=False)
-            .agg(jobs=("s", "size"), peak_mb=("max_rss_mb", "max"), max_s=("s", "max"))
-            .round(0).astype(int).reset_index())
+    return (
+        frame.groupby("rule", sort=False)
+        .agg(jobs=("s", "size"), peak_mb=("max_rss_mb", "max"), max_s=("s", "max"))
+        .round(0)
+        .astype(int)
+        .reset_index()
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{name}: {float(pd.read_csv(path, sep=chr(9))['s'].iloc[0]):.1f} s (one job)")
     seg_mean = float(np.nanmean(table[["seg_dice_right", "seg_dice_left"]].to_numpy()))
     reg_mean = float(np.nanmean(table["reg_lung_dice"]))
-    print(f"\nsegmentation Dice mean {seg_mean:.4f} (target >= 0.95); registered lung Dice mean {reg_mean:.4f} (target >= 0.95)")
+    print(
+        f"\nsegmentation Dice mean {seg_mean:.4f} (target >= 0.95); "
+        f"registered lung Dice mean {reg_mean:.4f} (target >= 0.95)"
+    )
     return 0
 
 

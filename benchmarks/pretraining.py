@@ -14,12 +14,15 @@ A setting is NAME:key=value,... with keys epochs, fraction (held-out share), pat
 min_delta, batch, lr, and cepochs (run the clustering phase at K = true K for at most
 that many epochs and report its accuracy, its stop reason and its reconstruction MSE over the
 pretrained one), with gamma, clr (its learning rate), guard (0: no ClusterGuard) and growth
-(the guard's reconstruction limit) changing the clustering phase. ``--cohort RESULTS[:TRUTH]`` runs the same on a pipeline run's
-model inputs (``downsampled/*.nii.gz``, the 3D CAE of config/config.yaml) with the true
-patterns from TRUTH (default RESULTS/demo/truth.tsv), instead of simulation cases. Features are saved to --out (npz per case and setting) for the K
-criteria (benchmarks/k_selection.py), with the pretrained weights (pt), which a later run
-with the same --out, case and setting name reuses instead of pretraining again (so the
-clustering phase can be compared at the cost of the clustering phase alone).
+(the guard's reconstruction limit) changing the clustering phase.
+
+``--cohort RESULTS[:TRUTH]`` runs the same on a pipeline run's model inputs
+(``downsampled/*.nii.gz``, the 3D CAE of config/config.yaml) with the true patterns from
+TRUTH (default RESULTS/demo/truth.tsv), instead of simulation cases. Features are saved to
+--out (npz per case and setting) for the K criteria (benchmarks/k_selection.py), with the
+pretrained weights (pt), which a later run with the same --out, case and pretraining keys
+reuses instead of pretraining again (so clustering phases can be compared at the cost of
+the clustering phase alone).
 """
 
 from __future__ import annotations
@@ -35,13 +38,13 @@ import torch
 import yaml
 from sklearn.metrics import adjusted_rand_score
 
+from lungclam.device import seed_everything
+from lungclam.intensity import normalize_hu
 from lungclam.kmeans import kmeans
 from lungclam.kselect import silhouette
 from lungclam.model import ConvAutoencoder
 from lungclam.simulation.cases import StudySettings, _spec
 from lungclam.simulation.data import builtin_base, make_scenario, simulate
-from lungclam.device import seed_everything
-from lungclam.intensity import normalize_hu
 from lungclam.train import EarlyStopping, embed_images, pretrain, reconstruction_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,9 +77,19 @@ def parse_setting(text: str) -> tuple[str, dict[str, float]]:
     return name, values
 
 
-def pretrain_and_score(model, images: np.ndarray, truth: np.ndarray, case: str, name: str,
-                       values: dict[str, float], defaults: tuple[int, int, float], seed: int, n_init: int,
-                       out: Path | None, stem: str) -> tuple[dict, np.ndarray]:
+def pretrain_and_score(
+    model,
+    images: np.ndarray,
+    truth: np.ndarray,
+    case: str,
+    name: str,
+    values: dict[str, float],
+    defaults: tuple[int, int, float],
+    seed: int,
+    n_init: int,
+    out: Path | None,
+    stem: str,
+) -> tuple[dict, np.ndarray]:
     """Pretrain ``model`` on ``images`` with the setting ``values`` (``defaults``: epochs,
     batch, learning rate when the setting names none), embed, and score k-means at the true
     K against ``truth``; the features go to ``out/stem.npz`` when ``out`` is given.
@@ -91,8 +104,16 @@ def pretrain_and_score(model, images: np.ndarray, truth: np.ndarray, case: str, 
         model.load_state_dict(saved["state"])
         history = saved["history"]
     else:
-        history = pretrain(model, images, int(values.get("epochs", defaults[0])), int(values.get("batch", defaults[1])),
-                           float(values.get("lr", defaults[2])), seed, device, stopping=stopping)
+        history = pretrain(
+            model,
+            images,
+            int(values.get("epochs", defaults[0])),
+            int(values.get("batch", defaults[1])),
+            float(values.get("lr", defaults[2])),
+            seed,
+            device,
+            stopping=stopping,
+        )
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"state": model.state_dict(), "history": history}, cache)
@@ -103,24 +124,42 @@ def pretrain_and_score(model, images: np.ndarray, truth: np.ndarray, case: str, 
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(out / f"{stem}.npz", features=features, truth=truth)
-    row = {"case": case, "setting": name, "epochs_run": len(history), "kept_epoch": int(best["epoch"]),
-           "train_mse": float(best["loss"]), "heldout_mse": float(best["val_loss"]),
-           "kmeans_ari": adjusted_rand_score(truth, labels), "silhouette": silhouette(features, labels),
-           "seconds": seconds}
+    row = {
+        "case": case,
+        "setting": name,
+        "epochs_run": len(history),
+        "kept_epoch": int(best["epoch"]),
+        "train_mse": float(best["loss"]),
+        "heldout_mse": float(best["val_loss"]),
+        "kmeans_ari": adjusted_rand_score(truth, labels),
+        "silhouette": silhouette(features, labels),
+        "seconds": seconds,
+    }
     return row, features
 
 
-def run(scenario: str, true_k: int, name: str, values: dict[str, float], settings: StudySettings,
-        base, out: Path | None) -> dict:
+def run(
+    scenario: str, true_k: int, name: str, values: dict[str, float], settings: StudySettings, base, out: Path | None
+) -> dict:
     case = make_scenario(scenario, true_k, base)
     hu, truth, _ = simulate(case, base, settings.n_images, settings.seed, settings.noise_scale)
     x = normalize_hu(hu, *settings.hu_window)[:, None]
     device = torch.device("cpu")
     seed_everything(settings.seed, device)
     model = ConvAutoencoder(_spec(settings, base.shape))
-    row, features = pretrain_and_score(model, x, truth, f"{scenario} K={true_k}", name, values,
-                                       (30, settings.batch_size, settings.learning_rate), settings.seed,
-                                       settings.n_init, out, f"{scenario}_k{true_k}_{pretrain_key(values)}")
+    row, features = pretrain_and_score(
+        model,
+        x,
+        truth,
+        f"{scenario} K={true_k}",
+        name,
+        values,
+        (30, settings.batch_size, settings.learning_rate),
+        settings.seed,
+        settings.n_init,
+        out,
+        f"{scenario}_k{true_k}_{pretrain_key(values)}",
+    )
     if "cepochs" in values:
         row.update(cluster_at_true_k(model, x, truth, true_k, values, settings, features, device))
     return row
@@ -135,22 +174,37 @@ def cluster_at_true_k(model, x, truth, true_k, values, settings, features, devic
     started = time.perf_counter()
     before = reconstruction_error(model, torch.from_numpy(x), 64, device)
     scale = _kernel_scale(settings.kernel_scale, features, true_k, settings)
-    fit = fit_clusters(model, x, true_k, max_epochs=int(values["cepochs"]), scale=scale,
-                       batch_size=settings.batch_size, update_interval=settings.update_interval, tol=settings.tol,
-                       n_init=settings.n_init, seed=settings.seed, device=device,
-                       **cluster_options(values, settings.gamma, settings.cluster_learning_rate))
+    fit = fit_clusters(
+        model,
+        x,
+        true_k,
+        max_epochs=int(values["cepochs"]),
+        scale=scale,
+        batch_size=settings.batch_size,
+        update_interval=settings.update_interval,
+        tol=settings.tol,
+        n_init=settings.n_init,
+        seed=settings.seed,
+        device=device,
+        **cluster_options(values, settings.gamma, settings.cluster_learning_rate),
+    )
     accuracy, _ = best_match_accuracy(truth, fit.labels)
-    return {"accuracy": accuracy, "dec_ari": adjusted_rand_score(truth, fit.labels),
-            "sizes": ",".join(map(str, cluster_sizes(fit.labels, true_k))), "cluster_epochs": len(fit.history),
-            "stop": fit.stop_reason.split(":")[0] + (" (" + fit.stop_reason.split(" ")[1] + ")" if ":" in fit.stop_reason else ""),
-            "recon_ratio": reconstruction_error(fit.model.autoencoder, torch.from_numpy(x), 64, device) / before,
-            "cluster_seconds": time.perf_counter() - started}
+    return {
+        "accuracy": accuracy,
+        "dec_ari": adjusted_rand_score(truth, fit.labels),
+        "sizes": ",".join(map(str, cluster_sizes(fit.labels, true_k))),
+        "cluster_epochs": len(fit.history),
+        "stop": fit.stop_reason.split(":")[0]
+        + (" (" + fit.stop_reason.split(" ")[1] + ")" if ":" in fit.stop_reason else ""),
+        "recon_ratio": reconstruction_error(fit.model.autoencoder, torch.from_numpy(x), 64, device) / before,
+        "cluster_seconds": time.perf_counter() - started,
+    }
 
 
 def run_cohort(spec: str, name: str, values: dict[str, float], seed: int, out: Path | None) -> dict:
     """Pretrain the pipeline's 3D CAE on a finished run's model inputs; same columns as :func:`run`."""
-    from lungclam.model import spec_from_config
     from lungclam.imageio import load_volumes
+    from lungclam.model import spec_from_config
 
     results, _, truth_path = spec.partition(":")
     results_dir = Path(results)
@@ -165,9 +219,19 @@ def run_cohort(spec: str, name: str, values: dict[str, float], seed: int, out: P
     model = ConvAutoencoder(spec_from_config(config["model"], images.shape[2:]))
     t = config["train"]
     label = results_dir.parent.name if results_dir.name == "results" else results_dir.name
-    row, _ = pretrain_and_score(model, images, truth, label, name, values,
-                                (t["epochs"], t["batch_size"], t["learning_rate"]), seed, 20, out,
-                                f"{label}_s{seed}_{pretrain_key(values)}")
+    row, _ = pretrain_and_score(
+        model,
+        images,
+        truth,
+        label,
+        name,
+        values,
+        (t["epochs"], t["batch_size"], t["learning_rate"]),
+        seed,
+        20,
+        out,
+        f"{label}_s{seed}_{pretrain_key(values)}",
+    )
     if "cepochs" in values:
         row.update(cluster_cohort(model, images, truth, values, config["cluster"], seed, device))
     return row
@@ -180,14 +244,29 @@ def cluster_cohort(model, images, truth, values, c: dict, seed: int, device) -> 
 
     true_k = len(np.unique(truth))
     started = time.perf_counter()
-    fit = fit_clusters(model, images, true_k, max_epochs=int(values["cepochs"]), batch_size=c["batch_size"],
-                       update_interval=c["update_interval"], tol=c["tol"], n_init=c["n_init"], seed=seed,
-                       device=device, **cluster_options(values, c["gamma"], c["learning_rate"]))
+    fit = fit_clusters(
+        model,
+        images,
+        true_k,
+        max_epochs=int(values["cepochs"]),
+        batch_size=c["batch_size"],
+        update_interval=c["update_interval"],
+        tol=c["tol"],
+        n_init=c["n_init"],
+        seed=seed,
+        device=device,
+        **cluster_options(values, c["gamma"], c["learning_rate"]),
+    )
     accuracy, _ = best_match_accuracy(truth, fit.labels)
-    return {"accuracy": accuracy, "dec_ari": adjusted_rand_score(truth, fit.labels),
-            "sizes": ",".join(map(str, cluster_sizes(fit.labels, true_k))), "cluster_epochs": len(fit.history),
-            "stop": fit.stop_reason.split(":")[0] + (" (" + fit.stop_reason.split(" ")[1] + ")" if ":" in fit.stop_reason else ""),
-            "cluster_seconds": time.perf_counter() - started}
+    return {
+        "accuracy": accuracy,
+        "dec_ari": adjusted_rand_score(truth, fit.labels),
+        "sizes": ",".join(map(str, cluster_sizes(fit.labels, true_k))),
+        "cluster_epochs": len(fit.history),
+        "stop": fit.stop_reason.split(":")[0]
+        + (" (" + fit.stop_reason.split(" ")[1] + ")" if ":" in fit.stop_reason else ""),
+        "cluster_seconds": time.perf_counter() - started,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,8 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     section = yaml.safe_load((ROOT / "config" / "simulation.yaml").read_text())["simulation"]
-    settings = StudySettings.from_config({k: v for k, v in section.items()
-                                          if k not in ("base", "scenarios", "true_ks", "threads")}, args.seed)
+    settings = StudySettings.from_config(
+        {k: v for k, v in section.items() if k not in ("base", "scenarios", "true_ks", "threads")}, args.seed
+    )
     torch.set_num_threads(1)
     base = builtin_base(seed=args.seed)
     rows = []
@@ -208,13 +288,21 @@ def main(argv: list[str] | None = None) -> int:
         name, values = parse_setting(text)
         for spec in args.cohort or []:
             rows.append(run_cohort(spec, name, values, args.seed, args.out))
-            print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1,
-                                                    float_format=lambda v: f"{v:.4g}"), flush=True)
+            print(
+                pd.DataFrame(rows[-1:]).to_string(
+                    index=False, header=len(rows) == 1, float_format=lambda v: f"{v:.4g}"
+                ),
+                flush=True,
+            )
         for case in [] if args.cohort else args.cases:
             scenario, _, k = case.partition(":")
             rows.append(run(scenario, int(k), name, values, settings, base, args.out))
-            print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1,
-                                                    float_format=lambda v: f"{v:.4g}"), flush=True)
+            print(
+                pd.DataFrame(rows[-1:]).to_string(
+                    index=False, header=len(rows) == 1, float_format=lambda v: f"{v:.4g}"
+                ),
+                flush=True,
+            )
     print()
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 0

@@ -49,8 +49,15 @@ def lung_centroid_x(labels: sitk.Image, label: int) -> float:
     return float(lps.TransformContinuousIndexToPhysicalPoint((float(x.mean()), float(y.mean()), float(z.mean())))[0])
 
 
-def run_subject(folder: Path, work: Path, template: sitk.Image, template_mask: sitk.Image,
-                spacing_mm: float, register: dict, seed: int) -> dict:
+def run_subject(
+    folder: Path,
+    work: Path,
+    template: sitk.Image,
+    template_mask: sitk.Image,
+    spacing_mm: float,
+    register: dict,
+    seed: int,
+) -> dict:
     subject = folder.name.replace(".", "_")
     row: dict = {"subject": subject}
     t = time.perf_counter()
@@ -67,10 +74,18 @@ def run_subject(folder: Path, work: Path, template: sitk.Image, template_mask: s
     row["right_ml"], row["left_ml"] = volumes.get(1, 0.0), volumes.get(2, 0.0)
     row["sides_ok"] = lung_centroid_x(labels, 1) < lung_centroid_x(labels, 2)
     t = time.perf_counter()
-    result = register_to_template(image, labels, template, template_mask, work / subject / "transforms",
-                                  transform=register["transform"], reg_iterations=tuple(register["reg_iterations"]),
-                                  margin_mm=register["margin_mm"], syn_spacing_mm=register.get("syn_spacing_mm"),
-                                  seed=seed)
+    result = register_to_template(
+        image,
+        labels,
+        template,
+        template_mask,
+        work / subject / "transforms",
+        transform=register["transform"],
+        reg_iterations=tuple(register["reg_iterations"]),
+        margin_mm=register["margin_mm"],
+        syn_spacing_mm=register.get("syn_spacing_mm"),
+        seed=seed,
+    )
     row["s_register"] = time.perf_counter() - t
     row["reg_lung_dice"] = result.lung_dice
     return row
@@ -79,8 +94,13 @@ def run_subject(folder: Path, work: Path, template: sitk.Image, template_mask: s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--template-dir", type=Path, default=Path("results/template"))
-    parser.add_argument("--config", type=Path, nargs="+", default=[Path("config/config.yaml")],
-                        help="config files, later ones overlaid on earlier ones (as --configfile does)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        nargs="+",
+        default=[Path("config/config.yaml")],
+        help="config files, later ones overlaid on earlier ones (as --configfile does)",
+    )
     parser.add_argument("--syn-spacing-mm", type=float, default=None, help="override register.syn_spacing_mm")
     parser.add_argument("--spacing-mm", type=float, default=None, help="resampling (default: the config's)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -101,12 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for folder in folders:
             print(f"{folder.name} ...", file=sys.stderr, flush=True)
-            rows.append(run_subject(folder, Path(tmp), template, template_mask, spacing,
-                                    config["register"], int(config.get("seed", 0))))
+            rows.append(
+                run_subject(
+                    folder, Path(tmp), template, template_mask, spacing, config["register"], int(config.get("seed", 0))
+                )
+            )
     pd.set_option("display.width", 200)
-    print(f"template {args.template_dir} (spacing {template.GetSpacing()[0]:.1f} mm); resampled to {spacing} mm; "
-          f"register {config['register']['transform']} {config['register']['reg_iterations']}, "
-          f"SyN grid {config['register'].get('syn_spacing_mm')} mm (never finer than the template)")
+    print(
+        f"template {args.template_dir} (spacing {template.GetSpacing()[0]:.1f} mm); resampled to {spacing} mm; "
+        f"register {config['register']['transform']} {config['register']['reg_iterations']}, "
+        f"SyN grid {config['register'].get('syn_spacing_mm')} mm (never finer than the template)"
+    )
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 

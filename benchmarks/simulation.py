@@ -70,22 +70,43 @@ def main() -> None:
     loc = _read(sim / "localization.tsv")
     inside = loc.loc[loc["scenario"] == "location", "mass_inside"]
     inside_margin = loc.loc[loc["scenario"] == "location", "mass_inside_margin"]
-    summary = pd.DataFrame([
-        {"measure": "accuracy 100 % at fitted K = true K", "ours": f"{perfect} of {n}", "paper": "9 of 9"},
-        {"measure": "lowest accuracy at fitted K = true K", "ours": f"{cases['accuracy'].min():.3f}", "paper": "1.000"},
-        {"measure": "silhouette finds true K before clustering", "ours": f"{before} of {n}", "paper": "7 of 9"},
-        {"measure": "silhouette finds true K after clustering", "ours": f"{after} of {n}", "paper": "3 of 9"},
-        *[{"measure": f"{column[2:-7].replace('_', ' ')} finds true K before clustering",
-           "ours": f"{int((cases[column] == cases['true_k']).sum())} of {n}", "paper": "-"}
-          for column in ("k_stability_before", "k_prediction_strength_before", "k_pac_before") if column in cases],
-        {"measure": "location: mean CLAM mass inside the disc",
-         "ours": f"{inside.mean():.3f}" if len(inside) else "n/a", "paper": "'mostly inside'"},
-        {"measure": "location: mean CLAM mass inside disc + 2 px",
-         "ours": f"{inside_margin.mean():.3f}" if len(inside_margin) else "n/a", "paper": "-"},
-    ])
+    summary = pd.DataFrame(
+        [
+            {"measure": "accuracy 100 % at fitted K = true K", "ours": f"{perfect} of {n}", "paper": "9 of 9"},
+            {
+                "measure": "lowest accuracy at fitted K = true K",
+                "ours": f"{cases['accuracy'].min():.3f}",
+                "paper": "1.000",
+            },
+            {"measure": "silhouette finds true K before clustering", "ours": f"{before} of {n}", "paper": "7 of 9"},
+            {"measure": "silhouette finds true K after clustering", "ours": f"{after} of {n}", "paper": "3 of 9"},
+            *[
+                {
+                    "measure": f"{column[2:-7].replace('_', ' ')} finds true K before clustering",
+                    "ours": f"{int((cases[column] == cases['true_k']).sum())} of {n}",
+                    "paper": "-",
+                }
+                for column in ("k_stability_before", "k_prediction_strength_before", "k_pac_before")
+                if column in cases
+            ],
+            {
+                "measure": "location: mean CLAM mass inside the disc",
+                "ours": f"{inside.mean():.3f}" if len(inside) else "n/a",
+                "paper": "'mostly inside'",
+            },
+            {
+                "measure": "location: mean CLAM mass inside disc + 2 px",
+                "ours": f"{inside_margin.mean():.3f}" if len(inside_margin) else "n/a",
+                "paper": "-",
+            },
+        ]
+    )
     if not times.empty:
-        summary.loc[len(summary)] = {"measure": "sum of case job times (s)", "ours": f"{times['job_s'].sum():.0f}",
-                                     "paper": "-"}
+        summary.loc[len(summary)] = {
+            "measure": "sum of case job times (s)",
+            "ours": f"{times['job_s'].sum():.0f}",
+            "paper": "-",
+        }
     print("\nAgainst the paper\n")
     print(summary.to_string(index=False))
     print("\nLocalization (CLAM at K = true K)\n")

@@ -73,8 +73,9 @@ def find_chromium() -> str | None:
     return None
 
 
-def screenshot(report: Path, category: str, item: str, out: Path, width: int = 1400,
-               height: int = 1100, timeout: int = 120) -> dict:
+def screenshot(
+    report: Path, category: str, item: str, out: Path, width: int = 1400, height: int = 1100, timeout: int = 120
+) -> dict:
     """Load ``report``, click ``category`` then ``item``; write ``out`` (PNG); return the
     page's outcome: clicks found, images displayed, JavaScript errors, console errors."""
     chromium = find_chromium()
@@ -82,18 +83,40 @@ def screenshot(report: Path, category: str, item: str, out: Path, width: int = 1
         raise FileNotFoundError("no chromium on PATH (Debian: apt-get install chromium)")
     with tempfile.TemporaryDirectory() as tmp:
         wrapper = Path(tmp) / "wrapper.html"
-        wrapper.write_text(WRAPPER.format(report=report.resolve().as_uri(), width=width, height=height,
-                                          category=json.dumps(category), item=json.dumps(item)))
-        common = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
-                  f"--window-size={width},{height}", "--virtual-time-budget=45000",
-                  "--enable-logging=stderr", "--v=0", f"--user-data-dir={tmp}/profile"]
+        wrapper.write_text(
+            WRAPPER.format(
+                report=report.resolve().as_uri(),
+                width=width,
+                height=height,
+                category=json.dumps(category),
+                item=json.dumps(item),
+            )
+        )
+        common = [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--allow-file-access-from-files",
+            f"--window-size={width},{height}",
+            "--virtual-time-budget=45000",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--user-data-dir={tmp}/profile",
+        ]
         # one page load: the DOM (with the outcome in its title) and the screenshot of it
-        dom = subprocess.run([*common, "--dump-dom", f"--screenshot={out.resolve()}", wrapper.as_uri()],
-                             capture_output=True, text=True, timeout=timeout, check=True)
+        dom = subprocess.run(
+            [*common, "--dump-dom", f"--screenshot={out.resolve()}", wrapper.as_uri()],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        )
     title = re.search(r"<title>outcome:(.*?)</title>", dom.stdout, re.S)
     outcome = json.loads(title.group(1).replace("&quot;", '"')) if title else {"errors": ["the page never finished"]}
-    outcome["console_errors"] = [line for line in dom.stderr.splitlines()
-                                 if ":CONSOLE" in line and re.search(r"error|uncaught", line, re.I)]
+    outcome["console_errors"] = [
+        line for line in dom.stderr.splitlines() if ":CONSOLE" in line and re.search(r"error|uncaught", line, re.I)
+    ]
     return outcome
 
 

@@ -65,7 +65,10 @@ class DevTools:
         script = f'exec "$0" "$@" 3<&{to_chrome_r} 4>&{from_chrome_w} {to_chrome_r}<&- {from_chrome_w}>&-'
         self.proc = subprocess.Popen(
             ["bash", "-c", script, chromium, "--remote-debugging-pipe", f"--user-data-dir={profile}", *flags],
-            pass_fds=(to_chrome_r, from_chrome_w), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            pass_fds=(to_chrome_r, from_chrome_w),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         self._buffer = b""
@@ -90,8 +93,7 @@ class DevTools:
         message, self._buffer = self._buffer.split(b"\0", 1)
         return json.loads(message)
 
-    def send(self, method: str, params: dict | None = None, session: str | None = None,
-             timeout: float = 60.0) -> dict:
+    def send(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 60.0) -> dict:
         """Send one command and wait for its answer; events seen meanwhile are kept."""
         self._next_id += 1
         command = {"id": self._next_id, "method": method, "params": params or {}}
@@ -134,34 +136,50 @@ class DevTools:
 
 
 def _evaluate(tools: DevTools, session: str, expression: str, timeout: float = 60.0):
-    result = tools.send("Runtime.evaluate", {"expression": expression, "awaitPromise": True,
-                                             "returnByValue": True}, session, timeout)
+    result = tools.send(
+        "Runtime.evaluate", {"expression": expression, "awaitPromise": True, "returnByValue": True}, session, timeout
+    )
     if "exceptionDetails" in result:
-        raise RuntimeError(f"{expression}: {result['exceptionDetails'].get('text')} "
-                           f"{result['exceptionDetails'].get('exception', {}).get('description', '')}")
+        raise RuntimeError(
+            f"{expression}: {result['exceptionDetails'].get('text')} "
+            f"{result['exceptionDetails'].get('exception', {}).get('description', '')}"
+        )
     return result["result"].get("value")
 
 
 def _canvas_pixels(tools: DevTools, session: str) -> np.ndarray:
     """The canvas as drawn on screen: RGB uint8 array (rows, columns, 3)."""
-    box = _evaluate(tools, session, "(() => { const r = document.getElementById('gl').getBoundingClientRect();"
-                                    " return [r.left, r.top, r.width, r.height]; })()")
-    shot = tools.send("Page.captureScreenshot", {"format": "png", "clip": {
-        "x": box[0], "y": box[1], "width": box[2], "height": box[3], "scale": 1}}, session)
+    box = _evaluate(
+        tools,
+        session,
+        "(() => { const r = document.getElementById('gl').getBoundingClientRect();"
+        " return [r.left, r.top, r.width, r.height]; })()",
+    )
+    shot = tools.send(
+        "Page.captureScreenshot",
+        {"format": "png", "clip": {"x": box[0], "y": box[1], "width": box[2], "height": box[3], "scale": 1}},
+        session,
+    )
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(shot["data"]))).convert("RGB"))
 
 
 def _click_world(tools: DevTools, session: str, fx: float, fy: float) -> list[float]:
     """Click the canvas at fractions (fx, fy) of its width and height; the crosshair's
     world position then (RAS, mm)."""
-    box = _evaluate(tools, session, "(() => { const r = document.getElementById('gl').getBoundingClientRect();"
-                                    " return [r.left, r.top, r.width, r.height]; })()")
+    box = _evaluate(
+        tools,
+        session,
+        "(() => { const r = document.getElementById('gl').getBoundingClientRect();"
+        " return [r.left, r.top, r.width, r.height]; })()",
+    )
     x, y = box[0] + fx * box[2], box[1] + fy * box[3]
     for kind in ("mousePressed", "mouseReleased"):
-        tools.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1},
-                   session)
-    return _evaluate(tools, session, "Array.from(lungclamViewer.nv.frac2mm(lungclamViewer.nv.scene.crosshairPos))"
-                                     ".slice(0, 3)")
+        tools.send(
+            "Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1}, session
+        )
+    return _evaluate(
+        tools, session, "Array.from(lungclamViewer.nv.frac2mm(lungclamViewer.nv.scene.crosshairPos)).slice(0, 3)"
+    )
 
 
 def _orientation(tools: DevTools, session: str) -> dict:
@@ -169,9 +187,14 @@ def _orientation(tools: DevTools, session: str) -> dict:
     world x (RAS: + is the patient's right) and y (+ anterior) at the left and right, top
     and bottom of the middle; in the sagittal view y at the left and right. Leaves the page
     in its multiplanar view, the crosshair where the page first put it."""
+
     def view(name: str) -> None:
-        _evaluate(tools, session, f"(() => {{ const r = document.querySelector('input[name=slice][value={name}]');"
-                                  " r.checked = true; r.dispatchEvent(new Event('change')); return 1; })()")
+        _evaluate(
+            tools,
+            session,
+            f"(() => {{ const r = document.querySelector('input[name=slice][value={name}]');"
+            " r.checked = true; r.dispatchEvent(new Event('change')); return 1; })()",
+        )
 
     view("AXIAL")
     left, right = _click_world(tools, session, 0.4, 0.5), _click_world(tools, session, 0.6, 0.5)
@@ -179,12 +202,18 @@ def _orientation(tools: DevTools, session: str) -> dict:
     view("SAGITTAL")
     sag_left, sag_right = _click_world(tools, session, 0.4, 0.5), _click_world(tools, session, 0.6, 0.5)
     view("MULTIPLANAR")
-    _evaluate(tools, session, "(() => { const V = lungclamViewer; V.nv.scene.crosshairPos = "
-                              "V.nv.mm2frac(V.data.start_mm); V.nv.drawScene(); V.nv.createOnLocationChange();"
-                              " return 1; })()")
-    return {"axial_screen_left_is_patient_right": left[0] > right[0],
-            "axial_screen_top_is_anterior": top[1] > bottom[1],
-            "sagittal_screen_left_is_anterior": sag_left[1] > sag_right[1]}
+    _evaluate(
+        tools,
+        session,
+        "(() => { const V = lungclamViewer; V.nv.scene.crosshairPos = "
+        "V.nv.mm2frac(V.data.start_mm); V.nv.drawScene(); V.nv.createOnLocationChange();"
+        " return 1; })()",
+    )
+    return {
+        "axial_screen_left_is_patient_right": left[0] > right[0],
+        "axial_screen_top_is_anterior": top[1] > bottom[1],
+        "sagittal_screen_left_is_anterior": sag_left[1] > sag_right[1],
+    }
 
 
 def _problems_in(events: list[dict], allowed: set[str]) -> tuple[list[str], list[str]]:
@@ -201,8 +230,9 @@ def _problems_in(events: list[dict], allowed: set[str]) -> tuple[list[str], list
             details = params.get("exceptionDetails", {})
             errors.append(f"exception: {details.get('text')} {details.get('exception', {}).get('description', '')}")
         elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-            errors.append("console: " + " ".join(str(a.get("value", a.get("description", "")))
-                                                 for a in params.get("args", [])))
+            errors.append(
+                "console: " + " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", []))
+            )
         elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
             errors.append(f"log: {params['entry'].get('text')} {params['entry'].get('url', '')}")
     return requests, errors
@@ -213,13 +243,23 @@ def _opened(tools: DevTools, session: str, since: int, timeout: float) -> dict:
     its URL, kind (``all``, ``index`` or ``subject``), load time and timings, and the
     file:// URLs of the scripts it loads from disk (none but a split viewer's NiiVue)."""
     tools.wait_event("Page.loadEventFired", timeout, since)
-    load_ms = _evaluate(tools, session, "window.lungclamViewer.ready.then(() => "
-                        "document.body.dataset.ready === '1' ? performance.now() : -1)", timeout)
-    return {"load_ms": load_ms, "timings_ms": _evaluate(tools, session, "lungclamViewer.timings"),
-            "kind": _evaluate(tools, session, "lungclamViewer.data.page || 'all'"),
-            "url": _evaluate(tools, session, "location.href"),
-            "scripts": [u for u in _evaluate(tools, session, "Array.from(document.scripts, s => s.src)"
-                                             ".filter(Boolean)") if u.startswith("file:")]}
+    load_ms = _evaluate(
+        tools,
+        session,
+        "window.lungclamViewer.ready.then(() => document.body.dataset.ready === '1' ? performance.now() : -1)",
+        timeout,
+    )
+    return {
+        "load_ms": load_ms,
+        "timings_ms": _evaluate(tools, session, "lungclamViewer.timings"),
+        "kind": _evaluate(tools, session, "lungclamViewer.data.page || 'all'"),
+        "url": _evaluate(tools, session, "location.href"),
+        "scripts": [
+            u
+            for u in _evaluate(tools, session, "Array.from(document.scripts, s => s.src).filter(Boolean)")
+            if u.startswith("file:")
+        ],
+    }
 
 
 def _views(kind: str, data: dict) -> list[dict]:
@@ -244,41 +284,66 @@ def _views(kind: str, data: dict) -> list[dict]:
     return views
 
 
-def _walk(tools: DevTools, session: str, views: list[dict], records: list[dict], before: np.ndarray | None,
-          timeout: float) -> np.ndarray | None:
+def _walk(
+    tools: DevTools, session: str, views: list[dict], records: list[dict], before: np.ndarray | None, timeout: float
+) -> np.ndarray | None:
     """Show each view in turn, recording what the page says and how its canvas looks and
     changed (into ``records``); returns the last canvas."""
     for view in views:
         if "slider" in view:
-            _evaluate(tools, session, f"(() => {{ const e = document.getElementById('{view['slider']}');"
-                                      f" e.value = {view['value']}; e.dispatchEvent(new Event('input'));"
-                                      " return e.value; })()")
+            _evaluate(
+                tools,
+                session,
+                f"(() => {{ const e = document.getElementById('{view['slider']}');"
+                f" e.value = {view['value']}; e.dispatchEvent(new Event('input'));"
+                " return e.value; })()",
+            )
         elif not view.get("initial"):
-            selection = ({"subject": view["subject"]} if "subject" in view else
-                         {"cluster": view["cluster"]} if "cluster" in view else {})
+            selection = (
+                {"subject": view["subject"]}
+                if "subject" in view
+                else {"cluster": view["cluster"]}
+                if "cluster" in view
+                else {}
+            )
             _evaluate(tools, session, f"lungclamViewer.show({json.dumps(selection)})", timeout)
-        _evaluate(tools, session, "new Promise(r => requestAnimationFrame(() => "
-                                  "requestAnimationFrame(() => r(1))))")
+        _evaluate(tools, session, "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(1))))")
         pixels = _canvas_pixels(tools, session)
         lit = pixels.max(axis=2) > 16
-        record = {**view, "showing": _evaluate(tools, session, "document.getElementById('showing').textContent"),
-                  "canvas": list(pixels.shape[:2]), "lit_fraction": round(float(lit.mean()), 4),
-                  "colours": int(len(np.unique(pixels.reshape(-1, 3).astype(np.uint32)
-                                               @ np.array([1 << 16, 1 << 8, 1], dtype=np.uint32))))}
+        record = {
+            **view,
+            "showing": _evaluate(tools, session, "document.getElementById('showing').textContent"),
+            "canvas": list(pixels.shape[:2]),
+            "lit_fraction": round(float(lit.mean()), 4),
+            "colours": int(
+                len(
+                    np.unique(pixels.reshape(-1, 3).astype(np.uint32) @ np.array([1 << 16, 1 << 8, 1], dtype=np.uint32))
+                )
+            ),
+        }
         if before is not None and before.shape == pixels.shape:
-            record["changed_fraction"] = round(float((np.abs(pixels.astype(int) - before).max(axis=2)
-                                                       > 8).mean()), 4)
+            record["changed_fraction"] = round(float((np.abs(pixels.astype(int) - before).max(axis=2) > 8).mean()), 4)
         before = pixels.astype(int)
         records.append(record)
     return before
 
 
-def _follow_first_subject(tools: DevTools, session: str, index_url: str, outcome: dict, allowed: set[str],
-                          before: np.ndarray | None, timeout: float) -> np.ndarray | None:
+def _follow_first_subject(
+    tools: DevTools,
+    session: str,
+    index_url: str,
+    outcome: dict,
+    allowed: set[str],
+    before: np.ndarray | None,
+    timeout: float,
+) -> np.ndarray | None:
     """On a split viewer's index: click the first subject's link, check the subject page it
     opens (views, sliders) and that page's link back to the index (``outcome["links"]``)."""
-    link = _evaluate(tools, session, "(() => { const a = document.querySelector('a.subject-page');"
-                                     " return a ? [a.href, a.textContent] : null; })()")
+    link = _evaluate(
+        tools,
+        session,
+        "(() => { const a = document.querySelector('a.subject-page'); return a ? [a.href, a.textContent] : null; })()",
+    )
     outcome["links"] = {"index_to_subject": False, "subject_to_index": False}
     if link is None:
         return before
@@ -287,12 +352,17 @@ def _follow_first_subject(tools: DevTools, session: str, index_url: str, outcome
     opened = _opened(tools, session, since, timeout)
     allowed |= {opened["url"], *opened["scripts"]}
     outcome["subject_page"] = {k: opened[k] for k in ("url", "kind", "load_ms", "timings_ms", "scripts")}
-    data = _evaluate(tools, session, "({clusters: lungclamViewer.data.clusters.map(c => c.k),"
-                                     " subjects: lungclamViewer.data.subjects})")
-    outcome["links"]["index_to_subject"] = (opened["kind"] == "subject" and len(data["subjects"]) == 1
-                                            and data["subjects"][0]["id"] == link[1])
-    back = _evaluate(tools, session, "(() => { const a = document.getElementById('index-link');"
-                                     " return a ? a.href : null; })()")
+    data = _evaluate(
+        tools,
+        session,
+        "({clusters: lungclamViewer.data.clusters.map(c => c.k), subjects: lungclamViewer.data.subjects})",
+    )
+    outcome["links"]["index_to_subject"] = (
+        opened["kind"] == "subject" and len(data["subjects"]) == 1 and data["subjects"][0]["id"] == link[1]
+    )
+    back = _evaluate(
+        tools, session, "(() => { const a = document.getElementById('index-link'); return a ? a.href : null; })()"
+    )
     outcome["links"]["subject_to_index"] = back == index_url
     return _walk(tools, session, _views(opened["kind"], data), outcome["views"], before, timeout)
 
@@ -302,11 +372,23 @@ def check_viewer(page: Path, out: Path, chromium: str | None = None, timeout: fl
     chromium = chromium or find_chromium()
     if chromium is None:
         raise FileNotFoundError("no chromium on PATH (Debian: apt-get install chromium)")
-    flags = ["--headless", "--no-sandbox", "--use-gl=angle", "--use-angle=swiftshader",
-             "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist", f"--window-size={WIDTH},{HEIGHT}",
-             "--hide-scrollbars", "--no-first-run", "--no-default-browser-check", "--disable-sync",
-             "--disable-background-networking", "--disable-component-update", "--disable-extensions",
-             "--force-device-scale-factor=1"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--use-gl=angle",
+        "--use-angle=swiftshader",
+        "--enable-unsafe-swiftshader",
+        "--ignore-gpu-blocklist",
+        f"--window-size={WIDTH},{HEIGHT}",
+        "--hide-scrollbars",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-sync",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-extensions",
+        "--force-device-scale-factor=1",
+    ]
     url = page.resolve().as_uri()
     outcome: dict = {"page": str(page), "page_mb": round(page.stat().st_size / 1e6, 2), "views": []}
     allowed = {url}
@@ -317,24 +399,34 @@ def check_viewer(page: Path, out: Path, chromium: str | None = None, timeout: fl
             session = tools.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
             for domain in ("Page", "Runtime", "Network", "Log"):
                 tools.send(f"{domain}.enable", session=session)
-            tools.send("Emulation.setDeviceMetricsOverride", {"width": WIDTH, "height": HEIGHT,
-                                                              "deviceScaleFactor": 1, "mobile": False}, session)
+            tools.send(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False},
+                session,
+            )
             started = time.monotonic()
             tools.send("Page.navigate", {"url": url}, session)
             opened = _opened(tools, session, 0, timeout)
             outcome["load_wall_s"] = round(time.monotonic() - started, 2)
             outcome.update({k: opened[k] for k in ("load_ms", "timings_ms", "kind")})
             allowed |= set(opened["scripts"])
-            data = _evaluate(tools, session, "({clusters: lungclamViewer.data.clusters.map(c => c.k),"
-                                             " subjects: lungclamViewer.data.subjects})")
+            data = _evaluate(
+                tools,
+                session,
+                "({clusters: lungclamViewer.data.clusters.map(c => c.k), subjects: lungclamViewer.data.subjects})",
+            )
             outcome["subjects"] = [[s["id"], s["cluster"]] for s in data["subjects"]]
             before = _walk(tools, session, _views(opened["kind"], data), outcome["views"], None, timeout)
             if opened["kind"] == "index":
                 before = _follow_first_subject(tools, session, url, outcome, allowed, before, timeout)
             # back to the page's own slider settings, for the screenshot
-            _evaluate(tools, session, "(() => { for (const id of ['threshold', 'opacity']) { const e = "
-                                      "document.getElementById(id); e.value = lungclamViewer.data[id]; "
-                                      "e.dispatchEvent(new Event('input')); } return 1; })()")
+            _evaluate(
+                tools,
+                session,
+                "(() => { for (const id of ['threshold', 'opacity']) { const e = "
+                "document.getElementById(id); e.value = lungclamViewer.data[id]; "
+                "e.dispatchEvent(new Event('input')); } return 1; })()",
+            )
             outcome["orientation"] = _orientation(tools, session)
             shot = tools.send("Page.captureScreenshot", {"format": "png"}, session)
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -348,26 +440,30 @@ def check_viewer(page: Path, out: Path, chromium: str | None = None, timeout: fl
 def problems(outcome: dict) -> list[str]:
     """What in an outcome of :func:`check_viewer` is wrong (empty: all is well)."""
     found = [f"network request: {u}" for u in outcome["requests"]] + [f"error: {e}" for e in outcome["errors"]]
-    found += [f"orientation: not {name}" for name, holds in outcome.get("orientation", {"checked": False}).items()
-              if not holds]
+    found += [
+        f"orientation: not {name}"
+        for name, holds in outcome.get("orientation", {"checked": False}).items()
+        if not holds
+    ]
     if outcome.get("load_ms", -1) < 0:
         found.append("the page never finished drawing its first view")
     if outcome.get("kind") == "index" and "links" not in outcome:
         found.append("a split viewer's index, but its subject links were not followed")
-    found += [f"link: {name} does not lead where it should" for name, ok in outcome.get("links", {}).items()
-              if not ok]
+    found += [f"link: {name} does not lead where it should" for name, ok in outcome.get("links", {}).items() if not ok]
     if outcome.get("subject_page", {}).get("load_ms", 0) < 0:
         found.append("the subject page never finished drawing its first view")
     for view in outcome["views"]:
         name = json.dumps({k: v for k, v in view.items() if k in ("subject", "cluster", "population")})
         if view["lit_fraction"] < 0.02 or view["colours"] < 20:
-            found.append(f"view {name}: the canvas is blank "
-                         f"({view['lit_fraction']:.1%} lit, {view['colours']} colours)")
+            found.append(
+                f"view {name}: the canvas is blank ({view['lit_fraction']:.1%} lit, {view['colours']} colours)"
+            )
         if "changed_fraction" in view and view["changed_fraction"] < 0.005:
             found.append(f"view {name}: the canvas did not change ({view['changed_fraction']:.2%} of pixels)")
         text = view["showing"]
-        if "subject" in view and not (f"Subject {view['subject']}," in text
-                                      and f"cluster {view['expect_cluster']} " in text):
+        if "subject" in view and not (
+            f"Subject {view['subject']}," in text and f"cluster {view['expect_cluster']} " in text
+        ):
             found.append(f"view {name}: the page says {text!r}")
         if "cluster" in view and not text.startswith(f"Cluster {view['cluster']} "):
             found.append(f"view {name}: the page says {text!r}")

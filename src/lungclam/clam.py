@@ -89,8 +89,11 @@ def upsample(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def clam_image(model: ClusteringModel, x: torch.Tensor, chunk_size: int = 32,
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def clam_image(
+    model: ClusteringModel,
+    x: torch.Tensor,
+    chunk_size: int = 32,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """CLAMs of one image ``x (C, *spatial)`` for every cluster.
 
     Returns ``maps (K, *spatial)`` in ``[0, 1]`` and the image's own ``q (K,)``.
@@ -124,9 +127,14 @@ def auto_chunk_size(ndim: int, device: torch.device) -> int:
     return 32 if ndim == 2 else 1
 
 
-def iter_clam(model: ClusteringModel, images: np.ndarray, chunk_size: int | None = None,
-              device: torch.device | None = None, mixed_precision: bool = False,
-              progress: Progress | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+def iter_clam(
+    model: ClusteringModel,
+    images: np.ndarray,
+    chunk_size: int | None = None,
+    device: torch.device | None = None,
+    mixed_precision: bool = False,
+    progress: Progress | None = None,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(index, maps (K, *spatial) float32, q (K,))`` for each of ``images (N, C, *spatial)``.
 
     One image at a time, so memory is bounded by ``chunk_size`` masked inputs (``None``:

@@ -20,8 +20,9 @@ def cluster_mean(members: Sequence[np.ndarray], shape: tuple[int, ...]) -> np.nd
     return np.mean(members, axis=0)
 
 
-def cluster_means(arrays: Mapping[str, np.ndarray], labels: Mapping[str, Hashable],
-                  clusters: Iterable[Hashable]) -> dict[Hashable, np.ndarray]:
+def cluster_means(
+    arrays: Mapping[str, np.ndarray], labels: Mapping[str, Hashable], clusters: Iterable[Hashable]
+) -> dict[Hashable, np.ndarray]:
     """Mean array of each of ``clusters`` over the subjects ``labels`` assigns to it.
 
     Args:

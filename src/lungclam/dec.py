@@ -22,9 +22,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from lungclam.device import autocast, batched_inference, batches, epoch_sum, keep_on_device
 from lungclam.kmeans import kmeans
 from lungclam.model import ConvAutoencoder
-from lungclam.device import autocast, batched_inference, batched_outputs, batches, epoch_sum, keep_on_device
 from lungclam.train import embed_images
 
 Progress = Callable[[str], None]
@@ -53,8 +53,7 @@ class ClusteringModel(nn.Module):
     :func:`embedding_scale`); ``centroids (K, J)`` live in that scaled space.
     """
 
-    def __init__(self, autoencoder: ConvAutoencoder, centroids: torch.Tensor, alpha: float = 1.0,
-                 scale: float = 1.0):
+    def __init__(self, autoencoder: ConvAutoencoder, centroids: torch.Tensor, alpha: float = 1.0, scale: float = 1.0):
         super().__init__()
         self.autoencoder = autoencoder
         self.centroids = nn.Parameter(centroids.detach().clone().float())
@@ -94,8 +93,13 @@ def embedding_scale(features: np.ndarray) -> float:
     return float(np.median(distances)) if distances.size else 1.0
 
 
-def within_cluster_scale(features: np.ndarray, n_clusters: int, seed: int = 0, n_init: int = 20,
-                         fit: tuple[np.ndarray, np.ndarray] | None = None) -> float:
+def within_cluster_scale(
+    features: np.ndarray,
+    n_clusters: int,
+    seed: int = 0,
+    n_init: int = 20,
+    fit: tuple[np.ndarray, np.ndarray] | None = None,
+) -> float:
     """Mean distance from each embedding ``(N, J)`` to its k-means centroid (1 if all coincide).
 
     A kernel length scale tied to the clusters' own spread rather than to the distances
@@ -117,8 +121,9 @@ def init_centroids(features: np.ndarray, n_clusters: int, seed: int = 0, n_init:
     return kmeans(features, n_clusters, seed, n_init)[1]
 
 
-def predict(model: ClusteringModel, images: np.ndarray, batch_size: int = 16,
-            device: torch.device | None = None) -> np.ndarray:
+def predict(
+    model: ClusteringModel, images: np.ndarray, batch_size: int = 16, device: torch.device | None = None
+) -> np.ndarray:
     """Soft assignments ``(N, K)`` float64 for ``(N, 1, *spatial)`` images, in eval mode."""
     return batched_inference(model, model.assign, images, batch_size, device)
 
@@ -143,8 +148,10 @@ class ClusterGuard:
         """From the ``cluster`` config section (keys ``keep_clusters``, ``max_reconstruction_growth``)."""
         default = cls()
         growth = cluster.get("max_reconstruction_growth", default.max_reconstruction_growth)
-        return cls(keep_clusters=bool(cluster.get("keep_clusters", default.keep_clusters)),
-                   max_reconstruction_growth=None if growth is None else float(growth))
+        return cls(
+            keep_clusters=bool(cluster.get("keep_clusters", default.keep_clusters)),
+            max_reconstruction_growth=None if growth is None else float(growth),
+        )
 
     def violation(self, counts: np.ndarray, start_counts: np.ndarray, error: float, start_error: float) -> str:
         """Why a refresh with cluster sizes ``counts (K,)`` and reconstruction MSE ``error`` is
@@ -154,8 +161,10 @@ class ClusterGuard:
             return f"cluster(s) {', '.join(str(k + 1) for k in emptied)} lost all their images"
         growth = self.max_reconstruction_growth
         if growth is not None and start_error > 0 and error > growth * start_error:
-            return (f"reconstruction MSE rose to {error:.3g}, {error / start_error:.2f}x the pretrained "
-                    f"{start_error:.3g} (limit {growth:g}x)")
+            return (
+                f"reconstruction MSE rose to {error:.3g}, {error / start_error:.2f}x the pretrained "
+                f"{start_error:.3g} (limit {growth:g}x)"
+            )
         return ""
 
 
@@ -176,8 +185,9 @@ class ClusterFit:
 
 
 @torch.no_grad()
-def _refresh_pass(model: ClusteringModel, data: torch.Tensor, batch_size: int,
-                  device: torch.device) -> tuple[torch.Tensor, float]:
+def _refresh_pass(
+    model: ClusteringModel, data: torch.Tensor, batch_size: int, device: torch.device
+) -> tuple[torch.Tensor, float]:
     """Eval-mode ``q (N, K)`` float64 on the device and the mean reconstruction MSE of ``data``."""
     model.to(device).eval()
     qs, error = [], torch.zeros((), dtype=torch.float64, device=device)
@@ -193,13 +203,25 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in model.state_dict().items()}
 
 
-def fit_clusters(autoencoder: ConvAutoencoder, images: np.ndarray, n_clusters: int, *,
-                 max_epochs: int = 100, batch_size: int = 8, learning_rate: float = 1e-3,
-                 gamma: float = 0.1, update_interval: int = 4, tol: float = 0.001,
-                 n_init: int = 20, seed: int = 0, device: torch.device | None = None,
-                 mixed_precision: bool = False, scale: float | None = None,
-                 guard: ClusterGuard | None = ClusterGuard(),
-                 progress: Progress | None = None) -> ClusterFit:
+def fit_clusters(
+    autoencoder: ConvAutoencoder,
+    images: np.ndarray,
+    n_clusters: int,
+    *,
+    max_epochs: int = 100,
+    batch_size: int = 8,
+    learning_rate: float = 1e-3,
+    gamma: float = 0.1,
+    update_interval: int = 4,
+    tol: float = 0.001,
+    n_init: int = 20,
+    seed: int = 0,
+    device: torch.device | None = None,
+    mixed_precision: bool = False,
+    scale: float | None = None,
+    guard: ClusterGuard | None = ClusterGuard(),
+    progress: Progress | None = None,
+) -> ClusterFit:
     """Run the clustering phase on pretrained ``autoencoder`` for ``images (N, 1, *spatial)``.
 
     Centroids start at k-means of the pretrained embeddings. Every ``update_interval``
@@ -235,8 +257,13 @@ def fit_clusters(autoencoder: ConvAutoencoder, images: np.ndarray, n_clusters: i
                 q, error = _refresh_pass(model, data, 16, device)
                 new = q.argmax(1)
                 change = float((new != labels).double().mean())
-                why = guard.violation(torch.bincount(new, minlength=n_clusters).cpu().numpy(), start_counts,
-                                      error, start_error) if guard else ""
+                why = (
+                    guard.violation(
+                        torch.bincount(new, minlength=n_clusters).cpu().numpy(), start_counts, error, start_error
+                    )
+                    if guard
+                    else ""
+                )
                 if why:
                     model.load_state_dict(good)
                     stop_reason = f"guard: {why}"
@@ -262,21 +289,39 @@ def fit_clusters(autoencoder: ConvAutoencoder, images: np.ndarray, n_clusters: i
             step += 1
         if seen:  # an epoch cut short by convergence before its first batch logs nothing
             sums = sums.cpu().numpy()
-            rows.append({"epoch": epoch, "reconstruction": sums[0] / seen, "kl": sums[1] / seen,
-                         "loss": (sums[0] + gamma * sums[1]) / seen, "label_change": change,
-                         "seconds": time.perf_counter() - start})
+            rows.append(
+                {
+                    "epoch": epoch,
+                    "reconstruction": sums[0] / seen,
+                    "kl": sums[1] / seen,
+                    "loss": (sums[0] + gamma * sums[1]) / seen,
+                    "label_change": change,
+                    "seconds": time.perf_counter() - start,
+                }
+            )
             if progress:
-                progress(f"cluster epoch {epoch}/{max_epochs}: loss {rows[-1]['loss']:.5f} "
-                         f"(MSE {rows[-1]['reconstruction']:.5f}, KL {rows[-1]['kl']:.5f}), "
-                         f"labels changed {change:.3f}")
+                progress(
+                    f"cluster epoch {epoch}/{max_epochs}: loss {rows[-1]['loss']:.5f} "
+                    f"(MSE {rows[-1]['reconstruction']:.5f}, KL {rows[-1]['kl']:.5f}), "
+                    f"labels changed {change:.3f}"
+                )
         if stop_reason != "max_epochs":
             if progress:
-                progress(f"converged: {change:.3f} of labels changed (< tol {tol})" if stop_reason == "converged"
-                         else f"stopped by the guard, last good target refresh restored: {stop_reason[7:]}")
+                progress(
+                    f"converged: {change:.3f} of labels changed (< tol {tol})"
+                    if stop_reason == "converged"
+                    else f"stopped by the guard, last good target refresh restored: {stop_reason[7:]}"
+                )
             break
     q = predict(model, images, device=device)
-    return ClusterFit(model=model, q=q, labels=q.argmax(1), history=pd.DataFrame(rows),
-                      converged=stop_reason == "converged", stop_reason=stop_reason)
+    return ClusterFit(
+        model=model,
+        q=q,
+        labels=q.argmax(1),
+        history=pd.DataFrame(rows),
+        converged=stop_reason == "converged",
+        stop_reason=stop_reason,
+    )
 
 
 def clusters_table(subjects: list[str], q: np.ndarray) -> pd.DataFrame:

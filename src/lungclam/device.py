@@ -24,8 +24,9 @@ def seed_everything(seed: int, device: torch.device) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator | None = None,
-            device: torch.device | None = None) -> list[torch.Tensor]:
+def batches(
+    n: int, batch_size: int, generator: torch.Generator | None = None, device: torch.device | None = None
+) -> list[torch.Tensor]:
     """Index batches covering ``range(n)``, shuffled when a (CPU) generator is given.
 
     The order is drawn on the CPU, so it is the same on every device, and then moved to
@@ -69,8 +70,13 @@ def autocast(device: torch.device, enabled: bool):
 
 
 @torch.no_grad()
-def batched_outputs(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
-                    data: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+def batched_outputs(
+    model: torch.nn.Module,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    data: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+) -> torch.Tensor:
     """``forward`` over ``data (N, 1, *spatial)`` in batches, ``model`` in eval mode on
     ``device``; the per-image outputs stacked as float64 ``(N, ...)`` on ``device``, with
     no copy to the host (and no host synchronisation)."""
@@ -79,8 +85,13 @@ def batched_outputs(model: torch.nn.Module, forward: Callable[[torch.Tensor], to
     return torch.cat(out).double()
 
 
-def batched_inference(model: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
-                      images: np.ndarray, batch_size: int = 16, device: torch.device | None = None) -> np.ndarray:
+def batched_inference(
+    model: torch.nn.Module,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    images: np.ndarray,
+    batch_size: int = 16,
+    device: torch.device | None = None,
+) -> np.ndarray:
     """``forward`` over ``(N, 1, *spatial)`` images in batches, ``model`` in eval mode on
     ``device``; the per-image outputs stacked as float64 ``(N, ...)``."""
     device = device or torch.device("cpu")

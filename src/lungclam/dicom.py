@@ -340,14 +340,22 @@ def find_series(folder: Path, subject: str | None = None) -> SeriesList:
         if scouts:
             scout_label = f"<{len(scouts)} localizer image(s) in series UID {label}>"
             series.append(_summarise(scout_label, scouts, folder))
-            log.warning("%s: %d localizer image(s) set aside: %s", series[-2].name, len(scouts),
-                        ", ".join(p.name for p, _ in scouts[:5]))
+            log.warning(
+                "%s: %d localizer image(s) set aside: %s",
+                series[-2].name,
+                len(scouts),
+                ", ".join(p.name for p, _ in scouts[:5]),
+            )
     series.sort(key=lambda s: (s.series_number if s.series_number is not None else 1 << 30, s.label))
-    log.info("%s: %d files, %d series, %d non-DICOM files skipped", folder, len(listing.files), len(series),
-             len(skipped))
+    log.info(
+        "%s: %d files, %d series, %d non-DICOM files skipped", folder, len(listing.files), len(series), len(skipped)
+    )
     if skipped:
-        log.warning("skipped as not DICOM (no preamble, not a DICOM-looking name): %s%s",
-                    ", ".join(p.name for p in skipped[:10]), " ..." if len(skipped) > 10 else "")
+        log.warning(
+            "skipped as not DICOM (no preamble, not a DICOM-looking name): %s%s",
+            ", ".join(p.name for p in skipped[:10]),
+            " ..." if len(skipped) > 10 else "",
+        )
     found = SeriesList(series, folder, len(listing.files), len(skipped), n_non_image)
     found.skipped = skipped
     return found
@@ -369,9 +377,7 @@ def _is_localizer_image(ds: Dataset) -> bool:
     return "LOCALIZER" in image_type or "PROJECTION IMAGE" in image_type
 
 
-def _split_scouts(
-    members: list[tuple[Path, Dataset]]
-) -> tuple[list[tuple[Path, Dataset]], list[tuple[Path, Dataset]]]:
+def _split_scouts(members: list[tuple[Path, Dataset]]) -> tuple[list[tuple[Path, Dataset]], list[tuple[Path, Dataset]]]:
     """(images, scouts) of one series: scouts by ImageType, or by plane, never by file name.
 
     Some scanners give the scout the axial series' UID. When a series mixes them, the
@@ -514,8 +520,10 @@ def one_patient_and_study(
     """
     folder = getattr(series, "folder", None)
     kept = list(series)
-    for keyword, wanted, column in (("PatientID", patient_id, "patient_id"),
-                                    ("StudyInstanceUID", study_uid, "study_uid")):
+    for keyword, wanted, column in (
+        ("PatientID", patient_id, "patient_id"),
+        ("StudyInstanceUID", study_uid, "study_uid"),
+    ):
         values: dict[str, list[SeriesInfo]] = {}
         for s in kept:
             values.setdefault(_text(s.headers[0], keyword), []).append(s)
@@ -524,8 +532,12 @@ def one_patient_and_study(
         if wanted:
             if wanted not in values:
                 given = "the value" if keyword == "PatientID" else repr(wanted)
-                raise SubjectError(subject, f"no series with {given} the samples sheet's {column} column gives "
-                                            f"for {keyword}; the folder holds {listed}", folder)
+                raise SubjectError(
+                    subject,
+                    f"no series with {given} the samples sheet's {column} column gives "
+                    f"for {keyword}; the folder holds {listed}",
+                    folder,
+                )
             kept = values[wanted]
         elif len(values) > 1:
             raise SubjectError(
@@ -697,9 +709,7 @@ def _check_uniform(series: SeriesInfo, subject: str | None) -> None:
     missing = [f.name for f, ds in zip(series.files, headers) if _floats(ds, "ImagePositionPatient") is None]
     if missing:
         listed = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise SubjectError(
-            subject, f"{series.name}: {len(missing)} file(s) lack ImagePositionPatient: {listed}", where
-        )
+        raise SubjectError(subject, f"{series.name}: {len(missing)} file(s) lack ImagePositionPatient: {listed}", where)
 
 
 def plan_geometry(series: SeriesInfo, subject: str | None) -> SliceGeometry:
@@ -831,8 +841,9 @@ def _hu_slice(ds: Dataset, path: Path, subject: str | None) -> np.ndarray:
     try:
         pixels = ds.pixel_array
     except Exception as exc:
-        raise SubjectError(subject, f"cannot decode {_syntax_name(ds)} pixel data of {path.name}: {_one_line(exc)}",
-                           path) from exc
+        raise SubjectError(
+            subject, f"cannot decode {_syntax_name(ds)} pixel data of {path.name}: {_one_line(exc)}", path
+        ) from exc
     _check_stored_range(ds, pixels, path, subject)
     return pydicom.pixels.apply_modality_lut(pixels, ds).astype(np.float64)
 
@@ -1170,7 +1181,8 @@ def check_rescale(geometry: SliceGeometry, series: SeriesInfo, subject: str | No
             subject,
             f"{series.name}: {len(lacking)} of {len(geometry.files)} CT file(s) lack RescaleSlope (0028,1053) or "
             f"RescaleIntercept (0028,1052) and have no Modality LUT, so stored values are not HU: "
-            + ", ".join(lacking[:5]) + (" ..." if len(lacking) > 5 else ""),
+            + ", ".join(lacking[:5])
+            + (" ..." if len(lacking) > 5 else ""),
             where,
         )
     if zero:
@@ -1255,8 +1267,11 @@ def convert_series(series: SeriesInfo, subject: str | None, method: str = "auto"
         check_rescale(geometry, series, subject)
     log.info(
         "series %s: %d slices, step %.3f mm (%s), tilt %.2f deg",
-        series.label, len(geometry.files), geometry.median_step,
-        "uneven" if geometry.uneven else "even", geometry.tilt_deg if geometry.tilted else 0.0,
+        series.label,
+        len(geometry.files),
+        geometry.median_step,
+        "uneven" if geometry.uneven else "even",
+        geometry.tilt_deg if geometry.tilted else 0.0,
     )
     image, path, reason = _convert_with(method, geometry, series, subject)
     image = sitk.DICOMOrient(image, "LPS")
@@ -1277,7 +1292,10 @@ def convert_series(series: SeriesInfo, subject: str | None, method: str = "auto"
     )
     log.info(
         "converted with %s in %.1f s: size %s, spacing %s",
-        path, series.conversion.seconds, image.GetSize(), tuple(round(s, 4) for s in image.GetSpacing()),
+        path,
+        series.conversion.seconds,
+        image.GetSize(),
+        tuple(round(s, 4) for s in image.GetSpacing()),
     )
     return image
 

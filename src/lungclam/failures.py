@@ -134,8 +134,11 @@ def format_summary(rows: list[dict[str, str]], out: str | Path = SUMMARY_PATH) -
     if not rows:
         return "lungclam: the run failed, but no failed job was found in the Snakemake log (see above)."
     subjects = sorted({r["subject"] for r in rows if r["subject"]})
-    lines = [f"lungclam: {len(rows)} job(s) failed" + (f", {len(subjects)} subject(s)" if subjects else "")
-             + f" (also in {out}):"]
+    lines = [
+        f"lungclam: {len(rows)} job(s) failed"
+        + (f", {len(subjects)} subject(s)" if subjects else "")
+        + f" (also in {out}):"
+    ]
     for r in rows:
         who = f"subject {r['subject']}" if r["subject"] else "cohort"
         lines.append(f"  {who} [{r['rule']}]: {r['cause']}")

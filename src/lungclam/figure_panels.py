@@ -183,8 +183,9 @@ def imshow_ct(ax: Axes, image: np.ndarray, aspect: float | str = 1.0) -> AxesIma
     return im
 
 
-def imshow_clam(ax: Axes, image: np.ndarray, inside: np.ndarray | None, alpha: float,
-                aspect: float | str = 1.0) -> AxesImage:
+def imshow_clam(
+    ax: Axes, image: np.ndarray, inside: np.ndarray | None, alpha: float, aspect: float | str = 1.0
+) -> AxesImage:
     """Draw a displayed 2D importance panel on ``[0, 1]``, hidden where ``inside`` (bool,
     same shape) is False; ``inside`` None shows it everywhere."""
     data = np.ma.masked_where(~inside, image) if inside is not None else image
@@ -196,8 +197,14 @@ def imshow_clam(ax: Axes, image: np.ndarray, inside: np.ndarray | None, alpha: f
 def markers(ax: Axes, left: str, right: str, size: float = 7.0) -> None:
     """Small orientation letters (e.g. "R", "L") at the middle of the panel's left and
     right edges, ``size`` in points."""
-    style = {"transform": ax.transAxes, "color": "white", "fontsize": size, "fontweight": "bold",
-             "va": "center", "path_effects": _OUTLINE}
+    style = {
+        "transform": ax.transAxes,
+        "color": "white",
+        "fontsize": size,
+        "fontweight": "bold",
+        "va": "center",
+        "path_effects": _OUTLINE,
+    }
     ax.text(0.02, 0.5, left, ha="left", **style)
     ax.text(0.98, 0.5, right, ha="right", **style)
 
@@ -240,8 +247,16 @@ class SliceGrid:
 
     left, right, top, bottom = 0.75, 2.1, 0.75, 0.45
 
-    def __init__(self, nrows: int, ncols: int, panel: float, wgap: float = 0.05, hgap: float = 0.06,
-                 col_gaps: Mapping[int, float] | None = None, row_gaps: Mapping[int, float] | None = None):
+    def __init__(
+        self,
+        nrows: int,
+        ncols: int,
+        panel: float,
+        wgap: float = 0.05,
+        hgap: float = 0.06,
+        col_gaps: Mapping[int, float] | None = None,
+        row_gaps: Mapping[int, float] | None = None,
+    ):
         col_gaps, row_gaps = col_gaps or {}, row_gaps or {}
         xs, x = [], self.left
         for j in range(ncols):

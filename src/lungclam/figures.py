@@ -94,12 +94,16 @@ def _sagittal_cuts(mask: np.ndarray, by_label: bool) -> list[tuple[int | None, s
     right = np.nonzero(mask == 1)[2]
     left = np.nonzero(mask == 2)[2]
     if by_label or (right.size and left.size):
-        return [(int(np.median(right)) if right.size else None, "(right lung)"),
-                (int(np.median(left)) if left.size else None, "(left lung)")]
+        return [
+            (int(np.median(right)) if right.size else None, "(right lung)"),
+            (int(np.median(left)) if left.size else None, "(left lung)"),
+        ]
     centre = (int(xs_all.min()) + int(xs_all.max())) / 2
     sides = (xs_all[xs_all <= centre], xs_all[xs_all > centre])
-    return [(int(np.median(side)) if side.size else None, caption)
-            for side, caption in zip(sides, ("(right side)", "(left side)"))]
+    return [
+        (int(np.median(side)) if side.size else None, caption)
+        for side, caption in zip(sides, ("(right side)", "(left side)"))
+    ]
 
 
 # ------------------------------------------------------------------- checks and labels
@@ -158,12 +162,12 @@ def mean_maps_figure(
     if not groups:
         raise ValueError("ct_means is empty: no groups to draw")
     if set(groups) != set(clam_means):
-        raise ValueError(f"ct_means and clam_means must name the same groups: "
-                         f"{sorted(ct_means)} vs {sorted(clam_means)}")
+        raise ValueError(
+            f"ct_means and clam_means must name the same groups: {sorted(ct_means)} vs {sorted(clam_means)}"
+        )
     levels = axial_levels(mask, n_slices)
     inside = mask > 0
-    layout = SliceGrid(2 * len(groups), n_slices, panel=1.45,
-                        row_gaps={2 * g + 1: 0.2 for g in range(len(groups))})
+    layout = SliceGrid(2 * len(groups), n_slices, panel=1.45, row_gaps={2 * g + 1: 0.2 for g in range(len(groups))})
     axes = layout.axes
     for g, group in enumerate(groups):
         ct = _check_volume(f"ct_means[{group!r}]", ct_means[group], mask.shape)
@@ -184,10 +188,11 @@ def mean_maps_figure(
         row_label(axes[2 * g, 0], f"{group}\nmean CT")
         row_label(axes[2 * g + 1, 0], f"{group}\nmean CLAM")
     layout.colour_bars()
-    layout.texts(title or "Mean CT and mean CLAM per group",
-                 "Axial slices from the lung apices (left) to the bases (right); radiological view "
-                 "(R = patient's right, anterior at the top)."
-                 + ("" if overlay else " CLAM shown alone, inside the lungs."))
+    layout.texts(
+        title or "Mean CT and mean CLAM per group",
+        "Axial slices from the lung apices (left) to the bases (right); radiological view "
+        "(R = patient's right, anterior at the top)." + ("" if overlay else " CLAM shown alone, inside the lungs."),
+    )
     save(layout.fig, path)
 
 
@@ -240,9 +245,10 @@ def subject_examples_figure(
                 right.set_title(f"CLAM, z = {z}", fontsize=8)
         row_label(layout.axes[i, 0], f"{subject}\n(cluster {clusters[subject]})", 8)
     layout.colour_bars()
-    layout.texts("Example subjects: CT (left) and CLAM of the assigned cluster (right)",
-                 "Axial slices from the lung apices to the bases; radiological view "
-                 "(R = patient's right, anterior at the top).")
+    layout.texts(
+        "Example subjects: CT (left) and CLAM of the assigned cluster (right)",
+        "Axial slices from the lung apices to the bases; radiological view (R = patient's right, anterior at the top).",
+    )
     save(layout.fig, path)
 
 
@@ -310,24 +316,25 @@ def pca_figure(before: pd.DataFrame, after: pd.DataFrame | None, clusters: pd.Da
         for label, colour in zip(labels, palette):
             sel = np.array([g == label for g in group])
             if sel.any():
-                ax.scatter(scores[sel, 0], scores[sel, 1], s=22, color=colour, alpha=0.8,
-                           edgecolors="white", linewidths=0.4)
+                ax.scatter(
+                    scores[sel, 0], scores[sel, 1], s=22, color=colour, alpha=0.8, edgecolors="white", linewidths=0.4
+                )
         none = np.array([g is None for g in group])
         unassigned = unassigned or bool(none.any())
         if none.any():
-            ax.scatter(scores[none, 0], scores[none, 1], s=18, color="lightgrey",
-                       edgecolors="grey", linewidths=0.4)
+            ax.scatter(scores[none, 0], scores[none, 1], s=18, color="lightgrey", edgecolors="grey", linewidths=0.4)
         ax.set_xlabel(pc_label(0, share[0]))
         ax.set_ylabel(pc_label(1, share[1]))
         ax.set_title(name)
         ax.axhline(0, color="0.85", lw=0.8, zorder=0)
         ax.axvline(0, color="0.85", lw=0.8, zorder=0)
     counts = pd.Series(list(assign.values())).value_counts() if assign else pd.Series(dtype=int)
-    handles = [Line2D([], [], marker="o", ls="", color=colour, label=f"cluster {label} (n = {int(counts[label])})")
-               for label, colour in zip(labels, palette)]
+    handles = [
+        Line2D([], [], marker="o", ls="", color=colour, label=f"cluster {label} (n = {int(counts[label])})")
+        for label, colour in zip(labels, palette)
+    ]
     if unassigned:
-        handles.append(Line2D([], [], marker="o", ls="", color="lightgrey", markeredgecolor="grey",
-                              label="unassigned"))
+        handles.append(Line2D([], [], marker="o", ls="", color="lightgrey", markeredgecolor="grey", label="unassigned"))
     if handles:
         fig.legend(handles=handles, loc="outside right center", fontsize=8)
     fig.suptitle("Embeddings, first two principal components")
@@ -359,8 +366,11 @@ def loss_figure(pretrain: pd.DataFrame, cluster: pd.DataFrame | None, path: str 
     axes = np.atleast_1d(fig.subplots(1, n_panels, squeeze=False)[0])
 
     def curves(ax: Axes, table: pd.DataFrame, columns: list[tuple[str, str, str]], title: str) -> None:
-        present = [(c, name, style) for c, name, style in columns
-                   if c in table.columns and np.isfinite(table[c].to_numpy(dtype=float)).any()]
+        present = [
+            (c, name, style)
+            for c, name, style in columns
+            if c in table.columns and np.isfinite(table[c].to_numpy(dtype=float)).any()
+        ]
         if table.empty or not present:
             ax.text(0.5, 0.5, "no epochs recorded", ha="center", va="center", transform=ax.transAxes)
             ax.set_title(title)
@@ -383,16 +393,31 @@ def loss_figure(pretrain: pd.DataFrame, cluster: pd.DataFrame | None, path: str 
         if len(present) > 1:
             ax.legend(fontsize=8)
 
-    curves(axes[0], pretrain, [("loss", "reconstruction MSE", "o-"), ("val_loss", "held-out MSE", "s--")],
-           "Pretraining (reconstruction MSE)")
+    curves(
+        axes[0],
+        pretrain,
+        [("loss", "reconstruction MSE", "o-"), ("val_loss", "held-out MSE", "s--")],
+        "Pretraining (reconstruction MSE)",
+    )
     if "best" in pretrain.columns and pretrain["best"].astype(bool).any() and len(pretrain) > 1:
         kept = int(pretrain.loc[pretrain["best"].astype(bool), "epoch"].iloc[0])
         axes[0].axvline(kept, color="tab:red", linestyle=":", linewidth=1)
-        axes[0].text(kept, 0.98, f" weights kept: epoch {kept}", transform=axes[0].get_xaxis_transform(),
-                     va="top", fontsize=7, color="tab:red")
+        axes[0].text(
+            kept,
+            0.98,
+            f" weights kept: epoch {kept}",
+            transform=axes[0].get_xaxis_transform(),
+            va="top",
+            fontsize=7,
+            color="tab:red",
+        )
     if cluster is not None:
-        curves(axes[1], cluster, [("reconstruction", "reconstruction MSE", "o-"), ("kl", "KL(P || Q)", "s--"),
-                                  ("loss", "total loss", "^-")], "Clustering phase")
+        curves(
+            axes[1],
+            cluster,
+            [("reconstruction", "reconstruction MSE", "o-"), ("kl", "KL(P || Q)", "s--"), ("loss", "total loss", "^-")],
+            "Clustering phase",
+        )
     fig.suptitle("Training loss")
     save(fig, path)
 
@@ -481,8 +506,14 @@ def _outline(ax: Axes, mask2d: np.ndarray, colour: str) -> None:
         ax.contour(mask2d.astype(float), levels=[0.5], colors=[colour], linewidths=1.0)
 
 
-def _qc_row(axes: Sequence[Axes], volume: np.ndarray, labels: np.ndarray | None, spacing: Sequence[float],
-            outlines: dict[int, str], merge_labels: bool) -> None:
+def _qc_row(
+    axes: Sequence[Axes],
+    volume: np.ndarray,
+    labels: np.ndarray | None,
+    spacing: Sequence[float],
+    outlines: dict[int, str],
+    merge_labels: bool,
+) -> None:
     """Axial and coronal through the centre of the lungs, sagittal through each lung."""
     sx, sy, sz = (float(s) for s in spacing)
     ref = labels if labels is not None else np.zeros(volume.shape, dtype=np.uint8)
@@ -558,10 +589,10 @@ def qc_figure(
         registered = _check_volume("registered", registered)
         if template_mask is not None:
             template_mask = _check_volume("template_mask", template_mask, registered.shape)
-        _qc_row(axes[1], registered, template_mask, registered_spacing or spacing, {0: TEMPLATE_COLOUR},
-                merge_labels=True)
-        row_label(axes[1, 0], "registered scan\n+ template lungs" if template_mask is not None
-                   else "registered scan")
+        _qc_row(
+            axes[1], registered, template_mask, registered_spacing or spacing, {0: TEMPLATE_COLOUR}, merge_labels=True
+        )
+        row_label(axes[1, 0], "registered scan\n+ template lungs" if template_mask is not None else "registered scan")
         if template_mask is not None:
             handles.append(Line2D([], [], color=TEMPLATE_COLOUR, lw=1.5, label="template lungs"))
     hu_colourbar(fig, axes.ravel().tolist(), shrink=0.7, aspect=30, pad=0.01)
@@ -602,8 +633,14 @@ def contact_sheet(
     ratio = max(p.shape[0] / p.shape[1] for p in pictures)
     tile = 3.5
     fig = new_figure(tile * ncol, (tile * ratio + 0.35) * nrow, constrained=False)
-    fig.subplots_adjust(left=0.005, right=0.995, top=0.995, bottom=0.005 + 0.3 / ((tile * ratio + 0.35) * nrow),
-                        wspace=0.03, hspace=0.35 / (tile * ratio))
+    fig.subplots_adjust(
+        left=0.005,
+        right=0.995,
+        top=0.995,
+        bottom=0.005 + 0.3 / ((tile * ratio + 0.35) * nrow),
+        wspace=0.03,
+        hspace=0.35 / (tile * ratio),
+    )
     axes = fig.subplots(nrow, ncol, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
@@ -625,12 +662,21 @@ def _mark_chosen_k(ax: Axes, choices: pd.DataFrame | None, methods: Sequence[str
         if row.empty:
             continue
         default = bool(row["default"].iloc[0])
-        ax.axvline(int(row["k"].iloc[0]), color=colour, linestyle="--", linewidth=2.5 if default else 1.0,
-                   alpha=0.9 if default else 0.6)
+        ax.axvline(
+            int(row["k"].iloc[0]),
+            color=colour,
+            linestyle="--",
+            linewidth=2.5 if default else 1.0,
+            alpha=0.9 if default else 0.6,
+        )
 
 
-def k_selection_figure(table: pd.DataFrame, path: str | Path, choices: pd.DataFrame | None = None,
-                       thresholds: Mapping[str, float] | None = None) -> None:
+def k_selection_figure(
+    table: pd.DataFrame,
+    path: str | Path,
+    choices: pd.DataFrame | None = None,
+    thresholds: Mapping[str, float] | None = None,
+) -> None:
     """The criteria for the number of clusters K, one panel per kind of criterion.
 
     Args:
@@ -658,20 +704,42 @@ def k_selection_figure(table: pd.DataFrame, path: str | Path, choices: pd.DataFr
     sil.set(xlabel="number of clusters K", ylabel="mean silhouette", title="Silhouette (higher is better)")
     gap.errorbar(data["k"], data["gap"], yerr=data["gap_sd"], fmt="o-", capsize=3, color="tab:green")
     gap.set(xlabel="number of clusters K", ylabel="gap", title="Gap statistic")
-    stab.errorbar(data["k"], data["stability"], yerr=data["stability_sd"], fmt="o-", capsize=3,
-                  color="tab:purple", label="stability (ARI of subsamples)")
-    stab.errorbar(data["k"], data["prediction_strength"], yerr=data["prediction_strength_sd"], fmt="s--",
-                  capsize=3, color="tab:brown", label="prediction strength")
+    stab.errorbar(
+        data["k"],
+        data["stability"],
+        yerr=data["stability_sd"],
+        fmt="o-",
+        capsize=3,
+        color="tab:purple",
+        label="stability (ARI of subsamples)",
+    )
+    stab.errorbar(
+        data["k"],
+        data["prediction_strength"],
+        yerr=data["prediction_strength_sd"],
+        fmt="s--",
+        capsize=3,
+        color="tab:brown",
+        label="prediction strength",
+    )
     for criterion, colour in (("stability", "tab:purple"), ("prediction_strength", "tab:brown")):
         if criterion in limits:
             stab.axhline(limits[criterion], color=colour, linestyle=":", linewidth=1)
-    stab.set(xlabel="number of clusters K", ylabel="agreement", ylim=(-0.05, 1.05),
-             title="Reproducibility (higher is better)")
+    stab.set(
+        xlabel="number of clusters K",
+        ylabel="agreement",
+        ylim=(-0.05, 1.05),
+        title="Reproducibility (higher is better)",
+    )
     pac_ax.plot(data["k"], data["pac"], "o-", color="tab:red")
     if "pac" in limits:
         pac_ax.axhline(limits["pac"], color="tab:red", linestyle=":", linewidth=1)
-    pac_ax.set(xlabel="number of clusters K", ylabel="PAC", ylim=(-0.02, max(0.3, float(data["pac"].max()) + 0.02)),
-               title="PAC (lower is better)")
+    pac_ax.set(
+        xlabel="number of clusters K",
+        ylabel="PAC",
+        ylim=(-0.02, max(0.3, float(data["pac"].max()) + 0.02)),
+        title="PAC (lower is better)",
+    )
     _mark_chosen_k(sil, choices, ("silhouette_kmeans", "silhouette_sparse_kmeans"), ("tab:blue", "tab:orange"))
     _mark_chosen_k(gap, choices, ("gap",), ("tab:green",))
     _mark_chosen_k(stab, choices, ("stability", "prediction_strength"), ("tab:purple", "tab:brown"))
@@ -684,8 +752,10 @@ def k_selection_figure(table: pd.DataFrame, path: str | Path, choices: pd.DataFr
     if choices is not None and choices["default"].any():
         row = choices.loc[choices["default"]].iloc[0]
         agree = int((choices["k"] == row["k"]).sum())
-        title += (f": K = {row['k']} by {row['method']} (runner-up K = {row['runner_up']}, margin "
-                  f"{row['margin']:.3g}); {agree} of {len(choices)} criteria agree")
+        title += (
+            f": K = {row['k']} by {row['method']} (runner-up K = {row['runner_up']}, margin "
+            f"{row['margin']:.3g}); {agree} of {len(choices)} criteria agree"
+        )
     fig.suptitle(title)
     fig.tight_layout()
     save(fig, path)
@@ -698,8 +768,9 @@ def k_selection_figure(table: pd.DataFrame, path: str | Path, choices: pd.DataFr
 SOLID_SHARE = 0.9
 
 
-def stability_verdict(stability: pd.DataFrame, clusters: pd.DataFrame, threshold: float,
-                      pretraining_plateaued: bool | None = None) -> tuple[bool, str]:
+def stability_verdict(
+    stability: pd.DataFrame, clusters: pd.DataFrame, threshold: float, pretraining_plateaued: bool | None = None
+) -> tuple[bool, str]:
     """Whether the clusters are solid, and one line saying why.
 
     Solid: the stability (mean pairwise ARI of subsample clusterings) at the fitted K is at
@@ -718,14 +789,25 @@ def stability_verdict(stability: pd.DataFrame, clusters: pd.DataFrame, threshold
     share = float((clusters["confidence"] >= 0.9).mean())
     solid = bool(np.isfinite(value) and value >= threshold and share >= SOLID_SHARE)
     word = "SOLID" if solid else "SHAKY"
-    caveat = ("\ncaveat: pretraining ended at its epoch maximum while still improving; "
-              "more train.epochs may change the clusters" if pretraining_plateaued is False else "")
-    return solid, (f"{word}: stability at K = {k} is {value:.2f} (threshold {threshold:.2f}); "
-                   f"{share:.0%} of subjects have confidence >= 0.9{caveat}")
+    caveat = (
+        "\ncaveat: pretraining ended at its epoch maximum while still improving; "
+        "more train.epochs may change the clusters"
+        if pretraining_plateaued is False
+        else ""
+    )
+    return solid, (
+        f"{word}: stability at K = {k} is {value:.2f} (threshold {threshold:.2f}); "
+        f"{share:.0%} of subjects have confidence >= 0.9{caveat}"
+    )
 
 
-def stability_figure(stability: pd.DataFrame, clusters: pd.DataFrame, threshold: float, path: str | Path,
-                     pretraining_plateaued: bool | None = None) -> None:
+def stability_figure(
+    stability: pd.DataFrame,
+    clusters: pd.DataFrame,
+    threshold: float,
+    path: str | Path,
+    pretraining_plateaued: bool | None = None,
+) -> None:
     """Stability per K (mean pairwise ARI of subsample clusterings, +/- sd; the fitted K
     marked) and each subject's confidence by cluster (dots, jittered), titled with
     :func:`stability_verdict`."""
@@ -737,8 +819,12 @@ def stability_figure(stability: pd.DataFrame, clusters: pd.DataFrame, threshold:
     left.errorbar(data["k"], data["stability"], yerr=data["stability_sd"], fmt="o-", capsize=3, color="tab:purple")
     left.axhline(threshold, color="tab:purple", linestyle=":", linewidth=1, label=f"threshold {threshold:.2f}")
     left.axvline(k_fit, color="tab:red", linestyle="--", label=f"fitted K = {k_fit}")
-    left.set(xlabel="number of clusters K", ylabel="mean pairwise ARI of subsample clusterings",
-             ylim=(-0.05, 1.05), title="Stability per K")
+    left.set(
+        xlabel="number of clusters K",
+        ylabel="mean pairwise ARI of subsample clusterings",
+        ylim=(-0.05, 1.05),
+        title="Stability per K",
+    )
     left.set_xticks(data["k"].to_numpy())
     left.legend(fontsize=8)
     rng = np.random.default_rng(0)
@@ -746,8 +832,12 @@ def stability_figure(stability: pd.DataFrame, clusters: pd.DataFrame, threshold:
         x = k + rng.uniform(-0.15, 0.15, len(members))
         right.scatter(x, members["confidence"], s=14, alpha=0.8)
     right.axhline(0.9, color="grey", linestyle=":", linewidth=1)
-    right.set(xlabel="cluster", ylabel="confidence (share of replicas that agree)", ylim=(-0.05, 1.05),
-              title="Each subject's confidence")
+    right.set(
+        xlabel="cluster",
+        ylabel="confidence (share of replicas that agree)",
+        ylim=(-0.05, 1.05),
+        title="Each subject's confidence",
+    )
     right.set_xticks(sorted(clusters["cluster"].unique()))
     fig.suptitle(verdict)
     save(fig, path)

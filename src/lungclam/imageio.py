@@ -54,8 +54,9 @@ def write_map(array: np.ndarray, reference: sitk.Image, path: str | Path) -> Non
     write_image(image, path)
 
 
-def load_volumes(paths: Sequence[str | Path], subjects: Sequence[str], min_hu: float = -1024.0,
-                 max_hu: float = 200.0) -> np.ndarray:
+def load_volumes(
+    paths: Sequence[str | Path], subjects: Sequence[str], min_hu: float = -1024.0, max_hu: float = 200.0
+) -> np.ndarray:
     """Stack downsampled volumes into model inputs ``(N, 1, z, y, x)`` float32 in ``[0, 1]``
     (:func:`lungclam.intensity.normalize_hu` with the window ``min_hu..max_hu``).
 

@@ -36,8 +36,19 @@ SILHOUETTE_METHODS = ("silhouette_kmeans", "silhouette_sparse_kmeans")
 RESAMPLING_METHODS = ("stability", "prediction_strength", "pac")
 METHODS = (*SILHOUETTE_METHODS, "gap", *RESAMPLING_METHODS)
 L1_RULES = ("one_sd", "max")
-TABLE_COLUMNS = ("k", *SILHOUETTE_METHODS, "l1_bound", "n_features_used", "gap", "gap_sd",
-                 "stability", "stability_sd", "prediction_strength", "prediction_strength_sd", "pac")
+TABLE_COLUMNS = (
+    "k",
+    *SILHOUETTE_METHODS,
+    "l1_bound",
+    "n_features_used",
+    "gap",
+    "gap_sd",
+    "stability",
+    "stability_sd",
+    "prediction_strength",
+    "prediction_strength_sd",
+    "pac",
+)
 RESAMPLING_COLUMNS = ("stability", "stability_sd", "prediction_strength", "prediction_strength_sd", "pac")
 #: Defaults of the rules that turn a resampling criterion into a K (see :func:`choose`).
 THRESHOLDS = {"stability": 0.9, "prediction_strength": 0.8, "pac": 0.05}
@@ -66,9 +77,7 @@ def _check_l1_bound(l1_bound: float, p: int) -> float:
     """``l1_bound`` as a float in [1, sqrt(p)]; ValueError otherwise."""
     top = float(np.sqrt(p))
     if not np.isfinite(l1_bound) or not 1.0 <= l1_bound <= top * (1 + 1e-12):
-        raise ValueError(
-            f"l1_bound must lie in [1, sqrt(p)] = [1, {top:.4g}] for p={p} features, got {l1_bound}"
-        )
+        raise ValueError(f"l1_bound must lie in [1, sqrt(p)] = [1, {top:.4g}] for p={p} features, got {l1_bound}")
     return float(min(l1_bound, top))
 
 
@@ -143,7 +152,8 @@ def _update_weights(a: np.ndarray, l1_bound: float) -> np.ndarray:
 
     The solution is S(a+, delta)/||S(a+, delta)||_2 with delta = 0 if that already meets the
     L1 bound, else the delta found by bisection where the L1 norm meets the bound (Witten &
-    Tibshirani 2010). The upper end of the bisection is kept, so the bound always holds. If only ties at the maximum are left, all weight goes to the first.
+    Tibshirani 2010). The upper end of the bisection is kept, so the bound always holds. If
+    only ties at the maximum are left, all weight goes to the first.
     """
     a = np.maximum(a, 0.0)
     if not (a > 0).any():
@@ -429,8 +439,9 @@ def _empty_row(k: int) -> dict[str, float]:
     return {column: np.nan for column in TABLE_COLUMNS} | {"k": k}
 
 
-def _row_for_k(x: np.ndarray, z: np.ndarray, k: int, seed: int, n_init: int,
-               n_permutations: int, resampling: Resampling) -> dict[str, float]:
+def _row_for_k(
+    x: np.ndarray, z: np.ndarray, k: int, seed: int, n_init: int, n_permutations: int, resampling: Resampling
+) -> dict[str, float]:
     """Every criterion for one k: k-means, its silhouette and the resampling criteria on
     ``x`` (n, p) as given, sparse k-means on its column z-scores ``z`` (the lasso weights
     compare features only on a common scale)."""
@@ -461,8 +472,9 @@ def _resampling_row(x: np.ndarray, k: int, seed: int, resampling: Resampling) ->
 
 
 @_single_threaded
-def resampling_table(features: np.ndarray, ks: Sequence[int], seed: int = 0,
-                     resampling: Resampling = Resampling()) -> pd.DataFrame:
+def resampling_table(
+    features: np.ndarray, ks: Sequence[int], seed: int = 0, resampling: Resampling = Resampling()
+) -> pd.DataFrame:
     """Only the resampling columns of :func:`select_k` (k, stability, stability_sd,
     prediction_strength, prediction_strength_sd, pac) for ``ks``, on ``features`` (n, p) as
     given; NaN for a k outside [2, n - 1]. Cheaper than :func:`select_k` on large n, where
@@ -628,8 +640,7 @@ def choose(table: pd.DataFrame, method: str, thresholds: dict[str, float] | None
     return _threshold_choice(method, ks, values, limits[method])
 
 
-def chosen_k(table: pd.DataFrame, method: str = "silhouette_kmeans",
-             thresholds: dict[str, float] | None = None) -> int:
+def chosen_k(table: pd.DataFrame, method: str = "silhouette_kmeans", thresholds: dict[str, float] | None = None) -> int:
     """K chosen from a :func:`select_k` table by ``method`` (see :func:`choose`)."""
     return choose(table, method, thresholds).k
 
@@ -649,8 +660,15 @@ def choices_table(table: pd.DataFrame, default: str, thresholds: dict[str, float
             choice = choose(table, method, thresholds)
         except ValueError:
             continue
-        rows.append({"method": method, "k": choice.k, "runner_up": choice.runner_up,
-                     "margin": choice.margin, "default": method == default})
+        rows.append(
+            {
+                "method": method,
+                "k": choice.k,
+                "runner_up": choice.runner_up,
+                "margin": choice.margin,
+                "default": method == default,
+            }
+        )
     out = pd.DataFrame(rows, columns=["method", "k", "runner_up", "margin", "default"])
     if not out["default"].any():
         out["default"] = out["method"] == FALLBACK_METHOD
@@ -662,10 +680,12 @@ def choices_table(table: pd.DataFrame, default: str, thresholds: dict[str, float
 def resampling_from_config(section: dict[str, Any]) -> Resampling:
     """:class:`Resampling` from the config's ``choose_k`` section (absent keys: defaults)."""
     default = Resampling()
-    return Resampling(n_replicas=int(section.get("n_replicas", default.n_replicas)),
-                      fraction=float(section.get("subsample_fraction", default.fraction)),
-                      n_splits=int(section.get("n_splits", default.n_splits)),
-                      n_init=int(section.get("resampling_n_init", default.n_init)))
+    return Resampling(
+        n_replicas=int(section.get("n_replicas", default.n_replicas)),
+        fraction=float(section.get("subsample_fraction", default.fraction)),
+        n_splits=int(section.get("n_splits", default.n_splits)),
+        n_init=int(section.get("resampling_n_init", default.n_init)),
+    )
 
 
 def resolve_n_clusters(setting: int | str, table: pd.DataFrame) -> int:

@@ -154,6 +154,7 @@ class ConvAutoencoder(nn.Module):
         self.spec = spec
         shapes = spec.conv_shapes()
         widths = (spec.in_channels, *spec.channels)
+
         # One activation module per layer, so hooks on a layer's output see only that layer.
         def act() -> nn.Module:
             return nn.LeakyReLU(spec.negative_slope)
@@ -206,8 +207,9 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def save_checkpoint(path: str | Path, model: ConvAutoencoder, centroids: torch.Tensor | None = None,
-                    meta: dict[str, Any] | None = None) -> None:
+def save_checkpoint(
+    path: str | Path, model: ConvAutoencoder, centroids: torch.Tensor | None = None, meta: dict[str, Any] | None = None
+) -> None:
     """Write weights and spec (plain types only, so ``weights_only=True`` can load them)."""
     payload = {
         "spec": model.spec.to_dict(),

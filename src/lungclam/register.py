@@ -52,7 +52,9 @@ class RegistrationResult:
     lung_dice: float  # union-of-lungs Dice with the template mask
 
 
-def prepare_moving(image: sitk.Image, labels: sitk.Image, spacing_mm: float, margin_mm: float) -> tuple[sitk.Image, sitk.Image]:
+def prepare_moving(
+    image: sitk.Image, labels: sitk.Image, spacing_mm: float, margin_mm: float
+) -> tuple[sitk.Image, sitk.Image]:
     """Crop a subject to its lungs plus ``margin_mm`` and resample to ``spacing_mm``.
 
     Returns float32 HU (padding clipped to air) and uint8 labels on the same grid.
@@ -130,8 +132,11 @@ def register_images(
         verbose=False,
     )
     if syn_fixed is not fixed:  # ANTs warped onto the coarse grid: warp the fine image instead
-        result["warpedmovout"] = (ants.apply_transforms(fixed, moving, result["fwdtransforms"], interpolator="linear")
-                                  if warp_moving else None)
+        result["warpedmovout"] = (
+            ants.apply_transforms(fixed, moving, result["fwdtransforms"], interpolator="linear")
+            if warp_moving
+            else None
+        )
     return result
 
 
@@ -169,12 +174,20 @@ def register_to_template(
     fixed = ants.from_sitk(sitk.Cast(template, sitk.sitkFloat32))
     moving = ants.from_sitk(moving_hu)
     prefix = str(transform_dir / "ants_")
-    result = register_images(fixed, moving, transform=transform,
-                             reg_iterations=reg_iterations, seed=seed, out_prefix=prefix,
-                             syn_spacing_mm=syn_spacing_mm, warp_moving=False)
+    result = register_images(
+        fixed,
+        moving,
+        transform=transform,
+        reg_iterations=reg_iterations,
+        seed=seed,
+        out_prefix=prefix,
+        syn_spacing_mm=syn_spacing_mm,
+        warp_moving=False,
+    )
     forward, inverse = _keep_transforms(result, transform_dir)
-    warped = ants.to_sitk(ants.apply_transforms(fixed, moving, forward,
-                                                interpolator="linear", defaultvalue=float(AIR_HU)))
+    warped = ants.to_sitk(
+        ants.apply_transforms(fixed, moving, forward, interpolator="linear", defaultvalue=float(AIR_HU))
+    )
     warped_labels = warp_labels(moving_labels, fixed, forward)
     score = lung_dice(warped_labels, template_labels)
     log.info("registered: lung Dice with template %.4f", score)

@@ -67,5 +67,7 @@ def clear_stale_lock(root: str | Path = ".") -> str | None:
         return None
     shutil.rmtree(root / LOCK_DIR, ignore_errors=True)
     owner_file.unlink(missing_ok=True)
-    return (f"removed the lock left by an earlier run (process {pid} on {host}) that ended without "
-            "unlocking; files it was writing are remade")
+    return (
+        f"removed the lock left by an earlier run (process {pid} on {host}) that ended without "
+        "unlocking; files it was writing are remade"
+    )

@@ -34,13 +34,19 @@ def study_model(study: StudyBundle) -> ClusteringModel:
 
 def _check_grid(subject: str, image: sitk.Image, grid: sitk.Image) -> None:
     """Refuse a volume that is not on the study's model grid (size, spacing, origin, axes)."""
-    same = (image.GetSize() == grid.GetSize() and np.allclose(image.GetSpacing(), grid.GetSpacing())
-            and np.allclose(image.GetOrigin(), grid.GetOrigin(), atol=1e-3)
-            and np.allclose(image.GetDirection(), grid.GetDirection(), atol=1e-6))
+    same = (
+        image.GetSize() == grid.GetSize()
+        and np.allclose(image.GetSpacing(), grid.GetSpacing())
+        and np.allclose(image.GetOrigin(), grid.GetOrigin(), atol=1e-3)
+        and np.allclose(image.GetDirection(), grid.GetDirection(), atol=1e-6)
+    )
     if not same:
-        raise SubjectError(subject, f"volume of size {image.GetSize()} and spacing {image.GetSpacing()} mm is not on "
-                                    f"the study's model grid ({grid.GetSize()} at {grid.GetSpacing()} mm, same origin "
-                                    "and axes): downsample it with the study's settings")
+        raise SubjectError(
+            subject,
+            f"volume of size {image.GetSize()} and spacing {image.GetSpacing()} mm is not on "
+            f"the study's model grid ({grid.GetSize()} at {grid.GetSpacing()} mm, same origin "
+            "and axes): downsample it with the study's settings",
+        )
 
 
 def model_inputs(study: StudyBundle, volumes: Mapping[str, sitk.Image]) -> np.ndarray:
@@ -55,8 +61,9 @@ def model_inputs(study: StudyBundle, volumes: Mapping[str, sitk.Image]) -> np.nd
     return normalize_hu(np.stack(arrays), min_hu, max_hu)[:, None]
 
 
-def score_volumes(study: StudyBundle, volumes: Mapping[str, sitk.Image], device: str = "cpu",
-                  chunk_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def score_volumes(
+    study: StudyBundle, volumes: Mapping[str, sitk.Image], device: str = "cpu", chunk_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Assign volumes to the study's clusters and map why.
 
     Args:
@@ -79,8 +86,9 @@ def score_volumes(study: StudyBundle, volumes: Mapping[str, sitk.Image], device:
         chunk_size = int(clam["chunk_size"])
     lungs = sitk.GetArrayFromImage(read_image(study.files["grid_mask"])) > 0 if clam["mask_to_lungs"] else None
     maps = np.empty(images.shape[:1] + images.shape[2:], dtype=np.float32)
-    for i, maps_all, q_clam in iter_clam(model, images, chunk_size, torch_device,
-                                         study.config["model"]["mixed_precision"]):
+    for i, maps_all, q_clam in iter_clam(
+        model, images, chunk_size, torch_device, study.config["model"]["mixed_precision"]
+    ):
         own = assigned_maps(maps_all, q_clam)
         maps[i] = own if lungs is None else restrict_to_mask(own, lungs)
     return q, maps

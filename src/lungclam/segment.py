@@ -244,9 +244,7 @@ def _is_outside_air(component: np.ndarray, slab: int) -> tuple[bool, str]:
     return False, ""
 
 
-def _pick_air_component(
-    labels: np.ndarray, sizes: np.ndarray, spacing, slab: int, n_try: int
-) -> list[int]:
+def _pick_air_component(labels: np.ndarray, sizes: np.ndarray, spacing, slab: int, n_try: int) -> list[int]:
     """Labels (largest first) of the accepted air components: the main one, perhaps a second."""
     accepted: list[int] = []
     min_main = _voxels_for_ml(MIN_LUNG_ML, spacing)
@@ -272,7 +270,9 @@ def _pick_air_component(
             log.info(
                 "second air component %d (%.0f mL) kept beside the first (%.0f mL): "
                 "lungs not joined by airways at this spacing",
-                lab, _ml(sizes[lab - 1], spacing), _ml(sizes[first - 1], spacing),
+                lab,
+                _ml(sizes[lab - 1], spacing),
+                _ml(sizes[first - 1], spacing),
             )
             accepted.append(lab)
             break
@@ -304,8 +304,9 @@ def _find_lung_air(hu: np.ndarray, spacing) -> tuple[np.ndarray, str]:
         path = "largest air component" if picked[0] == 1 else f"air component {picked[0]} by size"
         return _select(labels, picked), path
     del labels
-    log.warning("step 2: the three largest air components look like the air around the body; "
-                "falling back to body-first")
+    log.warning(
+        "step 2: the three largest air components look like the air around the body; falling back to body-first"
+    )
     body = _largest(hu > BODY_THRESHOLD_HU)
     body = _fill_slices(body)
     inner_air = air & body
@@ -333,8 +334,9 @@ def _airways(hu: np.ndarray, lung_air: np.ndarray, spacing, box: tuple[slice, sl
     airway = _close(airway, radius_voxels(AIRWAY_CLOSE_MM, spacing))
     airway = _erode(airway, erode_r)
     airway = _dilate(airway, tuple(e + g for e, g in zip(erode_r, grow_r)))
-    log.info("step 4: airways at <= %.0f HU (4th percentile) in the central box: %.1f mL", cut,
-             _ml(airway.sum(), spacing))
+    log.info(
+        "step 4: airways at <= %.0f HU (4th percentile) in the central box: %.1f mL", cut, _ml(airway.sum(), spacing)
+    )
     return airway
 
 
@@ -358,19 +360,22 @@ def _split(hu: np.ndarray, lung: np.ndarray, spacing) -> dict:
         rounds += 1
         threshold = LUNG_THRESHOLD_HU - THRESHOLD_STEP_HU * rounds
         if threshold < LOWEST_THRESHOLD_HU:
-            return {"labels": None, "erosions": erosions, "threshold_hu": threshold + THRESHOLD_STEP_HU,
-                    "rounds": rounds - 1, "erode_r": erode_r}
+            return {
+                "labels": None,
+                "erosions": erosions,
+                "threshold_hu": threshold + THRESHOLD_STEP_HU,
+                "rounds": rounds - 1,
+                "erode_r": erode_r,
+            }
         if threshold <= ERODE_FROM_HU:
             seeds = _erode(seeds, erode_r)
             erosions += 1
         seeds &= hu < threshold
         labels, sizes = _components(seeds, min_vox)
-        log.info("step 5: threshold %g HU, erosions %d -> %d component(s) >= 50 mL",
-                 threshold, erosions, sizes.size)
+        log.info("step 5: threshold %g HU, erosions %d -> %d component(s) >= 50 mL", threshold, erosions, sizes.size)
     if sizes.size > 2:
         log.info("step 5: %d components >= 50 mL; the two largest are the lungs", sizes.size)
-    return {"labels": labels, "erosions": erosions, "threshold_hu": threshold, "rounds": rounds,
-            "erode_r": erode_r}
+    return {"labels": labels, "erosions": erosions, "threshold_hu": threshold, "rounds": rounds, "erode_r": erode_r}
 
 
 def _median_x(mask: np.ndarray) -> float:
@@ -400,7 +405,7 @@ def _regrow(seed_labels: np.ndarray, lung: np.ndarray, depth) -> np.ndarray:
 
 def _midline_x(hu: np.ndarray, lung: np.ndarray) -> float:
     zs = np.flatnonzero(lung.any(axis=(1, 2)))
-    body = hu[zs[0]: zs[-1] + 1] > BODY_THRESHOLD_HU
+    body = hu[zs[0] : zs[-1] + 1] > BODY_THRESHOLD_HU
     xs = np.nonzero(body)[2]
     return float(np.median(xs)) if xs.size else (hu.shape[2] - 1) / 2.0
 
@@ -417,13 +422,20 @@ def _split_at_midline(hu: np.ndarray, lung: np.ndarray, spacing) -> np.ndarray:
     if min(fr, fl) >= 0.15:
         labels[right] = RIGHT
         labels[left] = LEFT
-        log.warning("step 5: could not separate the lungs down to %g HU; cut the combined mask at the "
-                    "body midline (x index %.1f)", LOWEST_THRESHOLD_HU, mid)
+        log.warning(
+            "step 5: could not separate the lungs down to %g HU; cut the combined mask at the "
+            "body midline (x index %.1f)",
+            LOWEST_THRESHOLD_HU,
+            mid,
+        )
     else:
         side = RIGHT if fr > fl else LEFT
         labels[lung] = side
-        log.warning("step 5: only one lung found (%.0f mL), on the patient's %s; the other is empty",
-                    _ml(total, spacing), "right" if side == RIGHT else "left")
+        log.warning(
+            "step 5: only one lung found (%.0f mL), on the patient's %s; the other is empty",
+            _ml(total, spacing),
+            "right" if side == RIGHT else "left",
+        )
     return labels
 
 
@@ -482,8 +494,11 @@ def _segment(hu_in: np.ndarray, spacing, t0: float) -> tuple[np.ndarray, dict]:
     lung = lung_air & ~airway
     lung_ml = _ml(lung.sum(), spacing)
     if lung_ml < MIN_LUNG_ML:
-        raise SubjectError(None, f"no lungs found: air inside the body is only {lung_ml:.0f} mL "
-                                 f"(< {MIN_LUNG_ML:g} mL) after removing the airways")
+        raise SubjectError(
+            None,
+            f"no lungs found: air inside the body is only {lung_ml:.0f} mL "
+            f"(< {MIN_LUNG_ML:g} mL) after removing the airways",
+        )
 
     # step 5
     sp = _split(hu_c, lung, spacing)
@@ -532,8 +547,10 @@ def _segment(hu_in: np.ndarray, spacing, t0: float) -> tuple[np.ndarray, dict]:
 
     volumes = {lab: _ml((out == lab).sum(), spacing) for lab in (RIGHT, LEFT)}
     if volumes[RIGHT] + volumes[LEFT] < MIN_LUNG_ML:
-        raise SubjectError(None, f"no lungs found: the lung masks total only "
-                                 f"{volumes[RIGHT] + volumes[LEFT]:.0f} mL (< {MIN_LUNG_ML:g} mL)")
+        raise SubjectError(
+            None,
+            f"no lungs found: the lung masks total only {volumes[RIGHT] + volumes[LEFT]:.0f} mL (< {MIN_LUNG_ML:g} mL)",
+        )
     labels_full = np.zeros(full_shape, np.uint8)
     labels_full[crop] = out
     info = {
@@ -547,9 +564,15 @@ def _segment(hu_in: np.ndarray, spacing, t0: float) -> tuple[np.ndarray, dict]:
         "volumes_ml": volumes,
         "seconds": time.perf_counter() - t0,
     }
-    log.info("step 6: right lung %.0f mL, left lung %.0f mL (split by %s, %d erosion(s), threshold %g HU; "
-             "%.1f s)", volumes[RIGHT], volumes[LEFT], split, sp["erosions"], sp["threshold_hu"],
-             info["seconds"])
+    log.info(
+        "step 6: right lung %.0f mL, left lung %.0f mL (split by %s, %d erosion(s), threshold %g HU; %.1f s)",
+        volumes[RIGHT],
+        volumes[LEFT],
+        split,
+        sp["erosions"],
+        sp["threshold_hu"],
+        info["seconds"],
+    )
     return labels_full, info
 
 
@@ -571,8 +594,13 @@ def segment_lungs(image: sitk.Image, subject: str | None = None) -> sitk.Image:
     lps = sitk.DICOMOrient(image, "LPS")
     hu = sitk.GetArrayFromImage(lps)
     spacing_zyx = tuple(lps.GetSpacing()[::-1])
-    log.info("segmenting %s: size %s, spacing %s mm, orientation %s",
-             subject or "image", image.GetSize(), tuple(round(s, 3) for s in image.GetSpacing()), orientation)
+    log.info(
+        "segmenting %s: size %s, spacing %s mm, orientation %s",
+        subject or "image",
+        image.GetSize(),
+        tuple(round(s, 3) for s in image.GetSpacing()),
+        orientation,
+    )
     labels, _ = segment_lungs_array(hu, spacing_zyx, subject=subject)
     out = sitk.GetImageFromArray(labels)
     out.CopyInformation(lps)

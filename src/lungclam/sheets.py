@@ -100,8 +100,7 @@ def read_samples(path: str | Path, check_folders: bool = True) -> pd.DataFrame:
             )
         if check_folders and not resolved.is_dir():
             raise SheetError(
-                f"samples sheet {path}, {_row(i)}: DICOM folder of subject {subject!r} "
-                f"does not exist: {resolved}"
+                f"samples sheet {path}, {_row(i)}: DICOM folder of subject {subject!r} does not exist: {resolved}"
             )
         folders.append(str(resolved))
     table["dicom"] = folders

@@ -79,8 +79,9 @@ class ReplicaClusterings:
     transferred: np.ndarray
 
 
-def replicate_kmeans(x: np.ndarray, k: int, subsets: Sequence[np.ndarray], seed: int = 0,
-                     n_init: int = 10) -> ReplicaClusterings:
+def replicate_kmeans(
+    x: np.ndarray, k: int, subsets: Sequence[np.ndarray], seed: int = 0, n_init: int = 10
+) -> ReplicaClusterings:
     """k-means with ``k`` clusters on each subset of the rows of ``x`` (n, p); replica r is
     seeded with ``seed + r``."""
     n = x.shape[0]
@@ -130,8 +131,9 @@ def pac(consensus: np.ndarray, interval: tuple[float, float] = PAC_INTERVAL) -> 
     return float(np.mean((upper > low) & (upper < high)))
 
 
-def prediction_strength(x: np.ndarray, k: int, n_splits: int = 10, seed: int = 0,
-                        n_init: int = 10) -> tuple[float, float]:
+def prediction_strength(
+    x: np.ndarray, k: int, n_splits: int = 10, seed: int = 0, n_init: int = 10
+) -> tuple[float, float]:
     """Prediction strength of ``k`` clusters on ``x`` (n, p) (Tibshirani & Walther 2005).
 
     Each of ``n_splits`` seeded random halvings is used both ways (each half once as the
@@ -147,7 +149,7 @@ def prediction_strength(x: np.ndarray, k: int, n_splits: int = 10, seed: int = 0
     scores = []
     for s in range(n_splits):
         order = rng.permutation(n)
-        halves = (order[: n // 2], order[n // 2:])
+        halves = (order[: n // 2], order[n // 2 :])
         for test, train in (halves, halves[::-1]):
             if len(test) < k or len(train) < k:
                 continue
@@ -214,8 +216,9 @@ class StabilityRow:
 
 
 @single_threaded
-def stability_criteria(x: np.ndarray, k: int, subsets: Sequence[np.ndarray], seed: int = 0,
-                       n_init: int = 10, n_splits: int = 10) -> tuple[StabilityRow, ReplicaClusterings | None]:
+def stability_criteria(
+    x: np.ndarray, k: int, subsets: Sequence[np.ndarray], seed: int = 0, n_init: int = 10, n_splits: int = 10
+) -> tuple[StabilityRow, ReplicaClusterings | None]:
     """Resampling stability, prediction strength and PAC of ``k`` clusters on ``x`` (n, p);
     the replicas are returned too (their transferred labels give :func:`confidence`).
 
@@ -223,13 +226,20 @@ def stability_criteria(x: np.ndarray, k: int, subsets: Sequence[np.ndarray], see
     """
     if k > min(len(idx) for idx in subsets):
         nan = float("nan")
-        return StabilityRow(k=k, stability=nan, stability_sd=nan, prediction_strength=nan,
-                            prediction_strength_sd=nan, pac=nan), None
+        return StabilityRow(
+            k=k, stability=nan, stability_sd=nan, prediction_strength=nan, prediction_strength_sd=nan, pac=nan
+        ), None
     replicas = replicate_kmeans(x, k, subsets, seed, n_init)
     mean_ari, sd_ari = mean_pairwise_ari(replicas.transferred)
     ps, ps_sd = prediction_strength(x, k, n_splits, seed, n_init)
-    row = StabilityRow(k=k, stability=mean_ari, stability_sd=sd_ari, prediction_strength=ps,
-                       prediction_strength_sd=ps_sd, pac=pac(consensus_matrix(replicas)))
+    row = StabilityRow(
+        k=k,
+        stability=mean_ari,
+        stability_sd=sd_ari,
+        prediction_strength=ps,
+        prediction_strength_sd=ps_sd,
+        pac=pac(consensus_matrix(replicas)),
+    )
     return row, replicas
 
 

@@ -131,9 +131,7 @@ def _subjects_as_text(table: pd.DataFrame, name: str) -> pd.DataFrame:
     return out
 
 
-def merge_clusters(
-    clusters: pd.DataFrame, clinical: pd.DataFrame
-) -> tuple[pd.DataFrame, dict[str, Any]]:
+def merge_clusters(clusters: pd.DataFrame, clinical: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Inner join of the cluster assignments and the clinical table on ``subject``.
 
     Inputs: ``clusters`` (``subject, cluster, ...``) and ``clinical`` (``subject, ...``);
@@ -244,9 +242,7 @@ def _categorical_test(table: np.ndarray) -> tuple[str, float]:
     return name, float(res.pvalue)
 
 
-def _numeric_block(
-    x: pd.Series, g: pd.Series, labels: list[Any], digits: int
-) -> list[dict[str, Any]]:
+def _numeric_block(x: pd.Series, g: pd.Series, labels: list[Any], digits: int) -> list[dict[str, Any]]:
     """Rows of :func:`demographics` for one numeric column ``x`` grouped by clusters ``g``."""
     row = {"level": "", "statistic": "mean (SD)", "overall": _fmt_mean_sd(x, digits)}
     for k in labels:
@@ -257,9 +253,7 @@ def _numeric_block(
     return [row]
 
 
-def _categorical_block(
-    x: pd.Series, g: pd.Series, labels: list[Any], digits: int
-) -> list[dict[str, Any]]:
+def _categorical_block(x: pd.Series, g: pd.Series, labels: list[Any], digits: int) -> list[dict[str, Any]]:
     """Rows of :func:`demographics` for one categorical column ``x`` grouped by ``g``:
     one ``n (%)`` row per level, percentages within each cluster's non-missing values."""
     present = x.notna()
@@ -437,9 +431,7 @@ def _cluster_f_test(full: Any, restricted: Any) -> tuple[float, float, float, fl
     return float(f_stat), float(df1), float(df2), float(p), ""
 
 
-def _contrast_rows(
-    fit: Any, labels: list[Any], reference: Any, term: str
-) -> list[dict[str, Any]]:
+def _contrast_rows(fit: Any, labels: list[Any], reference: Any, term: str) -> list[dict[str, Any]]:
     """One row per non-reference cluster: estimate, 95 % CI and t-test p of its contrast
     with the reference (NaN with a note for a cluster absent from the model's rows)."""
     ci = fit.conf_int(alpha=0.05)
@@ -462,9 +454,7 @@ def _contrast_rows(
     return rows
 
 
-def _one_association(
-    frame: pd.DataFrame, terms: list[str], labels: list[Any], reference: Any
-) -> list[dict[str, Any]]:
+def _one_association(frame: pd.DataFrame, terms: list[str], labels: list[Any], reference: Any) -> list[dict[str, Any]]:
     """Rows of :func:`associations` for one outcome's complete-case ``frame``."""
     present = {_py(v) for v in pd.unique(frame[_CLUSTER])}
     skip = None
@@ -527,11 +517,23 @@ def associations(
         frame, terms = _model_frame(merged, outcome, covariates, kind_of, cluster_col)
         for row in _one_association(frame, terms, labels, reference):
             rows.append({"outcome": outcome, **row, "n_used": len(frame), "reference": reference})
-    names = ["outcome", "term", "estimate", "ci_low", "ci_high", "p_value", "f_stat",
-             "f_df_num", "f_df_den", "f_p_value", "n_used", "reference", "note"]
+    names = [
+        "outcome",
+        "term",
+        "estimate",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "f_stat",
+        "f_df_num",
+        "f_df_den",
+        "f_p_value",
+        "n_used",
+        "reference",
+        "note",
+    ]
     out = pd.DataFrame(rows, columns=names)
-    floats = ["estimate", "ci_low", "ci_high", "p_value", "f_stat", "f_df_num", "f_df_den",
-              "f_p_value"]
+    floats = ["estimate", "ci_low", "ci_high", "p_value", "f_stat", "f_df_num", "f_df_den", "f_p_value"]
     out[floats] = out[floats].astype(float)
     return out
 
@@ -583,8 +585,16 @@ def variance_explained(
             pair = _r2_pair(frame, [*terms, f"C({_COMPARATOR})"])
             row["r2_comparator"], row["adj_r2_comparator"] = pair
         rows.append(row)
-    names = ["outcome", "n_used", "r2_covariates", "adj_r2_covariates", "r2_cluster",
-             "adj_r2_cluster", "r2_comparator", "adj_r2_comparator"]
+    names = [
+        "outcome",
+        "n_used",
+        "r2_covariates",
+        "adj_r2_covariates",
+        "r2_cluster",
+        "adj_r2_cluster",
+        "r2_comparator",
+        "adj_r2_comparator",
+    ]
     return pd.DataFrame(rows, columns=names)
 
 
@@ -592,8 +602,11 @@ def variance_explained(
 COMPARED_COLUMNS = ("estimate", "ci_low", "ci_high", "p_value", "f_p_value", "n_used", "note")
 
 
-def compare_associations(first: pd.DataFrame, second: pd.DataFrame, names: tuple[str, str] = ("study", "scored"),
-                         ) -> pd.DataFrame:
+def compare_associations(
+    first: pd.DataFrame,
+    second: pd.DataFrame,
+    names: tuple[str, str] = ("study", "scored"),
+) -> pd.DataFrame:
     """Two :func:`associations` tables side by side, row by (outcome, term).
 
     Used to set a study's cluster contrasts beside those refitted on newly scored subjects

@@ -124,15 +124,28 @@ def _cluster_sizes(clusters: Path, n_clusters: int, folder: Path) -> dict[int, i
     expected = [f"q_{k}" for k in range(1, n_clusters + 1)]
     found = [c for c in table.columns if c.startswith("q_")]
     if found != expected or not {"subject", "cluster"} <= set(table.columns):
-        raise StudyBundleError(folder, clusters.name, f"columns {list(table.columns)} do not give subject, "
-                                                      f"cluster and q_1..q_{n_clusters} of the model's K={n_clusters}")
+        raise StudyBundleError(
+            folder,
+            clusters.name,
+            f"columns {list(table.columns)} do not give subject, "
+            f"cluster and q_1..q_{n_clusters} of the model's K={n_clusters}",
+        )
     counts = table["cluster"].value_counts()
     return {k: int(counts.get(k, 0)) for k in range(1, n_clusters + 1)}
 
 
-def write_bundle(folder: str | Path, *, template: str | Path, template_mask: str | Path, grid_template: str | Path,
-                 grid_mask: str | Path, model: str | Path, clusters: str | Path, config: dict[str, Any],
-                 associations: str | Path | None = None) -> Path:
+def write_bundle(
+    folder: str | Path,
+    *,
+    template: str | Path,
+    template_mask: str | Path,
+    grid_template: str | Path,
+    grid_mask: str | Path,
+    model: str | Path,
+    clusters: str | Path,
+    config: dict[str, Any],
+    associations: str | Path | None = None,
+) -> Path:
     """Copy a finished study into ``folder`` with a checksummed manifest; returns its path.
 
     Args:
@@ -149,8 +162,14 @@ def write_bundle(folder: str | Path, *, template: str | Path, template_mask: str
     last, so a bundle with a manifest holds every file it lists.
     """
     folder = Path(folder)
-    sources = {"template": template, "template_mask": template_mask, "grid_template": grid_template,
-               "grid_mask": grid_mask, "model": model, "clusters": clusters}
+    sources = {
+        "template": template,
+        "template_mask": template_mask,
+        "grid_template": grid_template,
+        "grid_mask": grid_mask,
+        "model": model,
+        "clusters": clusters,
+    }
     for role, source in sources.items():
         with atomic_path(folder / BUNDLE_FILES[role]) as tmp:
             shutil.copyfile(source, tmp)
@@ -169,8 +188,9 @@ def write_bundle(folder: str | Path, *, template: str | Path, template_mask: str
         "lungclam_version": __version__,
         "model_format": MODEL_FORMAT,
         "n_clusters": n_clusters,
-        "cluster_sizes": {str(k): n for k, n in
-                          _cluster_sizes(folder / BUNDLE_FILES["clusters"], n_clusters, folder).items()},
+        "cluster_sizes": {
+            str(k): n for k, n in _cluster_sizes(folder / BUNDLE_FILES["clusters"], n_clusters, folder).items()
+        },
         "files": {role: {"name": name, "sha256": sha256(folder / name)} for role, name in names.items()},
     }
     with atomic_path(folder / MANIFEST) as tmp:
@@ -188,8 +208,11 @@ def find_bundle(path: str | Path) -> Path:
             return candidate
     if not path.exists():
         raise StudyBundleError(path, MANIFEST, "no such folder")
-    raise StudyBundleError(path, MANIFEST, "not found here, nor in study/ or results/study/: not a lungclam study "
-                                           "(a full run writes results/study/)")
+    raise StudyBundleError(
+        path,
+        MANIFEST,
+        "not found here, nor in study/ or results/study/: not a lungclam study (a full run writes results/study/)",
+    )
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:
@@ -209,9 +232,12 @@ def _check_model_format(folder: Path, manifest: dict[str, Any]) -> int:
     fmt = manifest["model_format"]
     if fmt not in READABLE_MODEL_FORMATS:
         readable = ", ".join(str(f) for f in sorted(READABLE_MODEL_FORMATS))
-        raise StudyBundleError(folder, BUNDLE_FILES["model"],
-                               f"model format {fmt} (written by lungclam {manifest['lungclam_version']}) cannot be "
-                               f"read by lungclam {__version__}, which reads format {readable}")
+        raise StudyBundleError(
+            folder,
+            BUNDLE_FILES["model"],
+            f"model format {fmt} (written by lungclam {manifest['lungclam_version']}) cannot be "
+            f"read by lungclam {__version__}, which reads format {readable}",
+        )
     return int(fmt)
 
 
@@ -228,8 +254,11 @@ def _check_files(folder: Path, manifest: dict[str, Any]) -> dict[str, Path]:
         if not path.is_file():
             raise StudyBundleError(folder, name, "missing")
         if sha256(path) != entry["sha256"]:
-            raise StudyBundleError(folder, name, "checksum does not match the manifest (the file was changed "
-                                                 "or damaged after the study wrote it)")
+            raise StudyBundleError(
+                folder,
+                name,
+                "checksum does not match the manifest (the file was changed or damaged after the study wrote it)",
+            )
         files[role] = path
     return files
 
@@ -253,9 +282,15 @@ def load_bundle(path: str | Path, *, read_model: bool = True) -> StudyBundle:
         config = yaml.safe_load(files["config"].read_text())
     except yaml.YAMLError as exc:
         raise StudyBundleError(folder, BUNDLE_FILES["config"], f"unreadable YAML ({exc})") from exc
-    return StudyBundle(folder=folder, files=files, config=config, lungclam_version=str(manifest["lungclam_version"]),
-                       model_format=model_format, n_clusters=n_clusters,
-                       cluster_sizes=_cluster_sizes(files["clusters"], n_clusters, folder))
+    return StudyBundle(
+        folder=folder,
+        files=files,
+        config=config,
+        lungclam_version=str(manifest["lungclam_version"]),
+        model_format=model_format,
+        n_clusters=n_clusters,
+        cluster_sizes=_cluster_sizes(files["clusters"], n_clusters, folder),
+    )
 
 
 def _number(value: Any) -> bool:
@@ -307,11 +342,15 @@ def check_scoring_config(study: StudyBundle) -> None:
         if not isinstance(holder, dict) or name not in holder:
             if key in OPTIONAL_SCORING_KEYS:
                 continue
-            raise StudyBundleError(study.folder, BUNDLE_FILES["config"],
-                                   f"lacks {key}, which scoring needs to treat new scans as the study treated its own")
+            raise StudyBundleError(
+                study.folder,
+                BUNDLE_FILES["config"],
+                f"lacks {key}, which scoring needs to treat new scans as the study treated its own",
+            )
         if not valid(holder[name]):
-            raise StudyBundleError(study.folder, BUNDLE_FILES["config"],
-                                   f"{key} is {holder[name]!r}, which scoring cannot use")
+            raise StudyBundleError(
+                study.folder, BUNDLE_FILES["config"], f"{key} is {holder[name]!r}, which scoring cannot use"
+            )
 
 
 def study_association_settings(study: StudyBundle) -> dict[str, Any]:
@@ -333,18 +372,25 @@ def study_association_settings(study: StudyBundle) -> dict[str, Any]:
     }
     for key, valid in checks.items():
         if key not in config:
-            raise StudyBundleError(study.folder, BUNDLE_FILES["config"],
-                                   f"lacks {key}, which scoring needs to refit the study's association models")
+            raise StudyBundleError(
+                study.folder,
+                BUNDLE_FILES["config"],
+                f"lacks {key}, which scoring needs to refit the study's association models",
+            )
         if not valid(config[key]):
-            raise StudyBundleError(study.folder, BUNDLE_FILES["config"],
-                                   f"{key} is {config[key]!r}, which scoring cannot use")
+            raise StudyBundleError(
+                study.folder, BUNDLE_FILES["config"], f"{key} is {config[key]!r}, which scoring cannot use"
+            )
     settings = {key: config[key] for key in checks}
     if "associations" in study.files:
         references = pd.read_csv(study.files["associations"], sep="\t")["reference"].dropna()
         if len(references):
             settings["stats"] = {**settings["stats"], "reference_cluster": int(references.iloc[0])}
-    settings["columns"] = [*config["covariates"], *config["outcomes"], *([config["comparator"]] if config["comparator"]
-                                                                          else [])]
+    settings["columns"] = [
+        *config["covariates"],
+        *config["outcomes"],
+        *([config["comparator"]] if config["comparator"] else []),
+    ]
     return settings
 
 

@@ -61,10 +61,10 @@ def _label_probabilities(labels: ants.ANTsImage) -> tuple[ants.ANTsImage, ants.A
 
 def _labels_from_probabilities(right: ants.ANTsImage, left: ants.ANTsImage) -> ants.ANTsImage:
     """Majority labels: a voxel is a lung when more than half the subjects say so."""
-    r, l = right.numpy(), left.numpy()
+    r, lf = right.numpy(), left.numpy()
     labels = np.zeros(r.shape, dtype="float32")
     labels[r > 0.5] = 1
-    labels[l > 0.5] = 2
+    labels[lf > 0.5] = 2
     return right.new_image_like(labels)
 
 
@@ -105,20 +105,35 @@ def build_template(
         for iteration in range(1, max_iterations + 1):
             started = time.time()
             template_new, labels_new, subject_dice = _iterate(
-                template, hus, masks, work, iteration,
-                transform=transform, reg_iterations=reg_iterations, seed=seed,
-                syn_spacing_mm=syn_spacing_mm, gradient_step=gradient_step, blending_weight=blending_weight,
+                template,
+                hus,
+                masks,
+                work,
+                iteration,
+                transform=transform,
+                reg_iterations=reg_iterations,
+                seed=seed,
+                syn_spacing_mm=syn_spacing_mm,
+                gradient_step=gradient_step,
+                blending_weight=blending_weight,
             )
             change = dice(labels_new.numpy() > 0, template_labels.numpy() > 0)
-            rows.append({
-                "iteration": iteration,
-                "dice_with_previous": round(change, 5),
-                "mean_subject_dice": round(float(np.mean(subject_dice)), 5),
-                "min_subject_dice": round(float(np.min(subject_dice)), 5),
-                "seconds": round(time.time() - started, 1),
-            })
-            log.info("template iteration %d: Dice with previous %.4f, subjects' mean Dice %.4f (%.0f s)",
-                     iteration, change, np.mean(subject_dice), time.time() - started)
+            rows.append(
+                {
+                    "iteration": iteration,
+                    "dice_with_previous": round(change, 5),
+                    "mean_subject_dice": round(float(np.mean(subject_dice)), 5),
+                    "min_subject_dice": round(float(np.min(subject_dice)), 5),
+                    "seconds": round(time.time() - started, 1),
+                }
+            )
+            log.info(
+                "template iteration %d: Dice with previous %.4f, subjects' mean Dice %.4f (%.0f s)",
+                iteration,
+                change,
+                np.mean(subject_dice),
+                time.time() - started,
+            )
             template, template_labels = template_new, labels_new
             if change >= dice_stop:
                 break
@@ -130,27 +145,54 @@ def build_template(
     )
 
 
-def _initial_template(hus, masks, seed: int, work: str,
-                      syn_spacing_mm: float | None) -> tuple[ants.ANTsImage, ants.ANTsImage]:
+def _initial_template(
+    hus, masks, seed: int, work: str, syn_spacing_mm: float | None
+) -> tuple[ants.ANTsImage, ants.ANTsImage]:
     """Mean of the subjects affinely aligned to the first one (the grid reference)."""
     reference = hus[0]
     warped, rights, lefts = [reference], [masks[0][0]], [masks[0][1]]
     for k in range(1, len(hus)):
-        reg = register_images(reference, hus[k], transform="Affine", reg_iterations=(40, 20, 0), seed=seed,
-                              out_prefix=str(Path(work) / f"init{k}_"), syn_spacing_mm=syn_spacing_mm)
+        reg = register_images(
+            reference,
+            hus[k],
+            transform="Affine",
+            reg_iterations=(40, 20, 0),
+            seed=seed,
+            out_prefix=str(Path(work) / f"init{k}_"),
+            syn_spacing_mm=syn_spacing_mm,
+        )
         warped.append(reg["warpedmovout"])
         rights.append(ants.apply_transforms(reference, masks[k][0], reg["fwdtransforms"]))
         lefts.append(ants.apply_transforms(reference, masks[k][1], reg["fwdtransforms"]))
     return _mean_images(warped), _labels_from_probabilities(_mean_images(rights), _mean_images(lefts))
 
 
-def _iterate(template, hus, masks, work, iteration, *, transform, reg_iterations, seed,
-             syn_spacing_mm, gradient_step, blending_weight):
+def _iterate(
+    template,
+    hus,
+    masks,
+    work,
+    iteration,
+    *,
+    transform,
+    reg_iterations,
+    seed,
+    syn_spacing_mm,
+    gradient_step,
+    blending_weight,
+):
     """One round: register all to the template, average, update the shape, sharpen."""
     warped, rights, lefts, warps = [], [], [], []
     for k, hu in enumerate(hus):
-        reg = register_images(template, hu, transform=transform, reg_iterations=reg_iterations, seed=seed,
-                              out_prefix=str(Path(work) / f"it{iteration}_{k}_"), syn_spacing_mm=syn_spacing_mm)
+        reg = register_images(
+            template,
+            hu,
+            transform=transform,
+            reg_iterations=reg_iterations,
+            seed=seed,
+            out_prefix=str(Path(work) / f"it{iteration}_{k}_"),
+            syn_spacing_mm=syn_spacing_mm,
+        )
         warped.append(reg["warpedmovout"])
         rights.append(ants.apply_transforms(template, masks[k][0], reg["fwdtransforms"]))
         lefts.append(ants.apply_transforms(template, masks[k][1], reg["fwdtransforms"]))
@@ -171,5 +213,5 @@ def _iterate(template, hus, masks, work, iteration, *, transform, reg_iterations
     average = average * blending_weight + sharpened * (1.0 - blending_weight)
     labels = _labels_from_probabilities(right, left)
     union = labels.numpy() > 0
-    subject_dice = [dice((r.numpy() + l.numpy()) > 0.5, union) for r, l in zip(rights, lefts)]
+    subject_dice = [dice((r.numpy() + lf.numpy()) > 0.5, union) for r, lf in zip(rights, lefts)]
     return average, labels, subject_dice

@@ -58,9 +58,11 @@ class EarlyStopping:
         """From the config's ``train`` section (keys ``validation_fraction``, ``patience``,
         ``min_delta``; absent keys keep the defaults, i.e. no early stopping)."""
         default = cls()
-        return cls(fraction=float(train.get("validation_fraction", default.fraction)),
-                   patience=int(train.get("patience", default.patience)),
-                   min_delta=float(train.get("min_delta", default.min_delta)))
+        return cls(
+            fraction=float(train.get("validation_fraction", default.fraction)),
+            patience=int(train.get("patience", default.patience)),
+            min_delta=float(train.get("min_delta", default.min_delta)),
+        )
 
 
 def stopped_before_maximum(history: pd.DataFrame, patience: int) -> bool | None:
@@ -78,8 +80,9 @@ def stopped_before_maximum(history: pd.DataFrame, patience: int) -> bool | None:
 
 
 @torch.inference_mode()
-def reconstruction_error(model: ConvAutoencoder, data: torch.Tensor, batch_size: int,
-                         device: torch.device, mixed_precision: bool = False) -> float:
+def reconstruction_error(
+    model: ConvAutoencoder, data: torch.Tensor, batch_size: int, device: torch.device, mixed_precision: bool = False
+) -> float:
     """Mean squared reconstruction error of ``data`` (N, 1, *spatial) in eval mode."""
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -92,10 +95,18 @@ def reconstruction_error(model: ConvAutoencoder, data: torch.Tensor, batch_size:
     return float(total) / len(data)
 
 
-def pretrain(model: ConvAutoencoder, images: np.ndarray, epochs: int, batch_size: int = 8,
-             learning_rate: float = 1e-3, seed: int = 0, device: torch.device | None = None,
-             mixed_precision: bool = False, progress: Progress | None = None,
-             stopping: EarlyStopping | None = None) -> pd.DataFrame:
+def pretrain(
+    model: ConvAutoencoder,
+    images: np.ndarray,
+    epochs: int,
+    batch_size: int = 8,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    device: torch.device | None = None,
+    mixed_precision: bool = False,
+    progress: Progress | None = None,
+    stopping: EarlyStopping | None = None,
+) -> pd.DataFrame:
     """Train the CAE on reconstruction MSE with Adam for at most ``epochs`` epochs.
 
     ``images`` is ``(N, 1, *spatial)`` float32. Batches are shuffled with a generator seeded
@@ -134,16 +145,26 @@ def pretrain(model: ConvAutoencoder, images: np.ndarray, epochs: int, batch_size
             if val < best_loss * (1.0 - stopping.min_delta):
                 best_loss, best_epoch = val, epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        rows.append({"epoch": epoch, "loss": float(total[0]) / len(data), "val_loss": val,
-                     "seconds": time.perf_counter() - start})
+        rows.append(
+            {
+                "epoch": epoch,
+                "loss": float(total[0]) / len(data),
+                "val_loss": val,
+                "seconds": time.perf_counter() - start,
+            }
+        )
         if progress:
             held = f", held-out {val:.5f}" if held_out is not None else ""
-            progress(f"pretrain epoch {epoch}/{epochs}: reconstruction MSE {rows[-1]['loss']:.5f}{held} "
-                     f"({rows[-1]['seconds']:.1f} s)")
+            progress(
+                f"pretrain epoch {epoch}/{epochs}: reconstruction MSE {rows[-1]['loss']:.5f}{held} "
+                f"({rows[-1]['seconds']:.1f} s)"
+            )
         if held_out is not None and epoch - best_epoch >= stopping.patience:
             if progress:
-                progress(f"stopping: held-out MSE has not improved for {stopping.patience} epochs; "
-                         f"keeping epoch {best_epoch} ({best_loss:.5f})")
+                progress(
+                    f"stopping: held-out MSE has not improved for {stopping.patience} epochs; "
+                    f"keeping epoch {best_epoch} ({best_loss:.5f})"
+                )
             break
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -152,8 +173,9 @@ def pretrain(model: ConvAutoencoder, images: np.ndarray, epochs: int, batch_size
     return history
 
 
-def embed_images(model: ConvAutoencoder, images: np.ndarray, batch_size: int = 16,
-                 device: torch.device | None = None) -> np.ndarray:
+def embed_images(
+    model: ConvAutoencoder, images: np.ndarray, batch_size: int = 16, device: torch.device | None = None
+) -> np.ndarray:
     """Embeddings ``(N, latent_dim)`` float64 of ``(N, 1, *spatial)`` images, in eval mode."""
     return batched_inference(model, model.encode, images, batch_size, device)
 

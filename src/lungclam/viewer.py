@@ -73,8 +73,10 @@ DEFAULT_THRESHOLD = 0.05
 
 _KINDS = ("ct", "importance", "mask")
 # The page's Content-Security-Policy: no request to anywhere; inline scripts and styles only.
-_CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval' 'wasm-unsafe-eval'; "
-        "style-src 'unsafe-inline'; img-src data: blob:; worker-src blob:; connect-src data: blob:")
+_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval' 'wasm-unsafe-eval'; "
+    "style-src 'unsafe-inline'; img-src data: blob:; worker-src blob:; connect-src data: blob:"
+)
 # A split viewer's subject page loads NiiVue from its own folder on disk: scripts from the
 # page's origin ('self': Chromium's reading of a file:// page) or file: (for browsers that
 # give a file:// page no origin to match), never from a network scheme.
@@ -140,8 +142,10 @@ def read_assignments(path: str | Path) -> pd.DataFrame:
     missing = [c for c in ("subject", "cluster") if c not in table.columns]
     q_columns = sorted((c for c in table.columns if c.startswith("q_") and c[2:].isdigit()), key=lambda c: int(c[2:]))
     if missing or not q_columns:
-        raise ValueError(f"{path}: needs columns subject, cluster and q_1..q_K; missing "
-                         f"{missing + ([] if q_columns else ['q_1..q_K'])}")
+        raise ValueError(
+            f"{path}: needs columns subject, cluster and q_1..q_K; missing "
+            f"{missing + ([] if q_columns else ['q_1..q_K'])}"
+        )
     columns = ["subject", "cluster", *q_columns] + (["confidence"] if "confidence" in table.columns else [])
     out = table[columns].copy()
     out["cluster"] = out["cluster"].astype(int)
@@ -171,11 +175,19 @@ class ViewerInputs:
     assignments: pd.DataFrame
 
 
-def _check_grid(name: str, shape: tuple[int, ...], affine: np.ndarray, ref_shape: tuple[int, ...],
-                ref_affine: np.ndarray, path: Path) -> None:
+def _check_grid(
+    name: str,
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    ref_shape: tuple[int, ...],
+    ref_affine: np.ndarray,
+    path: Path,
+) -> None:
     if shape != ref_shape or not np.allclose(affine, ref_affine, atol=1e-3):
-        raise ValueError(f"{name}: {path} is not on the model grid of the template "
-                         f"(shape {shape} vs {ref_shape}, or a different affine)")
+        raise ValueError(
+            f"{name}: {path} is not on the model grid of the template "
+            f"(shape {shape} vs {ref_shape}, or a different affine)"
+        )
 
 
 _Grid = tuple[tuple[int, ...], np.ndarray]  # (shape, affine) of the template
@@ -196,11 +208,14 @@ def _template_volumes(inputs: ViewerInputs) -> tuple[dict[str, str], _Grid]:
     script names them; with the template's grid, which every other volume must share."""
     template, ref_shape, ref_affine = encode_volume(inputs.template, "ct")
     grid = (ref_shape, ref_affine)
-    listed: list[tuple[str, str, Path, str]] = [("mask", "template lung mask", inputs.mask, "mask"),
-                                                ("population", "population mean CLAM", inputs.population_mean,
-                                                 "importance")]
-    listed += [(f"cluster/{k}", f"cluster {k} mean CLAM", Path(p), "importance")
-               for k, p in sorted(inputs.cluster_means.items())]
+    listed: list[tuple[str, str, Path, str]] = [
+        ("mask", "template lung mask", inputs.mask, "mask"),
+        ("population", "population mean CLAM", inputs.population_mean, "importance"),
+    ]
+    listed += [
+        (f"cluster/{k}", f"cluster {k} mean CLAM", Path(p), "importance")
+        for k, p in sorted(inputs.cluster_means.items())
+    ]
     return {"template": template, **_encode_on_grid(listed, grid)}, grid
 
 
@@ -233,8 +248,11 @@ def _listing(assignments: pd.DataFrame, cluster_ids: Sequence[int]) -> dict:
     has_confidence = "confidence" in assignments.columns
     subjects = []
     for row in assignments.itertuples(index=False):
-        entry = {"id": row.subject, "cluster": int(row.cluster),
-                 "q": [_finite_or_none(getattr(row, c)) for c in q_columns]}
+        entry = {
+            "id": row.subject,
+            "cluster": int(row.cluster),
+            "q": [_finite_or_none(getattr(row, c)) for c in q_columns],
+        }
         if has_confidence:
             entry["confidence"] = _finite_or_none(row.confidence)
         subjects.append(entry)
@@ -258,8 +276,11 @@ def start_point(mask_path: str | Path) -> list[float]:
         return [float(v) for v in (affine @ np.append(centre, 1.0))[:3]]
     world = (affine @ np.column_stack([voxels, np.ones(len(voxels))]).T).T[:, :3]
     values = labels[tuple(voxels.T)]
-    right = world[values == 1] if ((values == 1).any() and (values == 2).any()) else \
-        world[world[:, 0] >= (world[:, 0].min() + world[:, 0].max()) / 2]  # RAS: +x is the patient's right
+    right = (
+        world[values == 1]
+        if ((values == 1).any() and (values == 2).any())
+        else world[world[:, 0] >= (world[:, 0].min() + world[:, 0].max()) / 2]
+    )  # RAS: +x is the patient's right
     return [float(np.median(right[:, 0])), float(np.median(world[:, 1])), float(np.median(world[:, 2]))]
 
 
@@ -286,8 +307,12 @@ def _cluster_ids(inputs: ViewerInputs) -> list[int]:
 def _display(inputs: ViewerInputs) -> dict:
     """What every page's script needs besides volumes and listing: where the crosshair
     starts, the HU window and the overlay's default opacity and threshold."""
-    return {"start_mm": start_point(inputs.mask), "hu_window": list(HU_WINDOW), "opacity": DEFAULT_OPACITY,
-            "threshold": DEFAULT_THRESHOLD}
+    return {
+        "start_mm": start_point(inputs.mask),
+        "hu_window": list(HU_WINDOW),
+        "opacity": DEFAULT_OPACITY,
+        "threshold": DEFAULT_THRESHOLD,
+    }
 
 
 def _render(title: str, niivue: str, data: dict, nav: str = "", csp: str = _CSP) -> str:
@@ -323,8 +348,7 @@ def build_page(inputs: ViewerInputs, niivue_js: str, title: str = "lungclam view
     cluster in ``clusters.tsv`` has no mean map.
     """
     cluster_ids = _cluster_ids(inputs)
-    data = {"page": "all", "volumes": _volumes(inputs), **_listing(inputs.assignments, cluster_ids),
-            **_display(inputs)}
+    data = {"page": "all", "volumes": _volumes(inputs), **_listing(inputs.assignments, cluster_ids), **_display(inputs)}
     return _render(title, _inline_script(niivue_js), data)
 
 
@@ -342,29 +366,31 @@ def subject_page(subject: str) -> str:
     ValueError for an ID that is not a plain file name (letters, digits, ``_``, ``-``; as
     the workflow's subject wildcard)."""
     if not _SUBJECT_ID.fullmatch(subject):
-        raise ValueError(f"subject {subject!r}: its ID cannot name a viewer page "
-                         "(letters, digits, '_' and '-' only, starting with a letter or digit)")
+        raise ValueError(
+            f"subject {subject!r}: its ID cannot name a viewer page "
+            "(letters, digits, '_' and '-' only, starting with a letter or digit)"
+        )
     return f"{SUBJECTS_FOLDER}/{subject}.html"
 
 
 def _neighbours_nav(subject: str, cluster: int, members: Sequence[str]) -> str:
     """The subject page's links: back to the index, and to the previous and next subject of
     the same cluster (in the order of ``clusters.tsv``)."""
-    links = ['<a id="index-link" href="../index.html">&larr; index: study template, cluster means, '
-             'all subjects</a>']
+    links = ['<a id="index-link" href="../index.html">&larr; index: study template, cluster means, all subjects</a>']
     at = members.index(subject)
-    for rel, other, text in (("prev", members[at - 1] if at > 0 else None, "&larr; previous in cluster {k}: {id}"),
-                             ("next", members[at + 1] if at + 1 < len(members) else None,
-                              "next in cluster {k}: {id} &rarr;")):
+    for rel, other, text in (
+        ("prev", members[at - 1] if at > 0 else None, "&larr; previous in cluster {k}: {id}"),
+        ("next", members[at + 1] if at + 1 < len(members) else None, "next in cluster {k}: {id} &rarr;"),
+    ):
         if other is not None:
             name = html.escape(other)
-            links.append(f'<a id="{rel}-link" rel="{rel}" href="{name}.html">'
-                         f'{text.format(k=cluster, id=name)}</a>')
+            links.append(f'<a id="{rel}-link" rel="{rel}" href="{name}.html">{text.format(k=cluster, id=name)}</a>')
     return '<nav id="pages">' + "<br>\n".join(links) + "</nav>"
 
 
-def build_split_pages(inputs: ViewerInputs, niivue_js: str, script_name: str,
-                      title: str = "lungclam viewer") -> dict[str, str]:
+def build_split_pages(
+    inputs: ViewerInputs, niivue_js: str, script_name: str, title: str = "lungclam viewer"
+) -> dict[str, str]:
     """The pages of a split viewer: ``{path relative to the index: HTML text}``.
 
     ``index.html`` inlines NiiVue and holds the template, its lung mask and the mean CLAMs;
@@ -389,20 +415,39 @@ def build_split_pages(inputs: ViewerInputs, niivue_js: str, script_name: str,
         raise ValueError("clusters.tsv lists a subject more than once")
     template_volumes, grid = _template_volumes(inputs)
     display = _display(inputs)
-    index = {"page": "index", "volumes": template_volumes, **listing, **display,
-             "subjects": [{**s, "href": hrefs[s["id"]]} for s in listing["subjects"]]}
-    pages = {"index.html": _render(title, _inline_script(niivue_js), index,
-                                   '<p class="note" id="pages">One page per subject: the subject names below '
-                                   f'open them (<code>{SUBJECTS_FOLDER}/</code> beside this page).</p>')}
+    index = {
+        "page": "index",
+        "volumes": template_volumes,
+        **listing,
+        **display,
+        "subjects": [{**s, "href": hrefs[s["id"]]} for s in listing["subjects"]],
+    }
+    pages = {
+        "index.html": _render(
+            title,
+            _inline_script(niivue_js),
+            index,
+            '<p class="note" id="pages">One page per subject: the subject names below '
+            f"open them (<code>{SUBJECTS_FOLDER}/</code> beside this page).</p>",
+        )
+    }
     shared_script = f'<script src="{html.escape(script_name)}"></script>'
     for entry in listing["subjects"]:
         members = [s["id"] for s in listing["subjects"] if s["cluster"] == entry["cluster"]]
-        data = {"page": "subject", "volumes": {"mask": template_volumes["mask"],
-                                               **_subject_volumes(inputs, entry["id"], grid)},
-                **listing, **display, "subjects": [entry]}
-        pages[hrefs[entry["id"]]] = _render(f"{title}: subject {entry['id']}", shared_script, data,
-                                            _neighbours_nav(entry["id"], entry["cluster"], members),
-                                            _CSP_SHARED_SCRIPT)
+        data = {
+            "page": "subject",
+            "volumes": {"mask": template_volumes["mask"], **_subject_volumes(inputs, entry["id"], grid)},
+            **listing,
+            **display,
+            "subjects": [entry],
+        }
+        pages[hrefs[entry["id"]]] = _render(
+            f"{title}: subject {entry['id']}",
+            shared_script,
+            data,
+            _neighbours_nav(entry["id"], entry["cluster"], members),
+            _CSP_SHARED_SCRIPT,
+        )
     return pages
 
 
@@ -415,7 +460,7 @@ def read_page_data(path: str | Path) -> dict:
     text = Path(path).read_text(encoding="utf-8")
     start = text.index('<script type="application/json" id="lungclam-data">')
     start = text.index(">", start) + 1
-    return json.loads(text[start:text.index("</script>", start)])
+    return json.loads(text[start : text.index("</script>", start)])
 
 
 def decode_volume(text: str) -> nib.Nifti1Image:
@@ -432,8 +477,17 @@ def _remove_stale_subject_pages(folder: Path, keep: frozenset[str] = frozenset()
         return 0
     removed = 0
     for path in folder.iterdir():
-        ours = path.is_file() and path.name not in keep and (re.fullmatch(r"niivue-.*\.umd\.js", path.name) or (
-            path.suffix == ".html" and 'id="lungclam-data"' in path.read_text(encoding="utf-8", errors="replace")))
+        ours = (
+            path.is_file()
+            and path.name not in keep
+            and (
+                re.fullmatch(r"niivue-.*\.umd\.js", path.name)
+                or (
+                    path.suffix == ".html"
+                    and 'id="lungclam-data"' in path.read_text(encoding="utf-8", errors="replace")
+                )
+            )
+        )
         if ours:
             path.unlink()
             removed += 1
@@ -442,8 +496,9 @@ def _remove_stale_subject_pages(folder: Path, keep: frozenset[str] = frozenset()
     return removed
 
 
-def write_viewer(inputs: ViewerInputs, niivue_js_path: str | Path, out: str | Path,
-                 max_subjects_per_page: int | None = None) -> int:
+def write_viewer(
+    inputs: ViewerInputs, niivue_js_path: str | Path, out: str | Path, max_subjects_per_page: int | None = None
+) -> int:
     """Write the viewer at ``out`` (its ``index.html``); each file atomically. Returns the
     bytes written, all pages together.
 
@@ -474,8 +529,9 @@ def write_viewer(inputs: ViewerInputs, niivue_js_path: str | Path, out: str | Pa
             Path(tmp).write_bytes(page)
         written += len(page)
     # pages of subjects no longer in the cohort, were the folder not emptied before
-    _remove_stale_subject_pages(out.parent / SUBJECTS_FOLDER,
-                                frozenset({niivue_js_path.name, *(Path(n).name for n in pages)}))
+    _remove_stale_subject_pages(
+        out.parent / SUBJECTS_FOLDER, frozenset({niivue_js_path.name, *(Path(n).name for n in pages)})
+    )
     return written
 
 

@@ -36,14 +36,30 @@ def _no_slurm_env(tmp_path: Path) -> dict:
 
 
 def _snakemake(workdir: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(PROJECT_ROOT / "Snakefile"), "-d", str(workdir),
-               "--configfile", str(TINY), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(PROJECT_ROOT / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(TINY),
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=workdir, timeout=300)
 
 
 def _rules() -> list[str]:
-    done = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(PROJECT_ROOT / "Snakefile"),
-                           "--list-rules"], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(PROJECT_ROOT / "Snakefile"), "--list-rules"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=120,
+        check=True,
+    )
     return [line.strip() for line in done.stdout.splitlines() if line.strip()]
 
 
@@ -64,8 +80,13 @@ def test_slurm_profile_has_what_a_cluster_needs() -> None:
     assert SLURM_PROFILE["executor"] == "slurm"
     assert SLURM_PROFILE["jobs"] >= 10 and SLURM_PROFILE["latency-wait"] >= 5
     assert {"slurm_partition", "mem_mb", "runtime"} <= set(SLURM_PROFILE["default-resources"])
-    chain = {"convert": "preprocess", "resample": "preprocess", "segment": "preprocess", "register": "to_template",
-             "downsample": "to_template"}
+    chain = {
+        "convert": "preprocess",
+        "resample": "preprocess",
+        "segment": "preprocess",
+        "register": "to_template",
+        "downsample": "to_template",
+    }
     # snakemake score's copies of the imaging rules (workflow/rules/score.smk) group alike
     assert SLURM_PROFILE["groups"] == {**chain, **{f"score_{rule}": group for rule, group in chain.items()}}
     # per-rule settings live in the workflow profile, whose set-resources would replace these
@@ -75,8 +96,13 @@ def test_slurm_profile_has_what_a_cluster_needs() -> None:
 @pytest.mark.parametrize("profile", ["slurm", "profiles/slurm"])
 def test_slurm_dry_run_works_without_slurm(tmp_path: Path, profile: str) -> None:
     env = _no_slurm_env(tmp_path)
-    done = subprocess.run(["make", "-s", "slurm-profile"], cwd=PROJECT_ROOT, env={**env, "PATH": os.environ["PATH"]},
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["make", "-s", "slurm-profile"],
+        cwd=PROJECT_ROOT,
+        env={**env, "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     workdir = tmp_path / "work"
     workdir.mkdir()

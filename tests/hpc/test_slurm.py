@@ -51,11 +51,12 @@ def slurm(tmp_path_factory):
     if not _have_daemons():
         if not shutil.which("apt-get"):
             pytest.skip("Slurm is not installed and there is no apt-get to install it")
-        done = subprocess.run(["timeout", "-k", "10", "420", str(SLURM_SH), "install"],
-                              capture_output=True, text=True)
+        done = subprocess.run(["timeout", "-k", "10", "420", str(SLURM_SH), "install"], capture_output=True, text=True)
         if done.returncode != 0 or not _have_daemons():
-            pytest.skip(f"could not install Slurm from Debian's packages (rc {done.returncode}):\n"
-                        f"{_tail(done.stdout + done.stderr, 1500)}")
+            pytest.skip(
+                f"could not install Slurm from Debian's packages (rc {done.returncode}):\n"
+                f"{_tail(done.stdout + done.stderr, 1500)}"
+            )
     if Path("/etc/slurm/slurm.conf").exists():
         pytest.skip("/etc/slurm/slurm.conf exists: a Slurm is configured on this machine already")
     profile = yaml.safe_load((PROJECT_ROOT / "profiles" / "slurm" / "config.yaml").read_text())
@@ -66,31 +67,53 @@ def slurm(tmp_path_factory):
     env = {**os.environ, "SLURM_CONF": str(state / "etc" / "slurm.conf")}
     started = time.perf_counter()
     try:
-        done = subprocess.run(["timeout", "-k", "10", "150", str(SLURM_SH), "start", str(state), partition],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["timeout", "-k", "10", "150", str(SLURM_SH), "start", str(state), partition],
+            capture_output=True,
+            text=True,
+        )
         startup_s = time.perf_counter() - started
         if done.returncode != 0:
-            logs = "".join(f"\n--- {log.name}\n{_tail(log.read_text(errors='replace'), 800)}"
-                           for log in sorted((state / "log").glob("*.log")) if log.is_file()) if state.exists() else ""
-            pytest.skip(f"could not start the Slurm daemons (rc {done.returncode}):\n"
-                        f"{_tail(done.stdout + done.stderr, 1500)}{logs}")
+            logs = (
+                "".join(
+                    f"\n--- {log.name}\n{_tail(log.read_text(errors='replace'), 800)}"
+                    for log in sorted((state / "log").glob("*.log"))
+                    if log.is_file()
+                )
+                if state.exists()
+                else ""
+            )
+            pytest.skip(
+                f"could not start the Slurm daemons (rc {done.returncode}):\n"
+                f"{_tail(done.stdout + done.stderr, 1500)}{logs}"
+            )
         print(f"Slurm start-up: {startup_s:.1f} s")
         yield {"env": env, "state": state, "partition": partition, "startup_s": startup_s}
     finally:
-        subprocess.run(["timeout", "-k", "10", "120", str(SLURM_SH), "stop", str(state)],
-                       capture_output=True, text=True)
+        subprocess.run(
+            ["timeout", "-k", "10", "120", str(SLURM_SH), "stop", str(state)], capture_output=True, text=True
+        )
         shutil.rmtree(state.parent, ignore_errors=True)
 
 
 def _start(command: list[str], *, env: dict, cwd: Path, limit_s: int, log: Path) -> subprocess.Popen:
     with open(log, "w") as out:
-        return subprocess.Popen(["timeout", "-k", "15", str(limit_s), *command], stdout=out, stderr=subprocess.STDOUT,
-                                env=env, cwd=cwd)
+        return subprocess.Popen(
+            ["timeout", "-k", "15", str(limit_s), *command], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd
+        )
 
 
 def _snakemake(*args: str) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "--snakefile", str(PROJECT_ROOT / "Snakefile"),
-            "--configfile", str(TINY), *args]
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(PROJECT_ROOT / "Snakefile"),
+        "--configfile",
+        str(TINY),
+        *args,
+    ]
 
 
 def _array(path: Path) -> np.ndarray:
@@ -105,23 +128,28 @@ def _compare_runs(local: Path, remote: Path) -> list[str]:
     """Every table (but its timing columns) and image both runs made, compared; returns
     the differences."""
     differences = []
-    tables = sorted(p.relative_to(local) for p in local.rglob("*.tsv")
-                    if "benchmarks" not in p.parts and "logs" not in p.parts)
+    tables = sorted(
+        p.relative_to(local) for p in local.rglob("*.tsv") if "benchmarks" not in p.parts and "logs" not in p.parts
+    )
     images = sorted(p.relative_to(local) for p in local.rglob("*.nii.gz"))
     assert len(tables) > 10 and len(images) > 20, (tables, images)
     for rel in tables + images:
         if not (remote / rel).is_file():
             differences.append(f"{rel}: missing in the Slurm run")
         elif rel.name.endswith(".tsv"):
-            a, b = (pd.read_csv(run / rel, sep="\t").drop(columns=TIMING_COLUMNS, errors="ignore")
-                    for run in (local, remote))
+            a, b = (
+                pd.read_csv(run / rel, sep="\t").drop(columns=TIMING_COLUMNS, errors="ignore")
+                for run in (local, remote)
+            )
             if not a.equals(b):
                 differences.append(f"{rel}: tables differ")
         else:
             a, b = _array(local / rel), _array(remote / rel)
             if a.shape != b.shape or not np.array_equal(a, b):
-                differences.append(f"{rel}: arrays differ (max |diff| "
-                                   f"{np.abs(a.astype(float) - b.astype(float)).max() if a.shape == b.shape else 'shape'})")
+                differences.append(
+                    f"{rel}: arrays differ (max |diff| "
+                    f"{np.abs(a.astype(float) - b.astype(float)).max() if a.shape == b.shape else 'shape'})"
+                )
     return differences
 
 
@@ -139,15 +167,30 @@ def test_tiny_demo_through_the_slurm_profile_matches_a_local_run(slurm, tmp_path
     # The local reference run goes alongside: the Slurm run mostly waits (job start-up,
     # status checks), so this costs little extra time.
     started = time.perf_counter()
-    local_run = _start(_snakemake("--cores", "2"), env=os.environ.copy(), cwd=local, limit_s=900,
-                       log=tmp_path / "local.log")
+    local_run = _start(
+        _snakemake("--cores", "2"), env=os.environ.copy(), cwd=local, limit_s=900, log=tmp_path / "local.log"
+    )
     # A job that asks for more CPUs than the node has pends forever: --cores caps every
     # rule's threads and the width of the grouped preprocessing jobs at the node's CPUs.
     # Status checks every 5 s instead of after 40 s.
     cpus = str(os.cpu_count() or 1)
-    slurm_run = _start(_snakemake("--profile", "slurm", "--cores", cpus, "--max-threads", cpus,
-                                  "--slurm-init-seconds-before-status-checks", "5", "--slurm-keep-successful-logs"),
-                       env=env, cwd=remote, limit_s=1200, log=tmp_path / "slurm.log")
+    slurm_run = _start(
+        _snakemake(
+            "--profile",
+            "slurm",
+            "--cores",
+            cpus,
+            "--max-threads",
+            cpus,
+            "--slurm-init-seconds-before-status-checks",
+            "5",
+            "--slurm-keep-successful-logs",
+        ),
+        env=env,
+        cwd=remote,
+        limit_s=1200,
+        log=tmp_path / "slurm.log",
+    )
     local_rc = local_run.wait()
     local_s = time.perf_counter() - started
     slurm_rc = slurm_run.wait()
@@ -159,10 +202,17 @@ def test_tiny_demo_through_the_slurm_profile_matches_a_local_run(slurm, tmp_path
     assert "Using profiles slurm and workflow specific profile" in slurm_log
 
     # The jobs really went through Slurm, and its accounting saw each one complete.
-    accounting = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobName,State,Partition"], env=env,
-                                capture_output=True, text=True, check=True).stdout.split()
+    accounting = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-o", "JobName,State,Partition"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert len(accounting) >= 15, accounting
-    assert all(row.split("|")[1] == "COMPLETED" and row.split("|")[2] == slurm["partition"] for row in accounting), accounting
+    assert all(row.split("|")[1] == "COMPLETED" and row.split("|")[2] == slurm["partition"] for row in accounting), (
+        accounting
+    )
     slurm_logs = list((remote / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert any("rule_train" in str(p) for p in slurm_logs), slurm_logs
     assert any("group_preprocess" in str(p) for p in slurm_logs), slurm_logs

@@ -127,9 +127,16 @@ def test_restrict_to_mask_rescales_inside_and_zeros_outside() -> None:
     np.testing.assert_array_equal(out[1, 0], [0.0, 0.0, 0.0, 0.0])  # constant inside -> zero, no NaN
 
 
-@pytest.mark.parametrize("shape, size", [((1, 5, 11, 11, 11), (88, 88, 88)), ((2, 3, 7, 9, 5), (30, 40, 22)),
-                                         ((1, 4, 16, 16), (64, 64)), ((3, 2, 5, 7), (13, 29)),
-                                         ((1, 2, 6, 6), (3, 3))])
+@pytest.mark.parametrize(
+    "shape, size",
+    [
+        ((1, 5, 11, 11, 11), (88, 88, 88)),
+        ((2, 3, 7, 9, 5), (30, 40, 22)),
+        ((1, 4, 16, 16), (64, 64)),
+        ((3, 2, 5, 7), (13, 29)),
+        ((1, 2, 6, 6), (3, 3)),
+    ],
+)
 def test_separable_upsample_equals_torch_interpolate(shape, size) -> None:
     maps = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
     mode = "bilinear" if len(shape) == 4 else "trilinear"

@@ -17,8 +17,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = load_schema(PROJECT_ROOT / "config" / "schema.yaml")
 # The Snakefile loads these two always; every other shipped config is an overlay on them.
 BASE_FILES = [PROJECT_ROOT / "config" / "config.yaml", PROJECT_ROOT / "config" / "simulation.yaml"]
-OVERLAYS = sorted({*(PROJECT_ROOT / "config").glob("*.yaml"), *(PROJECT_ROOT / "tests" / "configs").glob("*.yaml")}
-                  - set(BASE_FILES) - {p for p in (PROJECT_ROOT / "config").glob("*schema.yaml")})
+OVERLAYS = sorted(
+    {*(PROJECT_ROOT / "config").glob("*.yaml"), *(PROJECT_ROOT / "tests" / "configs").glob("*.yaml")}
+    - set(BASE_FILES)
+    - {p for p in (PROJECT_ROOT / "config").glob("*schema.yaml")}
+)
 
 
 def merged(*overlays: dict[str, Any]) -> dict[str, Any]:
@@ -55,7 +58,9 @@ def _sections(schema: dict[str, Any], path: str = ""):
 
 def test_every_section_is_closed():
     """A key the schema does not list is an error everywhere it lists keys."""
-    open_sections = [path or "top level" for path, sub in _sections(SCHEMA) if sub.get("additionalProperties") is not False]
+    open_sections = [
+        path or "top level" for path, sub in _sections(SCHEMA) if sub.get("additionalProperties") is not False
+    ]
     assert open_sections == []
 
 
@@ -88,12 +93,21 @@ def test_every_simulation_setting_is_in_the_schema():
     assert fields - set(SCHEMA["properties"]["simulation"]["properties"]) == set()
 
 
-@pytest.mark.parametrize(("overlay", "expected"), [
-    ({"trian": {"epochs": 3}}, "unknown key trian: did you mean train?"),
-    ({"train": {"epocs": 3}}, "unknown key train.epocs: did you mean train.epochs?"),
-    ({"demo": {"phantom": {"pixel_m": 2.0}}}, "unknown key demo.phantom.pixel_m: did you mean demo.phantom.pixel_mm?"),
-    ({"simulation": {"model": {"latent": 8}}}, "unknown key simulation.model.latent: did you mean simulation.model.latent_dim?"),
-])
+@pytest.mark.parametrize(
+    ("overlay", "expected"),
+    [
+        ({"trian": {"epochs": 3}}, "unknown key trian: did you mean train?"),
+        ({"train": {"epocs": 3}}, "unknown key train.epocs: did you mean train.epochs?"),
+        (
+            {"demo": {"phantom": {"pixel_m": 2.0}}},
+            "unknown key demo.phantom.pixel_m: did you mean demo.phantom.pixel_mm?",
+        ),
+        (
+            {"simulation": {"model": {"latent": 8}}},
+            "unknown key simulation.model.latent: did you mean simulation.model.latent_dim?",
+        ),
+    ],
+)
 def test_a_misspelt_key_is_named_with_the_nearest_valid_one(overlay, expected):
     assert config_problems(merged(overlay), SCHEMA) == [expected]
 
@@ -105,4 +119,6 @@ def test_an_unknown_key_without_a_near_one_lists_what_the_section_takes():
 
 
 def test_a_wrong_type_is_named_by_its_path():
-    assert config_problems(merged({"train": {"epochs": "many"}}), SCHEMA) == ["train.epochs: 'many' is not of type 'integer'"]
+    assert config_problems(merged({"train": {"epochs": "many"}}), SCHEMA) == [
+        "train.epochs: 'many' is not of type 'integer'"
+    ]

@@ -7,7 +7,14 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from lungclam.dec import ClusterGuard, clusters_table, fit_clusters, soft_assignment, target_distribution, within_cluster_scale
+from lungclam.dec import (
+    ClusterGuard,
+    clusters_table,
+    fit_clusters,
+    soft_assignment,
+    target_distribution,
+    within_cluster_scale,
+)
 from lungclam.device import seed_everything
 from lungclam.model import ConvAutoencoder, ModelSpec
 from lungclam.train import embed_images, pretrain, reconstruction_error
@@ -126,8 +133,9 @@ def test_guard_violation_rules() -> None:
     assert "1.51x the pretrained" in guard.violation(start, start, 0.01208, 0.008)
     assert ClusterGuard(max_reconstruction_growth=None).violation(start, start, 1.0, 0.008) == ""
     assert ClusterGuard(keep_clusters=False).violation(np.array([30, 0, 0]), start, 0.008, 0.008) == ""
-    assert ClusterGuard.from_config({"keep_clusters": False, "max_reconstruction_growth": None}) == \
-        ClusterGuard(keep_clusters=False, max_reconstruction_growth=None)
+    assert ClusterGuard.from_config({"keep_clusters": False, "max_reconstruction_growth": None}) == ClusterGuard(
+        keep_clusters=False, max_reconstruction_growth=None
+    )
     assert ClusterGuard.from_config({}) == ClusterGuard()
 
 
@@ -144,8 +152,19 @@ def _aggressive_fit(model, images, learning_rate, gamma, guard):
     import copy
 
     kwargs = {} if guard == "default" else {"guard": guard}
-    fit = fit_clusters(copy.deepcopy(model), images, 2, max_epochs=15, batch_size=8, update_interval=3, seed=0,
-                       learning_rate=learning_rate, gamma=gamma, scale=1.0, **kwargs)
+    fit = fit_clusters(
+        copy.deepcopy(model),
+        images,
+        2,
+        max_epochs=15,
+        batch_size=8,
+        update_interval=3,
+        seed=0,
+        learning_rate=learning_rate,
+        gamma=gamma,
+        scale=1.0,
+        **kwargs,
+    )
     error = reconstruction_error(fit.model.autoencoder, torch.from_numpy(images), 16, torch.device("cpu"))
     return fit, error
 

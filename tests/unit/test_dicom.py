@@ -187,7 +187,10 @@ def test_fresh_process_converts(tmp_path):
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "dcm"), str(tmp_path / "a.nii.gz"), str(tmp_path / "a.json")],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "dicom2nifti"
@@ -290,8 +293,14 @@ def test_different_slices_at_one_position_are_refused(tmp_path):
     truth = truth_array()
     paths = write_truth_series(tmp_path, truth)
     ds = pydicom.dcmread(paths[3])
-    write_slice(tmp_path / "other_phase", truth[3] + 1100, ds.ImagePositionPatient, ds.ImageOrientationPatient,
-                SPACING[:2], ds.SeriesInstanceUID)
+    write_slice(
+        tmp_path / "other_phase",
+        truth[3] + 1100,
+        ds.ImagePositionPatient,
+        ds.ImageOrientationPatient,
+        SPACING[:2],
+        ds.SeriesInstanceUID,
+    )
     with pytest.raises(SubjectError, match="same position.*different pixel data"):
         convert(tmp_path)
 
@@ -322,12 +331,28 @@ def test_localizer_and_secondary_capture_are_skipped(tmp_path):
     write_truth_series(tmp_path / "ct", truth, series_number=3)
     scout = generate_uid()
     for k in range(2):  # a coronal localizer
-        write_slice(tmp_path / "scout" / f"{k}", np.zeros((14, 16), np.int16), (0, 0, 0), (1, 0, 0, 0, 0, -1),
-                    (1, 1), scout, image_type=["ORIGINAL", "PRIMARY", "LOCALIZER"], series_number=1)
+        write_slice(
+            tmp_path / "scout" / f"{k}",
+            np.zeros((14, 16), np.int16),
+            (0, 0, 0),
+            (1, 0, 0, 0, 0, -1),
+            (1, 1),
+            scout,
+            image_type=["ORIGINAL", "PRIMARY", "LOCALIZER"],
+            series_number=1,
+        )
     sc = generate_uid()
     for k in range(12):  # more slices than the CT, but screenshots
-        write_slice(tmp_path / "sc" / f"{k}", np.zeros((14, 16), np.int16), (0, 0, k), (1, 0, 0, 0, 1, 0),
-                    (1, 1), sc, sop_class=SecondaryCaptureImageStorage, series_number=99)
+        write_slice(
+            tmp_path / "sc" / f"{k}",
+            np.zeros((14, 16), np.int16),
+            (0, 0, k),
+            (1, 0, 0, 0, 1, 0),
+            (1, 1),
+            sc,
+            sop_class=SecondaryCaptureImageStorage,
+            series_number=99,
+        )
     series = dicom.find_series(tmp_path, "s1")
     reasons = {s.uid: s.reason_rejected for s in series}
     assert reasons[scout] == "localizer" and reasons[sc] == "secondary capture"
@@ -340,8 +365,9 @@ def test_most_slices_wins_and_derived_is_a_last_resort(tmp_path):
     truth = truth_array()
     write_truth_series(tmp_path / "short", truth[:5], series_number=2)
     write_truth_series(tmp_path / "long", truth, series_number=3)
-    write_truth_series(tmp_path / "mpr", np.concatenate([truth, truth]), series_number=4,
-                       image_type=["DERIVED", "SECONDARY", "AXIAL"])
+    write_truth_series(
+        tmp_path / "mpr", np.concatenate([truth, truth]), series_number=4, image_type=["DERIVED", "SECONDARY", "AXIAL"]
+    )
     series = dicom.find_series(tmp_path, "s1")
     assert dicom.choose_ct_series(series, "s1").series_number == 3
     only_derived = [s for s in series if s.series_number == 4]
@@ -353,8 +379,17 @@ def test_localizer_only_folder_names_the_series_as_the_console_shows_it(tmp_path
     or in a viewer), not only a 60-character UID."""
     scout = generate_uid()
     for k in range(2):
-        write_slice(tmp_path / f"{k}", np.zeros((14, 16), np.int16), (0, 0, 0), (1, 0, 0, 0, 0, -1), (1, 1), scout,
-                    image_type=["ORIGINAL", "PRIMARY", "LOCALIZER"], series_number=1, description="Topogram 0.6 T20f")
+        write_slice(
+            tmp_path / f"{k}",
+            np.zeros((14, 16), np.int16),
+            (0, 0, 0),
+            (1, 0, 0, 0, 0, -1),
+            (1, 1),
+            scout,
+            image_type=["ORIGINAL", "PRIMARY", "LOCALIZER"],
+            series_number=1,
+            description="Topogram 0.6 T20f",
+        )
     with pytest.raises(SubjectError) as err:
         convert(tmp_path)
     assert f"no CT axial series: series 1 'Topogram 0.6 T20f' UID {scout} (localizer)" in str(err.value)
@@ -363,8 +398,16 @@ def test_localizer_only_folder_names_the_series_as_the_console_shows_it(tmp_path
 def test_mr_only_is_refused_with_reasons(tmp_path):
     uid = generate_uid()
     for k in range(5):
-        write_slice(tmp_path / f"mr{k}", np.zeros((8, 8), np.int16), (0, 0, k), (1, 0, 0, 0, 1, 0), (1, 1), uid,
-                    modality="MR", sop_class=MRImageStorage)
+        write_slice(
+            tmp_path / f"mr{k}",
+            np.zeros((8, 8), np.int16),
+            (0, 0, k),
+            (1, 0, 0, 0, 1, 0),
+            (1, 1),
+            uid,
+            modality="MR",
+            sop_class=MRImageStorage,
+        )
     expected = rf"subject 's1': no CT axial series: series 2 'synthetic chest' UID {uid} \(MR\)"
     with pytest.raises(SubjectError, match=expected) as err:
         convert(tmp_path)
@@ -495,9 +538,7 @@ def test_real_tilted_head_agrees_with_dcm2niix(shared_data, method):
     # r = 0.9995 (simpleitk path), 0.996 (dicom2nifti path, whose 3D interpolation runs
     # along the sheared slice axis); shifting either by 0.5 mm lowers r, so the geometry
     # is right to well under a voxel.
-    moved = sitk.Resample(
-        sitk.Cast(image, sitk.sitkFloat32), reference, sitk.Transform(), sitk.sitkLinear, -5000.0
-    )
+    moved = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), reference, sitk.Transform(), sitk.sitkLinear, -5000.0)
     ours, theirs = sitk.GetArrayFromImage(moved), sitk.GetArrayFromImage(reference).astype(np.float32)
     both = (ours > -1400) & (theirs > -1400)
     assert both.mean() > 0.3
@@ -538,6 +579,9 @@ def test_bad_dicom_notavolume_is_refused(shared_data):
 def test_bad_dicom_sliceincrement_is_refused_naming_the_gap(shared_data):
     # Steps 5, 5, 10 mm: the 10 mm step is one missing slice. Interpolating it would
     # invent a slice of anatomy, so the subject fails, naming the files on either side.
-    with pytest.raises(SubjectError, match=r"gap of 10\.00 mm between IM-0001-0009-0001\.dcm and "
-                                           r"IM-0001-0010-0001\.dcm .*slices missing"):
+    with pytest.raises(
+        SubjectError,
+        match=r"gap of 10\.00 mm between IM-0001-0009-0001\.dcm and "
+        r"IM-0001-0010-0001\.dcm .*slices missing",
+    ):
         _convert_real(shared_data / "bad-dicom" / "sliceincrement", "si")

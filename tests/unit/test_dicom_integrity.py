@@ -23,8 +23,10 @@ from lungclam.failures import cause_from_log
 
 pytestmark = pytest.mark.realdata
 
-SERIES = ("real-ct/lung-pet-ct-dx/Lung_Dx-A0002/04-25-2007-NA-ThoraxAThoraxRoutine Adult-34834/"
-          "3.000000-ThoraxRoutine  8.0.0  B40f-10983")
+SERIES = (
+    "real-ct/lung-pet-ct-dx/Lung_Dx-A0002/04-25-2007-NA-ThoraxAThoraxRoutine Adult-34834/"
+    "3.000000-ThoraxRoutine  8.0.0  B40f-10983"
+)
 OTHER_SERIES = SERIES.replace("3.000000-ThoraxRoutine  8.0.0  B40f-10983", "2.000000-ThoraxRoutine  8.0.0  B70f-62919")
 N_SLICES = 8
 
@@ -119,8 +121,11 @@ def test_clearly_non_dicom_files_are_skipped(ct):
     (ct / "notes.txt").write_text("exported by PACS")
     (ct / "preview.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 300)
     series = dicom.find_series(ct, "s1")
-    assert series.n_non_dicom == 3 and sorted(p.name for p in series.skipped) == [".DS_Store", "notes.txt",
-                                                                                    "preview.png"]
+    assert series.n_non_dicom == 3 and sorted(p.name for p in series.skipped) == [
+        ".DS_Store",
+        "notes.txt",
+        "preview.png",
+    ]
     assert convert(ct)["image"]["size"][2] == N_SLICES
 
 
@@ -157,8 +162,10 @@ def test_position_jitter_still_converts(ct):
 @pytest.mark.parametrize(
     "make, cause",
     [
-        (lambda d: (d / "broken.dcm").symlink_to("/nonexistent/f.dcm"),
-         r"broken\.dcm: broken symbolic link \(broken\.dcm -> /nonexistent/f\.dcm"),
+        (
+            lambda d: (d / "broken.dcm").symlink_to("/nonexistent/f.dcm"),
+            r"broken\.dcm: broken symbolic link \(broken\.dcm -> /nonexistent/f\.dcm",
+        ),
         (lambda d: (d / "loop.dcm").symlink_to(d / "loop.dcm"), r"loop\.dcm: symbolic link loop"),
         (lambda d: (d / "up").symlink_to(d), r"up: symbolic link loop \(up leads back to a folder above it\)"),
         (lambda d: os.mkfifo(d / "pipe"), r"pipe: not a regular file"),
@@ -197,12 +204,15 @@ def test_vanished_folder_fails_only_at_convert(tmp_path):
     "edit, cause",
     [
         (lambda ds: setattr(ds, "RescaleSlope", 0), r"RescaleSlope \(0028,1053\) of 0 .* 8 file\(s\).*1-0\d\.dcm"),
-        (lambda ds: (delattr(ds, "RescaleSlope"), delattr(ds, "RescaleIntercept")),
-         r"8 of 8 CT file\(s\) lack RescaleSlope \(0028,1053\) or RescaleIntercept \(0028,1052\)"),
-        (lambda ds: setattr(ds, "RescaleSlope", 100),
-         r"voxel\(s\) clipped at 32767 HU.*1-01\.dcm.*RescaleSlope 100"),
-        (lambda ds: setattr(ds, "RescaleIntercept", 0),
-         r"does not look like CT in HU: 0\.0% of voxels near air.*RescaleIntercept 0"),
+        (
+            lambda ds: (delattr(ds, "RescaleSlope"), delattr(ds, "RescaleIntercept")),
+            r"8 of 8 CT file\(s\) lack RescaleSlope \(0028,1053\) or RescaleIntercept \(0028,1052\)",
+        ),
+        (lambda ds: setattr(ds, "RescaleSlope", 100), r"voxel\(s\) clipped at 32767 HU.*1-01\.dcm.*RescaleSlope 100"),
+        (
+            lambda ds: setattr(ds, "RescaleIntercept", 0),
+            r"does not look like CT in HU: 0\.0% of voxels near air.*RescaleIntercept 0",
+        ),
     ],
     ids=["slope-0", "no-rescale-tags", "slope-100", "intercept-0"],
 )
@@ -266,12 +276,19 @@ def test_no_position_in_any_slice_is_said(ct):
     "edit, cause",
     [
         (lambda ds: delattr(ds, "ImagePositionPatient"), r"1 file\(s\) lack ImagePositionPatient: 1-05\.dcm"),
-        (lambda ds: setattr(ds, "PixelSpacing", [0.7, 0.7]),
-         r"mixed or missing pixel spacing \(PixelSpacing\): 1 of 8 file\(s\) differ .*: 1-05\.dcm \(\[0\.7, 0\.7\]\)"),
-        (lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 0, 0.99, -0.141]),
-         r"mixed slice orientations \(ImageOrientationPatient\): 1 of 8 file\(s\) differ .*: 1-05\.dcm"),
-        (lambda ds: (setattr(ds, "Rows", 256), setattr(ds, "PixelData", ds.PixelData[: 256 * 512 * 2])),
-         r"mixed image sizes \(Rows, Columns\): 1 of 8 file\(s\) differ .*: 1-05\.dcm \(\[256, 512\]\)"),
+        (
+            lambda ds: setattr(ds, "PixelSpacing", [0.7, 0.7]),
+            r"mixed or missing pixel spacing \(PixelSpacing\): 1 of 8 file\(s\) differ .*: "
+            r"1-05\.dcm \(\[0\.7, 0\.7\]\)",
+        ),
+        (
+            lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 0, 0.99, -0.141]),
+            r"mixed slice orientations \(ImageOrientationPatient\): 1 of 8 file\(s\) differ .*: 1-05\.dcm",
+        ),
+        (
+            lambda ds: (setattr(ds, "Rows", 256), setattr(ds, "PixelData", ds.PixelData[: 256 * 512 * 2])),
+            r"mixed image sizes \(Rows, Columns\): 1 of 8 file\(s\) differ .*: 1-05\.dcm \(\[256, 512\]\)",
+        ),
     ],
     ids=["no-position", "spacing", "orientation", "size"],
 )
@@ -318,8 +335,11 @@ def test_two_patients_or_studies_fail_with_a_list_unless_one_is_named(shared_dat
     meta = convert(folder, **{column: other})
     assert meta["SeriesNumber"] == 2
     shutil.rmtree(tmp_path / "out")
-    with pytest.raises(SubjectError, match=rf"no series with .*the samples sheet's {column} column gives for "
-                                           rf"{keyword}; the folder holds ") as err:
+    with pytest.raises(
+        SubjectError,
+        match=rf"no series with .*the samples sheet's {column} column gives for "
+        rf"{keyword}; the folder holds ",
+    ) as err:
         convert(folder, **{column: "nobody"})
     assert (keyword == "PatientID") == ("nobody" not in str(err.value))
 
@@ -334,16 +354,21 @@ def test_corrupt_jpeg_ls_stream_names_the_file(ct):
     data = bytearray(path.read_bytes())
     data[len(data) // 2 : len(data) // 2 + 500] = b"\xff" * 500
     path.write_bytes(bytes(data))
-    with pytest.raises(SubjectError, match=r"pixel data of 1-04\.dcm \(JPEG-LS Lossless.*\) decodes to values "
-                                           r".*outside what BitsStored \(0028,0101\) = 12 allows"):
+    with pytest.raises(
+        SubjectError,
+        match=r"pixel data of 1-04\.dcm \(JPEG-LS Lossless.*\) decodes to values "
+        r".*outside what BitsStored \(0028,0101\) = 12 allows",
+    ):
         convert(ct)
     # GDCM (the SimpleITK path) refuses the stream: its message, named and on one line.
     chosen = dicom.choose_ct_series(dicom.find_series(ct, "s1"), "s1")
     with pytest.raises(SubjectError) as err:
         dicom.convert_series(chosen, "s1", method="simpleitk")
     message = str(err.value)  # measured with GDCM 3.2: "...: Failed to change to Implicit Transfer Syntax [...]"
-    assert message.startswith("subject 's1': cannot decode JPEG-LS Lossless Image Compression "
-                              "(1.2.840.10008.1.2.4.80) pixel data of 1-04.dcm: ")
+    assert message.startswith(
+        "subject 's1': cannot decode JPEG-LS Lossless Image Compression "
+        "(1.2.840.10008.1.2.4.80) pixel data of 1-04.dcm: "
+    )
     assert message.endswith(f" [{path}]") and "\n" not in message and ".cxx" not in message
 
 
@@ -360,9 +385,13 @@ def test_multi_line_library_errors_stay_whole_in_the_cause(tmp_path):
         "subject 'a': cannot decode CT1.dcm: Exception thrown in /tmp/SimpleITK-build/ITK/Modules/IO/GDCM/src/ "
         "itkGDCMImageIO.cxx:359: Failed to change to Implicit Transfer Syntax [dicom/a/CT1.dcm]"
     )
-    assert "\n" not in dicom._one_line(RuntimeError("Exception thrown in SimpleITK ImageSeriesReader_Execute: "
-                                                    "/x/itkGDCMImageIO.cxx:359:\nITK ERROR: GDCMImageIO(0x5): "
-                                                    "Failed to change to Implicit Transfer Syntax"))
+    assert "\n" not in dicom._one_line(
+        RuntimeError(
+            "Exception thrown in SimpleITK ImageSeriesReader_Execute: "
+            "/x/itkGDCMImageIO.cxx:359:\nITK ERROR: GDCMImageIO(0x5): "
+            "Failed to change to Implicit Transfer Syntax"
+        )
+    )
     assert dicom._one_line(RuntimeError("a: /x.cxx:359:\nITK ERROR: GDCMImageIO(0x5): Failed to change")) == (
         "Failed to change"
     )
@@ -398,8 +427,12 @@ def _volume(folder: Path, out: Path) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "syntax_name, uid",
-    [("JPEGLSLossless", "1.2.840.10008.1.2.4.80"), ("JPEG2000Lossless", "1.2.840.10008.1.2.4.90"),
-     ("JPEGLosslessProcess14_1", "1.2.840.10008.1.2.4.70"), ("RLELossless", "1.2.840.10008.1.2.5")],
+    [
+        ("JPEGLSLossless", "1.2.840.10008.1.2.4.80"),
+        ("JPEG2000Lossless", "1.2.840.10008.1.2.4.90"),
+        ("JPEGLosslessProcess14_1", "1.2.840.10008.1.2.4.70"),
+        ("RLELossless", "1.2.840.10008.1.2.5"),
+    ],
 )
 def test_lossless_compressed_copies_convert_to_the_same_volume(shared_data, tmp_path, syntax_name, uid):
     """The intake checks (decode, BitsStored range, HU sanity) pass every lossless syntax,

@@ -48,12 +48,16 @@ def test_failed_jobs_reads_each_error_block_once() -> None:
 
 def test_cause_from_log_prefers_the_lungclam_message(tmp_path: Path) -> None:
     log = tmp_path / "a.log"
-    log.write_text("2026-01-01 INFO lungclam.dicom: reading\n"
-                   "2026-01-01 ERROR lungclam.convert: convert failed: subject 'a': CT1.dcm: pixel data "
-                   "truncated (10 of 20 bytes) [dicom/a/CT1.dcm]\n")
+    log.write_text(
+        "2026-01-01 INFO lungclam.dicom: reading\n"
+        "2026-01-01 ERROR lungclam.convert: convert failed: subject 'a': CT1.dcm: pixel data "
+        "truncated (10 of 20 bytes) [dicom/a/CT1.dcm]\n"
+    )
     assert cause_from_log(log) == "subject 'a': CT1.dcm: pixel data truncated (10 of 20 bytes) [dicom/a/CT1.dcm]"
-    log.write_text("ERROR lungclam.train: train failed with an unexpected error\nTraceback (most recent call last):\n"
-                   '  File "x.py", line 1, in <module>\nRuntimeError: CUDA out of memory\n')
+    log.write_text(
+        "ERROR lungclam.train: train failed with an unexpected error\nTraceback (most recent call last):\n"
+        '  File "x.py", line 1, in <module>\nRuntimeError: CUDA out of memory\n'
+    )
     assert cause_from_log(log).startswith("unexpected error: RuntimeError: CUDA out of memory (traceback in ")
     log.write_text("INFO step 1\nINFO step 2\n")
     assert "killed? out of memory?" in cause_from_log(log) and "step 2" in cause_from_log(log)

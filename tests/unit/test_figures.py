@@ -48,8 +48,14 @@ def phantom() -> dict[str, np.ndarray]:
 def test_mean_maps_figure(tmp_path, phantom):
     ct, clam, mask = phantom["ct"], phantom["clam"], phantom["mask"]
     out = tmp_path / "a" / "b" / "mean_maps.png"
-    F.mean_maps_figure({"population": ct, "cluster 1": ct + 50}, {"population": clam, "cluster 1": clam[::-1]},
-                       mask, out, n_slices=3, title="test")
+    F.mean_maps_figure(
+        {"population": ct, "cluster 1": ct + 50},
+        {"population": clam, "cluster 1": clam[::-1]},
+        mask,
+        out,
+        n_slices=3,
+        title="test",
+    )
     _assert_png(out)
     with pytest.raises(ValueError):
         F.mean_maps_figure({"population": ct}, {"cluster 1": clam}, mask, tmp_path / "x.png", n_slices=3)
@@ -60,8 +66,9 @@ def test_mean_maps_figure(tmp_path, phantom):
 def test_subject_examples_figure(tmp_path, phantom):
     ct, clam, mask = phantom["ct"], phantom["clam"], phantom["mask"]
     out = tmp_path / "examples.png"
-    F.subject_examples_figure({"S01": ct, "S02": ct - 30}, {"S01": clam, "S02": clam}, {"S01": 1, "S02": 2},
-                              mask, out, n_slices=3)
+    F.subject_examples_figure(
+        {"S01": ct, "S02": ct - 30}, {"S01": clam, "S02": clam}, {"S01": 1, "S02": 2}, mask, out, n_slices=3
+    )
     _assert_png(out)
     with pytest.raises(ValueError):
         F.subject_examples_figure({"S01": ct}, {}, {"S01": 1}, mask, tmp_path / "x.png", n_slices=3)
@@ -120,7 +127,9 @@ def test_pca_figure(tmp_path):
 def test_loss_figure(tmp_path):
     epochs = np.arange(1, 11)
     pretrain = pd.DataFrame({"epoch": epochs, "loss": 0.5 * np.exp(-epochs / 3) + 0.01})
-    cluster = pd.DataFrame({"epoch": epochs[:5], "reconstruction": [0.02] * 5, "kl": [0.01, 0.005, 0.003, 0.002, 0.001]})
+    cluster = pd.DataFrame(
+        {"epoch": epochs[:5], "reconstruction": [0.02] * 5, "kl": [0.01, 0.005, 0.003, 0.002, 0.001]}
+    )
     cluster["loss"] = cluster["reconstruction"] + 0.1 * cluster["kl"]
     out = tmp_path / "loss.png"
     F.loss_figure(pretrain, cluster, out)
@@ -133,15 +142,22 @@ def test_loss_figure(tmp_path):
 
 def _k_selection_table() -> pd.DataFrame:
     """A ``select_k`` table in which every criterion is defined."""
-    return pd.DataFrame({
-        "k": [2, 3, 4, 5],
-        "silhouette_kmeans": [0.30, 0.50, 0.40, 0.35], "silhouette_sparse_kmeans": [0.32, 0.55, 0.41, 0.30],
-        "l1_bound": 2.0, "n_features_used": 4,
-        "gap": [0.10, 0.40, 0.42, 0.43], "gap_sd": 0.02,
-        "stability": [0.97, 0.93, 0.60, 0.50], "stability_sd": 0.03,
-        "prediction_strength": [0.90, 0.85, 0.50, 0.40], "prediction_strength_sd": 0.05,
-        "pac": [0.0, 0.01, 0.20, 0.30],
-    })
+    return pd.DataFrame(
+        {
+            "k": [2, 3, 4, 5],
+            "silhouette_kmeans": [0.30, 0.50, 0.40, 0.35],
+            "silhouette_sparse_kmeans": [0.32, 0.55, 0.41, 0.30],
+            "l1_bound": 2.0,
+            "n_features_used": 4,
+            "gap": [0.10, 0.40, 0.42, 0.43],
+            "gap_sd": 0.02,
+            "stability": [0.97, 0.93, 0.60, 0.50],
+            "stability_sd": 0.03,
+            "prediction_strength": [0.90, 0.85, 0.50, 0.40],
+            "prediction_strength_sd": 0.05,
+            "pac": [0.0, 0.01, 0.20, 0.30],
+        }
+    )
 
 
 def test_k_selection_figure_draws_the_choices_and_thresholds(tmp_path):
@@ -162,16 +178,18 @@ def test_k_selection_figure_draws_the_choices_and_thresholds(tmp_path):
 
 
 def _associations() -> pd.DataFrame:
-    return pd.DataFrame({
-        "outcome": ["FEV1", "FEV1", "FVC", "FVC", "DLCO"],
-        "term": ["cluster 2 vs 1", "cluster 3 vs 1", "cluster 2 vs 1", "cluster 3 vs 1", ""],
-        "estimate": [-8.0, 2.0, -4.0, np.nan, np.nan],
-        "ci_low": [-12.0, -3.0, -9.0, np.nan, np.nan],
-        "ci_high": [-4.0, 7.0, 1.0, np.nan, np.nan],
-        "p_value": [0.001, 0.4, 0.1, np.nan, np.nan],
-        "f_p_value": [0.004, 0.004, 0.2, 0.2, np.nan],
-        "note": ["", "", "", "not estimated", "not tested: constant outcome"],
-    })
+    return pd.DataFrame(
+        {
+            "outcome": ["FEV1", "FEV1", "FVC", "FVC", "DLCO"],
+            "term": ["cluster 2 vs 1", "cluster 3 vs 1", "cluster 2 vs 1", "cluster 3 vs 1", ""],
+            "estimate": [-8.0, 2.0, -4.0, np.nan, np.nan],
+            "ci_low": [-12.0, -3.0, -9.0, np.nan, np.nan],
+            "ci_high": [-4.0, 7.0, 1.0, np.nan, np.nan],
+            "p_value": [0.001, 0.4, 0.1, np.nan, np.nan],
+            "f_p_value": [0.004, 0.004, 0.2, 0.2, np.nan],
+            "note": ["", "", "", "not estimated", "not tested: constant outcome"],
+        }
+    )
 
 
 def test_forest_figure_skips_nan_rows(tmp_path):
@@ -227,8 +245,16 @@ def test_sagittal_cuts_go_through_each_lung(phantom):
 
 def test_stability_verdict_needs_stability_and_confidence_and_flags_unfinished_pretraining() -> None:
     stability = pd.DataFrame({"k": [2, 3], "stability": [0.80, 0.95], "stability_sd": 0.02})
-    clusters = pd.DataFrame({"subject": list("abcdefghij"), "cluster": [1, 2, 3] * 3 + [1],
-                             "confidence": [1.0] * 10, "q_1": 0.4, "q_2": 0.3, "q_3": 0.3})
+    clusters = pd.DataFrame(
+        {
+            "subject": list("abcdefghij"),
+            "cluster": [1, 2, 3] * 3 + [1],
+            "confidence": [1.0] * 10,
+            "q_1": 0.4,
+            "q_2": 0.3,
+            "q_3": 0.3,
+        }
+    )
     assert F.stability_verdict(stability, clusters, 0.9)[0]
     assert F.stability_verdict(stability, clusters, 0.9, pretraining_plateaued=True)[0]
     solid, line = F.stability_verdict(stability, clusters, 0.9, pretraining_plateaued=False)

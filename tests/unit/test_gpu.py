@@ -19,7 +19,9 @@ from tests.unit.test_clam import _loop_clam
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch (torch.cuda.is_available() is False)"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="no CUDA GPU visible to torch (torch.cuda.is_available() is False)"
+    ),
 ]
 
 CUDA = torch.device("cuda")
@@ -48,9 +50,14 @@ def _random_model(spec: ModelSpec, k: int = 3) -> ClusteringModel:
     return ClusteringModel(autoencoder, centroids.clone()).eval().to(CUDA)
 
 
-@pytest.mark.parametrize("spec", [ModelSpec((24, 24), channels=(8, 16, 24), strides=(2, 1, 2), latent_dim=6),
-                                  ModelSpec((20, 24, 16), channels=(4, 8, 12), strides=(2, 2, 2), latent_dim=5)],
-                         ids=["2d", "3d"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ModelSpec((24, 24), channels=(8, 16, 24), strides=(2, 1, 2), latent_dim=6),
+        ModelSpec((20, 24, 16), channels=(4, 8, 12), strides=(2, 2, 2), latent_dim=5),
+    ],
+    ids=["2d", "3d"],
+)
 @pytest.mark.parametrize("chunk", [1, 5, 128])
 def test_batched_clam_equals_channel_loop_on_cuda(spec: ModelSpec, chunk: int) -> None:
     model = _random_model(spec)

@@ -39,9 +39,26 @@ def _dry_run_resources(workdir: Path, model: dict, *targets: str) -> dict[str, d
     ``model`` over its model section."""
     overlay = workdir / "overlay.yaml"
     overlay.write_text(yaml.safe_dump({"model": model}))
-    done = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(PROJECT_ROOT / "Snakefile"),
-                           "-d", str(workdir), "--configfile", str(PROJECT_ROOT / "tests" / "configs" / "tiny.yaml"),
-                           str(overlay), "-n", *targets], capture_output=True, text=True, cwd=workdir, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(PROJECT_ROOT / "Snakefile"),
+            "-d",
+            str(workdir),
+            "--configfile",
+            str(PROJECT_ROOT / "tests" / "configs" / "tiny.yaml"),
+            str(overlay),
+            "-n",
+            *targets,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     resources, rule = {}, None
     for line in done.stdout.splitlines():

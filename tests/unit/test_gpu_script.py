@@ -13,9 +13,11 @@ from tests.conftest import PROJECT_ROOT
 
 # Importing any of these inside the run fails it: the script must not need them.
 ABSENT = ("SimpleITK", "ants", "pydicom", "matplotlib", "snakemake")
-RUN = (f"import runpy, sys\nfor name in {ABSENT!r}:\n    sys.modules[name] = None\n"
-       "sys.argv = ['gpu.py', '--device', 'cpu', '--quick', '--threads', '1']\n"
-       "runpy.run_path('benchmarks/gpu.py', run_name='__main__')\n")
+RUN = (
+    f"import runpy, sys\nfor name in {ABSENT!r}:\n    sys.modules[name] = None\n"
+    "sys.argv = ['gpu.py', '--device', 'cpu', '--quick', '--threads', '1']\n"
+    "runpy.run_path('benchmarks/gpu.py', run_name='__main__')\n"
+)
 
 
 def _number(cell: str) -> float | None:
@@ -70,10 +72,13 @@ def test_clam_rows_are_ratios_to_their_floor(rows) -> None:
 
 def test_simulation_estimate_adds_up_its_measured_parts(rows) -> None:
     for config in ("CPU config", "paper epochs"):
-        parts = {key: _find(rows, "simulation", config, key)[0]["value"]
-                 for key in ("pretraining", "clustering", "CLAM", "whole case")}
-        assert parts["whole case"] == pytest.approx(parts["pretraining"] + 7 * parts["clustering"] + parts["CLAM"],
-                                                    rel=2e-3)
+        parts = {
+            key: _find(rows, "simulation", config, key)[0]["value"]
+            for key in ("pretraining", "clustering", "CLAM", "whole case")
+        }
+        assert parts["whole case"] == pytest.approx(
+            parts["pretraining"] + 7 * parts["clustering"] + parts["CLAM"], rel=2e-3
+        )
 
 
 def test_deterministic_cpu_pretraining_is_bit_identical(rows) -> None:

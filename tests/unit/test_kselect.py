@@ -11,19 +11,19 @@ from sklearn.metrics import adjusted_rand_score
 
 from lungclam.kmeans import kmeans
 from lungclam.kselect import (
+    Resampling,
     _pca_box_reference,
     choose_l1_bound,
     chosen_k,
     gap_choice,
     gap_statistic,
-    Resampling,
     select_k,
     sparse_kmeans,
 )
 
-
 #: Resampling criteria at a size that runs in seconds (they are tested in test_stability.py).
 FEW = Resampling(n_replicas=4, n_splits=1, n_init=2)
+
 
 def informative_first_five(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """90 x 50 matrix, 3 clusters of 30 that differ only in features 0-4 (means -3, 0, +3
@@ -168,11 +168,22 @@ def test_gap_choice_rule_and_argmax_fallback() -> None:
 def test_select_k_table_choice_and_reproducibility() -> None:
     x, _ = blobs(4, 15, 6, seed=5)
     messages: list[str] = []
-    kwargs = dict(ks=range(2, 6), seed=3, n_init=5, n_permutations=3, n_references=5,
-                  resampling=FEW)
+    kwargs = dict(ks=range(2, 6), seed=3, n_init=5, n_permutations=3, n_references=5, resampling=FEW)
     table = select_k(x, progress=messages.append, **kwargs)
-    expected = ["k", "silhouette_kmeans", "silhouette_sparse_kmeans", "l1_bound", "n_features_used", "gap", "gap_sd",
-                "stability", "stability_sd", "prediction_strength", "prediction_strength_sd", "pac"]
+    expected = [
+        "k",
+        "silhouette_kmeans",
+        "silhouette_sparse_kmeans",
+        "l1_bound",
+        "n_features_used",
+        "gap",
+        "gap_sd",
+        "stability",
+        "stability_sd",
+        "prediction_strength",
+        "prediction_strength_sd",
+        "pac",
+    ]
     assert list(table.columns) == expected
     assert table["k"].tolist() == [2, 3, 4, 5]
     assert len(messages) == 4 and messages[1].startswith("k=3:")
@@ -190,8 +201,12 @@ def test_select_k_table_choice_and_reproducibility() -> None:
     shifted = select_k(x - 7.0, **kwargs)
     pd.testing.assert_frame_equal(table, shifted, check_exact=False, rtol=1e-6)
     scale = np.array([1e3, 1.0, 0.01, 5.0, 1.0, 2.0])
-    pd.testing.assert_frame_equal(select_k(x, standardise=True, **kwargs),
-                                  select_k(x * scale - 7.0, standardise=True, **kwargs), check_exact=False, rtol=1e-6)
+    pd.testing.assert_frame_equal(
+        select_k(x, standardise=True, **kwargs),
+        select_k(x * scale - 7.0, standardise=True, **kwargs),
+        check_exact=False,
+        rtol=1e-6,
+    )
     rescaled = select_k(x * scale, **kwargs)
     sparse_cols = ["silhouette_sparse_kmeans", "l1_bound", "n_features_used"]
     assert not np.allclose(rescaled["silhouette_kmeans"], table["silhouette_kmeans"])

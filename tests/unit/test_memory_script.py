@@ -32,8 +32,12 @@ def test_demo_table_takes_the_largest_peak_per_rule(tmp_path: Path) -> None:
 
 
 def test_a_stage_reports_its_own_peak(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, str(SCRIPT), "--stage", "import", "--work", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--stage", "import", "--work", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     row = json.loads(done.stdout.strip().splitlines()[-1])
     assert row["stage"] == "import" and 100 < row["peak_mb"] < 8000 and row["seconds"] > 0

@@ -14,8 +14,10 @@ SCRIPT = PROJECT_ROOT / "tools" / "pick_python.sh"
 
 def interpreter(minor: int) -> Path:
     """A real CPython 3.minor on this machine (pyenv's or the system's), else skip."""
-    for candidate in [*sorted(Path.home().glob(f".pyenv/versions/3.{minor}.*/bin/python3.{minor}")),
-                      Path(f"/usr/bin/python3.{minor}")]:
+    for candidate in [
+        *sorted(Path.home().glob(f".pyenv/versions/3.{minor}.*/bin/python3.{minor}")),
+        Path(f"/usr/bin/python3.{minor}"),
+    ]:
         if candidate.is_file():
             return candidate
     pytest.skip(f"no Python 3.{minor} here to build a PATH with")
@@ -47,8 +49,9 @@ def test_python3_in_range_is_taken(tmp_path: Path):
     current = Path(sys.executable).resolve()
     done = pick(tmp_path, {"python3": current, "python3.12": interpreter(12)})
     assert done.returncode == 0, done.stderr
-    check = subprocess.run([done.stdout.strip(), "-c", "import sys; print(sys.version_info[:2])"],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [done.stdout.strip(), "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True
+    )
     assert check.stdout.strip() == str(tuple(sys.version_info[:2]))
 
 

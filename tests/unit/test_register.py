@@ -23,7 +23,9 @@ def toy_chest(rng: np.random.Generator, scale: float, shift_mm=(0.0, 0.0)) -> tu
     hu = np.where(body, 40, -1000).astype(np.int16)
     labels = np.zeros(hu.shape, np.uint8)
     for label, dx in ((1, -55), (2, 55)):
-        lung = ((x - cx - dx * scale) / (40 * scale)) ** 2 + ((y - cy) / (55 * scale)) ** 2 + ((z - cz) / (90 * scale)) ** 2 <= 1
+        lung = ((x - cx - dx * scale) / (40 * scale)) ** 2 + ((y - cy) / (55 * scale)) ** 2 + (
+            (z - cz) / (90 * scale)
+        ) ** 2 <= 1
         labels[lung] = label
     hu[labels > 0] = -850
     hu = hu + rng.normal(0, 15, hu.shape).astype(np.int16)
@@ -54,7 +56,6 @@ def test_sample_subjects_is_seeded_sized_and_order_free() -> None:
     assert sample_subjects(subjects, 0.1, 3, seed=2) != a
 
 
-
 def test_sample_subjects_replaces_only_excluded_members() -> None:
     subjects = [f"s{i:02d}" for i in range(40)]
     a = sample_subjects(subjects, 0.1, 3, seed=1)
@@ -63,6 +64,7 @@ def test_sample_subjects_replaces_only_excluded_members() -> None:
     b = sample_subjects(subjects, 0.1, 3, seed=1, exclude=[a[0]])
     assert len(b) == len(a) and a[0] not in b and set(a[1:]) <= set(b)
     assert sample_subjects(subjects[:4], 0.1, 3, seed=1, exclude=subjects[:2]) == subjects[2:4]
+
 
 def test_template_has_both_lungs_and_logs_iterations(template) -> None:
     labels = sitk.GetArrayFromImage(template.labels)
@@ -124,12 +126,14 @@ def test_coarsen_keeps_the_extent_and_skips_finer_grids(cohort) -> None:
 
 
 def test_registration_on_a_coarser_syn_grid_keeps_outputs_on_the_template_grid(
-        cohort, template, tmp_path: Path) -> None:
+    cohort, template, tmp_path: Path
+) -> None:
     """SyN estimated at 8 mm for a 4 mm template: an eighth of the voxels (the memory bound),
     outputs still on the 4 mm grid, and the lungs still aligned."""
     image, labels = cohort[3]
-    result = register_to_template(image, labels, template.image, template.labels, tmp_path / "tf",
-                                  syn_spacing_mm=8.0, seed=0)
+    result = register_to_template(
+        image, labels, template.image, template.labels, tmp_path / "tf", syn_spacing_mm=8.0, seed=0
+    )
     assert result.warped.GetSize() == template.image.GetSize()
     assert result.warped.GetSpacing() == template.image.GetSpacing()
     warp = sitk.ReadImage(str(tmp_path / "tf" / WARP_FILE))
@@ -140,8 +144,9 @@ def test_registration_on_a_coarser_syn_grid_keeps_outputs_on_the_template_grid(
 
 
 def test_template_with_a_coarser_syn_grid_stays_at_its_spacing(cohort) -> None:
-    built = build_template([c[0] for c in cohort[:3]], [c[1] for c in cohort[:3]], spacing_mm=4.0,
-                           syn_spacing_mm=8.0, max_iterations=2)
+    built = build_template(
+        [c[0] for c in cohort[:3]], [c[1] for c in cohort[:3]], spacing_mm=4.0, syn_spacing_mm=8.0, max_iterations=2
+    )
     assert built.image.GetSpacing() == (4.0, 4.0, 4.0)
     assert set(np.unique(sitk.GetArrayFromImage(built.labels))) == {0, 1, 2}
     assert built.iterations["mean_subject_dice"].iloc[-1] > 0.9

@@ -30,10 +30,12 @@ def test_resample_preserves_extent_and_position() -> None:
     extent_in = np.asarray(image.GetSize()) * np.asarray(image.GetSpacing())
     extent_out = np.asarray(out.GetSize()) * 2.0
     assert np.all(np.abs(extent_in - extent_out) <= 2.0)
+
     def centre(img):
         arr = sitk.GetArrayFromImage(img) > 0
         idx = np.argwhere(arr).mean(axis=0)[::-1]
         return np.asarray(img.TransformContinuousIndexToPhysicalPoint(idx.tolist()))
+
     assert np.linalg.norm(centre(image) - centre(out)) < 1.0
     # Padding is clipped to air, not interpolated below it.
     assert sitk.GetArrayFromImage(out).min() >= -1024

@@ -22,8 +22,10 @@ from lungclam.study import StudyBundle, load_bundle, write_bundle
 GRID = (8, 8, 8)
 SCALE = 1.7
 # Not the defaults, so that scoring with the current config's or the library's defaults fails.
-CONFIG = {"model": {"hu_window": [-1000, 100], "mixed_precision": False},
-          "clam": {"chunk_size": 3, "mask_to_lungs": True}}
+CONFIG = {
+    "model": {"hu_window": [-1000, 100], "mixed_precision": False},
+    "clam": {"chunk_size": 3, "mask_to_lungs": True},
+}
 
 
 def _on_grid(array: np.ndarray, spacing: float = 6.0) -> sitk.Image:
@@ -60,10 +62,16 @@ def study(tmp_path: Path, lungs: np.ndarray, volumes: dict[str, sitk.Image]) -> 
     write_table(clusters_table(list(volumes), np.full((len(volumes), 3), 1 / 3)), tmp_path / "clusters.tsv")
     sitk.WriteImage(_on_grid(lungs), str(tmp_path / "grid_mask.nii.gz"))
     sitk.WriteImage(_on_grid(np.zeros(GRID, np.float32)), str(tmp_path / "grid_template.nii.gz"))
-    write_bundle(tmp_path / "study", template=tmp_path / "grid_template.nii.gz",
-                 template_mask=tmp_path / "grid_mask.nii.gz", grid_template=tmp_path / "grid_template.nii.gz",
-                 grid_mask=tmp_path / "grid_mask.nii.gz", model=tmp_path / "dec.pt",
-                 clusters=tmp_path / "clusters.tsv", config=CONFIG)
+    write_bundle(
+        tmp_path / "study",
+        template=tmp_path / "grid_template.nii.gz",
+        template_mask=tmp_path / "grid_mask.nii.gz",
+        grid_template=tmp_path / "grid_template.nii.gz",
+        grid_mask=tmp_path / "grid_mask.nii.gz",
+        model=tmp_path / "dec.pt",
+        clusters=tmp_path / "clusters.tsv",
+        config=CONFIG,
+    )
     return load_bundle(tmp_path / "study")
 
 
@@ -81,8 +89,9 @@ def _expected_q(study: StudyBundle, volumes: dict[str, sitk.Image]) -> tuple[np.
     return kernel / kernel.sum(1, keepdims=True), ClusteringModel(cae, ckpt.centroids, scale=SCALE).eval(), x
 
 
-def test_scores_follow_the_studys_model_window_and_scale(study: StudyBundle, volumes: dict[str, sitk.Image],
-                                                         lungs: np.ndarray) -> None:
+def test_scores_follow_the_studys_model_window_and_scale(
+    study: StudyBundle, volumes: dict[str, sitk.Image], lungs: np.ndarray
+) -> None:
     q, maps = score_volumes(study, volumes)
     expected_q, model, x = _expected_q(study, volumes)
     np.testing.assert_allclose(q, expected_q, atol=1e-5)
@@ -103,8 +112,9 @@ def test_scoring_does_not_depend_on_order_or_company(study: StudyBundle, volumes
     np.testing.assert_allclose(maps_one[0], maps[-1], atol=1e-6)
 
 
-def test_a_volume_off_the_study_grid_is_refused_naming_its_subject(study: StudyBundle,
-                                                                   volumes: dict[str, sitk.Image]) -> None:
+def test_a_volume_off_the_study_grid_is_refused_naming_its_subject(
+    study: StudyBundle, volumes: dict[str, sitk.Image]
+) -> None:
     volumes["s9"] = _on_grid(np.full(GRID, -1024.0, np.float32), spacing=3.0)
     with pytest.raises(SubjectError, match=r"subject 's9': volume of size .* not on the study's model grid"):
         score_volumes(study, volumes)

@@ -70,16 +70,20 @@ def test_overlong_subject_id_names_the_row(folders: Path, length: int) -> None:
     """A 250-character ID used to pass and kill the run later with 'File name too long'."""
     long_id = "S" * length
     sheet = write(folders / "samples.tsv", f"subject\tdicom\nok1\tdicom/a\n{long_id}\tdicom/b\n")
-    with pytest.raises(SheetError, match=rf"row 2 \(line 3\): subject ID 'S{{20}}'\.\.\. is {length} characters "
-                                         r"long; IDs may have at most 64"):
+    with pytest.raises(
+        SheetError,
+        match=rf"row 2 \(line 3\): subject ID 'S{{20}}'\.\.\. is {length} characters "
+        r"long; IDs may have at most 64",
+    ):
         read_samples(sheet)
     (folders / "samples.tsv").write_text(f"subject\tdicom\n{'S' * 64}\tdicom/a\n")
     assert read_samples(folders / "samples.tsv")["subject"].str.len().tolist() == [64]
 
 
 def test_optional_patient_and_study_columns(folders: Path) -> None:
-    sheet = write(folders / "samples.tsv",
-                  "subject\tdicom\tpatient_id\tstudy_uid\nA\tdicom/a\t P-1 \t\nB\tdicom/b\t\t1.2.3\n")
+    sheet = write(
+        folders / "samples.tsv", "subject\tdicom\tpatient_id\tstudy_uid\nA\tdicom/a\t P-1 \t\nB\tdicom/b\t\t1.2.3\n"
+    )
     table = read_samples(sheet)
     assert table["patient_id"].tolist() == ["P-1", ""] and table["study_uid"].tolist() == ["", "1.2.3"]
 
@@ -113,9 +117,11 @@ def test_clinical_duplicate(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("bad_row", "expected"),
-    [("../p4321\tdicom/a", "row 4321 (line 4322): illegal subject ID '../p4321'"),
-     ("p4321\tdicom/nowhere", "row 4321 (line 4322): DICOM folder of subject 'p4321' does not exist"),
-     ("p0007\tdicom/a", "row 4321 (line 4322): duplicate subject ID 'p0007' (first seen in row 7 (line 8))")],
+    [
+        ("../p4321\tdicom/a", "row 4321 (line 4322): illegal subject ID '../p4321'"),
+        ("p4321\tdicom/nowhere", "row 4321 (line 4322): DICOM folder of subject 'p4321' does not exist"),
+        ("p0007\tdicom/a", "row 4321 (line 4322): duplicate subject ID 'p0007' (first seen in row 7 (line 8))"),
+    ],
 )
 def test_enormous_sheet_with_one_bad_row_names_it_quickly(folders: Path, bad_row: str, expected: str) -> None:
     rows = [f"p{i:04d}\tdicom/{'abc'[i % 3]}" for i in range(1, 5001)]

@@ -22,12 +22,18 @@ def cases() -> dict[str, dict[str, np.ndarray]]:
         index = np.arange(0, 12, 2)
         rng = np.random.default_rng(0)
         out[name] = {
-            "truth": truth, "base_lungs": base.lungs, "clam_index": index,
-            "clam_images_hu": hu[index], "clam_maps": masks[index].astype(np.float32),
-            "clam_masks": masks[index], "clam_labels": truth[index],
+            "truth": truth,
+            "base_lungs": base.lungs,
+            "clam_index": index,
+            "clam_images_hu": hu[index],
+            "clam_maps": masks[index].astype(np.float32),
+            "clam_masks": masks[index],
+            "clam_labels": truth[index],
             "features_before": rng.normal(size=(12, 5)),
-            "features_after_k2": rng.normal(size=(12, 5)), "labels_k2": truth % 2,
-            "features_after_k3": rng.normal(size=(12, 5)), "labels_k3": truth,
+            "features_after_k2": rng.normal(size=(12, 5)),
+            "labels_k2": truth % 2,
+            "features_after_k3": rng.normal(size=(12, 5)),
+            "labels_k3": truth,
         }
     return out
 

@@ -135,7 +135,13 @@ def test_choices_table_marks_the_default() -> None:
     x, _ = blobs(3)
     table = select_k(x, ks=range(2, 6), n_init=3, n_permutations=2, n_references=3, resampling=SMALL)
     choices = choices_table(table, "stability")
-    assert set(choices["method"]) == {"silhouette_kmeans", "silhouette_sparse_kmeans", "gap", "stability",
-                                      "prediction_strength", "pac"}
+    assert set(choices["method"]) == {
+        "silhouette_kmeans",
+        "silhouette_sparse_kmeans",
+        "gap",
+        "stability",
+        "prediction_strength",
+        "pac",
+    }
     assert choices.loc[choices["default"], "method"].tolist() == ["stability"]
     assert (choices["k"] == 3).all()

@@ -30,8 +30,20 @@ def hand_table() -> pd.DataFrame:
             "cluster": [1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3],
             "age": [50, 52, 61, 47, 38, 41, 44, 35, 66, 70, 58, 63],
             "sex": ["F", "F", "M", "F", "M", "M", None, "F", "M", "M", "M", "F"],
-            "race": ["black", "white", "white", "black", "other", "white", "black", "white",
-                     "white", "white", "black", "white"],
+            "race": [
+                "black",
+                "white",
+                "white",
+                "black",
+                "other",
+                "white",
+                "black",
+                "white",
+                "white",
+                "white",
+                "black",
+                "white",
+            ],
             "bmi": [22.5, np.nan, 30.1, 27.3, 24.0, 26.6, 21.9, 28.8, 31.2, 29.0, np.nan, 25.5],
         }
     )
@@ -91,8 +103,14 @@ def rss(x: np.ndarray, y: np.ndarray) -> float:
 def test_column_kinds_by_dtype_with_override() -> None:
     t = hand_table().assign(flag=[True, False] * 6, stage=pd.Categorical(["I", "II"] * 6))
     got = column_kinds(t, ["age", "bmi", "sex", "race", "flag", "stage"])
-    assert got == {"age": "numeric", "bmi": "numeric", "sex": "categorical",
-                   "race": "categorical", "flag": "categorical", "stage": "categorical"}
+    assert got == {
+        "age": "numeric",
+        "bmi": "numeric",
+        "sex": "categorical",
+        "race": "categorical",
+        "flag": "categorical",
+        "stage": "categorical",
+    }
     assert column_kinds(t, ["age", "sex"], {"age": "categorical"})["age"] == "categorical"
     with pytest.raises(ValueError, match="nope"):
         column_kinds(t, ["age", "nope"])
@@ -101,8 +119,14 @@ def test_column_kinds_by_dtype_with_override() -> None:
 
 
 def test_merge_clusters_reports_who_was_left_out() -> None:
-    clusters = pd.DataFrame({"subject": ["a", "b", "c", "d"], "cluster": [1, 2, 1, 2],
-                             "q_1": [0.9, 0.1, 0.8, 0.3], "q_2": [0.1, 0.9, 0.2, 0.7]})
+    clusters = pd.DataFrame(
+        {
+            "subject": ["a", "b", "c", "d"],
+            "cluster": [1, 2, 1, 2],
+            "q_1": [0.9, 0.1, 0.8, 0.3],
+            "q_2": [0.1, 0.9, 0.2, 0.7],
+        }
+    )
     clinical = pd.DataFrame({"subject": ["b", "c", "e", "a"], "age": [40, 50, 60, 70]})
     merged, report = merge_clusters(clusters, clinical)
     assert merged["subject"].tolist() == ["a", "b", "c"]
@@ -166,8 +190,12 @@ def test_demographics_categorical_counts_missing_row_and_chi_square() -> None:
     assert f["overall"] == "5 (45.5%)"  # 5 F of 11 non-missing
     assert row(table, "sex", "M")["cluster_2"] == "2 (66.7%)"
     missing = row(table, "sex", "missing")
-    assert (missing["overall"], missing["cluster_1"], missing["cluster_2"],
-            missing["cluster_3"]) == ("1", "0", "1", "0")
+    assert (missing["overall"], missing["cluster_1"], missing["cluster_2"], missing["cluster_3"]) == (
+        "1",
+        "0",
+        "1",
+        "0",
+    )
     assert f["n_used"] == 11
     # race has no missing value, so no missing row
     assert not ((table.variable == "race") & (table.level == "missing")).any()
@@ -204,8 +232,7 @@ def test_demographics_chi_square_with_large_counts() -> None:
 
 
 def test_demographics_fisher_for_small_2x2() -> None:
-    t = pd.DataFrame({"cluster": [1] * 6 + [2] * 5,
-                      "smoker": ["yes"] * 5 + ["no"] + ["yes"] + ["no"] * 4})
+    t = pd.DataFrame({"cluster": [1] * 6 + [2] * 5, "smoker": ["yes"] * 5 + ["no"] + ["yes"] + ["no"] * 4})
     first = demographics(t, ["smoker"]).iloc[0]
     # by hand: level order no, yes; rows no: (1, 4), yes: (5, 1)
     assert first["test"] == "Fisher's exact test"
@@ -296,8 +323,9 @@ def test_associations_missing_values_reduce_n_used() -> None:
 def test_associations_odd_column_names_match_plain_names() -> None:
     d = simulated()
     plain = associations(d, ["y"], ["age", "sex"])
-    odd = associations(d.rename(columns={"y": "FEV1 %", "age": "age (y)", "sex": "1sex"}),
-                       ["FEV1 %"], ["age (y)", "1sex"])
+    odd = associations(
+        d.rename(columns={"y": "FEV1 %", "age": "age (y)", "sex": "1sex"}), ["FEV1 %"], ["age (y)", "1sex"]
+    )
     np.testing.assert_allclose(odd["estimate"], plain["estimate"], rtol=1e-10)
     np.testing.assert_allclose(odd["f_p_value"], plain["f_p_value"], rtol=1e-10)
 
@@ -336,8 +364,11 @@ def test_variance_explained_matches_least_squares_on_common_rows() -> None:
     kept = d.dropna(subset=["y", "stage"])
     assert res["n_used"] == len(kept) == 87
     y = kept["y"].to_numpy()
-    for name, categorical in [("covariates", ["sex"]), ("cluster", ["sex", "cluster"]),
-                              ("comparator", ["sex", "stage"])]:
+    for name, categorical in [
+        ("covariates", ["sex"]),
+        ("cluster", ["sex", "cluster"]),
+        ("comparator", ["sex", "stage"]),
+    ]:
         r2, adj = r2_by_hand(design(kept, ["age"], categorical), y)
         assert res[f"r2_{name}"] == pytest.approx(r2, rel=1e-8), name
         assert res[f"adj_r2_{name}"] == pytest.approx(adj, rel=1e-8), name

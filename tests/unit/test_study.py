@@ -16,9 +16,19 @@ from lungclam import __version__
 from lungclam.atomic import write_table
 from lungclam.dec import clusters_table
 from lungclam.model import ConvAutoencoder, ModelSpec, save_checkpoint
-from lungclam.study import (BUNDLE_FILES, MANIFEST, MODEL_FORMAT, SCORING_KEYS, StudyBundleError,
-                            check_scoring_config, load_bundle, sha256, study_association_settings,
-                            subjects_in_study, write_bundle)
+from lungclam.study import (
+    BUNDLE_FILES,
+    MANIFEST,
+    MODEL_FORMAT,
+    SCORING_KEYS,
+    StudyBundleError,
+    check_scoring_config,
+    load_bundle,
+    sha256,
+    study_association_settings,
+    subjects_in_study,
+    write_bundle,
+)
 
 K = 3
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -118,8 +128,11 @@ def _edit_manifest(bundle: Path, **changes: object) -> None:
 
 def test_an_unreadable_model_format_is_refused(bundle: Path) -> None:
     _edit_manifest(bundle, model_format=MODEL_FORMAT + 1, lungclam_version="9.9.9")
-    with pytest.raises(StudyBundleError, match=rf"dec\.pt: model format {MODEL_FORMAT + 1} \(written by lungclam "
-                                               rf"9\.9\.9\) cannot be read by lungclam {__version__}"):
+    with pytest.raises(
+        StudyBundleError,
+        match=rf"dec\.pt: model format {MODEL_FORMAT + 1} \(written by lungclam "
+        rf"9\.9\.9\) cannot be read by lungclam {__version__}",
+    ):
         load_bundle(bundle)
 
 
@@ -161,44 +174,59 @@ def test_the_default_config_has_what_scoring_needs(tmp_path: Path, study_inputs:
 
 
 @pytest.mark.parametrize("key", sorted(SCORING_KEYS))
-def test_a_study_config_lacking_a_scoring_setting_is_refused(tmp_path: Path, study_inputs: dict[str, Path],
-                                                             key: str) -> None:
+def test_a_study_config_lacking_a_scoring_setting_is_refused(
+    tmp_path: Path, study_inputs: dict[str, Path], key: str
+) -> None:
     section, _, name = key.rpartition(".")
-    study = load_bundle(_scoring_bundle(tmp_path, study_inputs,
-                                        lambda c: (c[section] if section else c).pop(name)))
+    study = load_bundle(_scoring_bundle(tmp_path, study_inputs, lambda c: (c[section] if section else c).pop(name)))
     with pytest.raises(StudyBundleError) as raised:
         check_scoring_config(study)
-    assert str(raised.value) == (f"study bundle {study.folder}: config.yaml: lacks {key}, which scoring needs to "
-                                 "treat new scans as the study treated its own")
+    assert str(raised.value) == (
+        f"study bundle {study.folder}: config.yaml: lacks {key}, which scoring needs to "
+        "treat new scans as the study treated its own"
+    )
 
 
-@pytest.mark.parametrize(("section", "name", "value"), [
-    ("model", "hu_window", [200, -1024]), ("model", "hu_window", [-1024]), ("resample", "spacing_mm", 0),
-    ("clam", "chunk_size", "big"), ("register", "syn_spacing_mm", -1.0), ("register", "threads", 0),
-])
-def test_a_study_setting_scoring_cannot_use_is_refused(tmp_path: Path, study_inputs: dict[str, Path], section: str,
-                                                       name: str, value: object) -> None:
+@pytest.mark.parametrize(
+    ("section", "name", "value"),
+    [
+        ("model", "hu_window", [200, -1024]),
+        ("model", "hu_window", [-1024]),
+        ("resample", "spacing_mm", 0),
+        ("clam", "chunk_size", "big"),
+        ("register", "syn_spacing_mm", -1.0),
+        ("register", "threads", 0),
+    ],
+)
+def test_a_study_setting_scoring_cannot_use_is_refused(
+    tmp_path: Path, study_inputs: dict[str, Path], section: str, name: str, value: object
+) -> None:
     study = load_bundle(_scoring_bundle(tmp_path, study_inputs, lambda c: c[section].update({name: value})))
     with pytest.raises(StudyBundleError, match=rf"config\.yaml: {section}\.{name} is .*, which scoring cannot use"):
         check_scoring_config(study)
 
 
 def test_the_study_association_models_come_from_its_config(tmp_path: Path, study_inputs: dict[str, Path]) -> None:
-    study = load_bundle(_scoring_bundle(tmp_path, study_inputs, lambda c: c.update(covariates=["age"],
-                                                                                  outcomes=["crp"])))
+    study = load_bundle(
+        _scoring_bundle(tmp_path, study_inputs, lambda c: c.update(covariates=["age"], outcomes=["crp"]))
+    )
     settings = study_association_settings(study)
     assert settings["columns"] == ["age", "crp", "scadding"] and settings["stats"] == study.config["stats"]
     study = load_bundle(_scoring_bundle(tmp_path / "b", study_inputs, lambda c: c.update(comparator="")))
     assert "" not in study_association_settings(study)["columns"]
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (lambda c: c.pop("outcomes"), "lacks outcomes, which scoring needs to refit the study's association models"),
-    (lambda c: c.update(outcomes=[]), "outcomes is [], which scoring cannot use"),
-    (lambda c: c.update(comparator=None), "comparator is None, which scoring cannot use"),
-])
-def test_a_study_without_usable_association_models_is_refused(tmp_path: Path, study_inputs: dict[str, Path], edit,
-                                                              message: str) -> None:
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c.pop("outcomes"), "lacks outcomes, which scoring needs to refit the study's association models"),
+        (lambda c: c.update(outcomes=[]), "outcomes is [], which scoring cannot use"),
+        (lambda c: c.update(comparator=None), "comparator is None, which scoring cannot use"),
+    ],
+)
+def test_a_study_without_usable_association_models_is_refused(
+    tmp_path: Path, study_inputs: dict[str, Path], edit, message: str
+) -> None:
     study = load_bundle(_scoring_bundle(tmp_path, study_inputs, edit))
     with pytest.raises(StudyBundleError) as raised:
         study_association_settings(study)
@@ -206,7 +234,8 @@ def test_a_study_without_usable_association_models_is_refused(tmp_path: Path, st
 
 
 def test_a_study_with_associations_bundles_them_and_refits_against_its_reference(
-        tmp_path: Path, study_inputs: dict[str, Path]) -> None:
+    tmp_path: Path, study_inputs: dict[str, Path]
+) -> None:
     associations = tmp_path / "associations.tsv"
     associations.write_text("outcome\tterm\testimate\treference\nfvc_pct\tcluster 1 vs 2\t-3.5\t2\n")
     config = yaml.safe_load((PROJECT_ROOT / "config" / "config.yaml").read_text())

@@ -108,8 +108,15 @@ def test_pretrain_stops_on_the_held_out_error_and_keeps_the_best_weights() -> No
 
 def test_stopped_before_maximum_tells_a_plateau_from_a_run_cut_short() -> None:
     images = _noisy_discs(20)
-    stopped = pretrain(_tiny_model(), images, epochs=60, batch_size=4, learning_rate=0.05, seed=0,
-                       stopping=EarlyStopping(fraction=0.25, patience=3))
+    stopped = pretrain(
+        _tiny_model(),
+        images,
+        epochs=60,
+        batch_size=4,
+        learning_rate=0.05,
+        seed=0,
+        stopping=EarlyStopping(fraction=0.25, patience=3),
+    )
     assert stopped_before_maximum(stopped, 3) is True
     # the same run cut at a maximum two epochs after its best epoch: still improving as far as it knows
     best = int(stopped.loc[stopped["best"], "epoch"].iloc[0])
@@ -123,7 +130,6 @@ def test_early_stopping_from_config_defaults_to_fixed_epochs() -> None:
     assert EarlyStopping.from_config({"epochs": 5}).fraction == 0.0
     stop = EarlyStopping.from_config({"validation_fraction": 0.2, "patience": 4, "min_delta": 0.01})
     assert (stop.fraction, stop.patience, stop.min_delta) == (0.2, 4, 0.01)
-
 
 
 def test_epoch_sums_on_the_device_equal_python_float_sums_bit_for_bit() -> None:

@@ -45,20 +45,22 @@ def run(tmp_path):
     for k in (1, 2):
         _write(np.where(mask > 0, rng.uniform(0, 1, SHAPE), 0.0), tmp_path / f"cluster_{k}_mean.nii.gz")
     _write(np.where(mask > 0, 0.5, 0.0), tmp_path / "population_mean.nii.gz")
-    table = pd.DataFrame({"subject": subjects, "cluster": [1, 2, 1], "q_1": [0.9, 0.2, 0.6],
-                          "q_2": [0.1, 0.8, 0.4]})
+    table = pd.DataFrame({"subject": subjects, "cluster": [1, 2, 1], "q_1": [0.9, 0.2, 0.6], "q_2": [0.1, 0.8, 0.4]})
     table.to_csv(tmp_path / "clusters.tsv", sep="\t", index=False)
     return tmp_path
 
 
 def _inputs(run, assignments=None, **changes) -> V.ViewerInputs:
     assignments = V.read_assignments(run / "clusters.tsv") if assignments is None else assignments
-    fields = dict(template=run / "grid_template.nii.gz", mask=run / "grid_mask.nii.gz",
-                  cluster_means={k: run / f"cluster_{k}_mean.nii.gz" for k in (1, 2)},
-                  population_mean=run / "population_mean.nii.gz",
-                  scans={s: run / f"scan_{s}.nii.gz" for s in assignments["subject"]},
-                  clams={s: run / f"clam_{s}.nii.gz" for s in assignments["subject"]},
-                  assignments=assignments)
+    fields = dict(
+        template=run / "grid_template.nii.gz",
+        mask=run / "grid_mask.nii.gz",
+        cluster_means={k: run / f"cluster_{k}_mean.nii.gz" for k in (1, 2)},
+        population_mean=run / "population_mean.nii.gz",
+        scans={s: run / f"scan_{s}.nii.gz" for s in assignments["subject"]},
+        clams={s: run / f"clam_{s}.nii.gz" for s in assignments["subject"]},
+        assignments=assignments,
+    )
     fields.update(changes)
     return V.ViewerInputs(**fields)
 
@@ -67,8 +69,10 @@ def test_encode_volume_keeps_values_and_affine_and_nothing_else(run):
     source = nib.load(str(run / "clam_s1.nii.gz"))
     source.header["descrip"] = b"PATIENT^NAME 19700101"  # text that must not travel
     nib.save(source, str(run / "with_text.nii.gz"))
-    for path, kind, tolerance in ((run / "scan_s1.nii.gz", "ct", 0.5), (run / "with_text.nii.gz", "importance",
-                                                                         0.5 / 255 + 1e-6)):
+    for path, kind, tolerance in (
+        (run / "scan_s1.nii.gz", "ct", 0.5),
+        (run / "with_text.nii.gz", "importance", 0.5 / 255 + 1e-6),
+    ):
         text, shape, affine = V.encode_volume(path, kind)
         decoded = V.decode_volume(text)
         original = nib.load(str(path))
@@ -106,8 +110,13 @@ def test_read_assignments_takes_confidence_only_when_present(run, tmp_path):
     table["extra"] = 1
     table = table[["subject", "q_2", "cluster", "q_1", "confidence", "extra"]]  # any column order
     table.to_csv(tmp_path / "with_confidence.tsv", sep="\t", index=False)
-    assert list(V.read_assignments(tmp_path / "with_confidence.tsv").columns) == \
-        ["subject", "cluster", "q_1", "q_2", "confidence"]
+    assert list(V.read_assignments(tmp_path / "with_confidence.tsv").columns) == [
+        "subject",
+        "cluster",
+        "q_1",
+        "q_2",
+        "confidence",
+    ]
     table.drop(columns=["q_1", "q_2"]).to_csv(tmp_path / "no_q.tsv", sep="\t", index=False)
     with pytest.raises(ValueError, match="q_1..q_K"):
         V.read_assignments(tmp_path / "no_q.tsv")
@@ -121,12 +130,21 @@ def _data_of(page: str) -> dict:
 def test_page_lists_subjects_by_cluster_and_embeds_every_volume(run):
     page = V.build_page(_inputs(run), FAKE_NIIVUE)
     data = _data_of(page)
-    assert [(s["id"], s["cluster"], s["q"]) for s in data["subjects"]] == \
-        [("s1", 1, [0.9, 0.1]), ("s2", 2, [0.2, 0.8]), ("s3", 1, [0.6, 0.4])]
+    assert [(s["id"], s["cluster"], s["q"]) for s in data["subjects"]] == [
+        ("s1", 1, [0.9, 0.1]),
+        ("s2", 2, [0.2, 0.8]),
+        ("s3", 1, [0.6, 0.4]),
+    ]
     assert data["clusters"] == [{"k": 1, "n": 2}, {"k": 2, "n": 1}]
     assert data["has_confidence"] is False and "confidence" not in data["subjects"][0]
-    assert set(data["volumes"]) == {"template", "mask", "population", "cluster/1", "cluster/2",
-                                    *(f"subject/{s}/{p}" for s in ("s1", "s2", "s3") for p in ("scan", "clam"))}
+    assert set(data["volumes"]) == {
+        "template",
+        "mask",
+        "population",
+        "cluster/1",
+        "cluster/2",
+        *(f"subject/{s}/{p}" for s in ("s1", "s2", "s3") for p in ("scan", "clam")),
+    }
     # each subject's CLAM is its own file's values
     for s in ("s1", "s3"):
         shown = V.decode_volume(data["volumes"][f"subject/{s}/clam"]).get_fdata()
@@ -156,8 +174,16 @@ def test_page_refuses_inputs_that_do_not_fit(run, tmp_path):
         V.build_page(_inputs(run, scans={"s1": run / "scan_s1.nii.gz", "s3": run / "scan_s3.nii.gz"}), FAKE_NIIVUE)
     _write(np.zeros((10, 12, 15)), tmp_path / "off_grid.nii.gz")
     with pytest.raises(ValueError, match="not on the model grid"):
-        V.build_page(_inputs(run, clams={**{s: run / f"clam_{s}.nii.gz" for s in assignments["subject"]},
-                                         "s2": tmp_path / "off_grid.nii.gz"}), FAKE_NIIVUE)
+        V.build_page(
+            _inputs(
+                run,
+                clams={
+                    **{s: run / f"clam_{s}.nii.gz" for s in assignments["subject"]},
+                    "s2": tmp_path / "off_grid.nii.gz",
+                },
+            ),
+            FAKE_NIIVUE,
+        )
     _write(np.zeros(SHAPE), tmp_path / "shifted.nii.gz", origin=(0.0, 0.0, 0.0))
     with pytest.raises(ValueError, match="not on the model grid"):
         V.build_page(_inputs(run, population_mean=tmp_path / "shifted.nii.gz"), FAKE_NIIVUE)
@@ -189,10 +215,10 @@ def test_write_viewer_writes_the_page_whole(run, tmp_path):
 
 # --- a large cohort: an index plus one page per subject (split viewer) ---------------------
 
+
 def _hrefs(page: str) -> list[str]:
     """Every link of a page: the static ones and those its script builds from its data."""
-    return re.findall(r'<a [^>]*href="([^"]+)"', page) + [s["href"] for s in _data_of(page)["subjects"]
-                                                         if "href" in s]
+    return re.findall(r'<a [^>]*href="([^"]+)"', page) + [s["href"] for s in _data_of(page)["subjects"] if "href" in s]
 
 
 def test_split_threshold_is_respected(run, tmp_path):
@@ -208,9 +234,14 @@ def test_split_threshold_is_respected(run, tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["index.html"] and out.stat().st_size == size
     split = tmp_path / "above" / "index.html"
     V.write_viewer(_inputs(run), niivue, split, max_subjects_per_page=2)
-    assert sorted(str(p.relative_to(split.parent)) for p in split.parent.rglob("*")) == \
-        ["index.html", "subjects", "subjects/niivue-9.9.9.umd.js", "subjects/s1.html", "subjects/s2.html",
-         "subjects/s3.html"]
+    assert sorted(str(p.relative_to(split.parent)) for p in split.parent.rglob("*")) == [
+        "index.html",
+        "subjects",
+        "subjects/niivue-9.9.9.umd.js",
+        "subjects/s1.html",
+        "subjects/s2.html",
+        "subjects/s3.html",
+    ]
     # the subject pages' NiiVue is the vendored file, unchanged
     assert (split.parent / "subjects" / niivue.name).read_bytes() == niivue.read_bytes()
 
@@ -221,9 +252,11 @@ def test_split_index_holds_the_template_and_links_every_subject(run, tmp_path):
     index = _data_of(pages["index.html"])
     assert index["page"] == "index"
     assert set(index["volumes"]) == {"template", "mask", "population", "cluster/1", "cluster/2"}
-    assert [(s["id"], s["cluster"], s["q"], s["href"]) for s in index["subjects"]] == \
-        [("s1", 1, [0.9, 0.1], "subjects/s1.html"), ("s2", 2, [0.2, 0.8], "subjects/s2.html"),
-         ("s3", 1, [0.6, 0.4], "subjects/s3.html")]
+    assert [(s["id"], s["cluster"], s["q"], s["href"]) for s in index["subjects"]] == [
+        ("s1", 1, [0.9, 0.1], "subjects/s1.html"),
+        ("s2", 2, [0.2, 0.8], "subjects/s2.html"),
+        ("s3", 1, [0.6, 0.4], "subjects/s3.html"),
+    ]
     assert index["clusters"] == [{"k": 1, "n": 2}, {"k": 2, "n": 1}]
     # the index stands alone (as in the report): NiiVue inlined, no script from a file
     assert "<script>window.niivue" in pages["index.html"]
@@ -239,10 +272,11 @@ def test_each_subject_page_embeds_only_its_own_volumes(run):
         data = _data_of(page)
         assert data["page"] == "subject"
         assert set(data["volumes"]) == {"mask", f"subject/{subject}/scan", f"subject/{subject}/clam"}
-        assert [(s["id"], s["cluster"], s["confidence"]) for s in data["subjects"]] == \
-            [(subject, cluster, confidence)]
-        for part, path, tolerance in (("scan", f"scan_{subject}.nii.gz", 0.5),
-                                      ("clam", f"clam_{subject}.nii.gz", 0.5 / 255 + 1e-6)):
+        assert [(s["id"], s["cluster"], s["confidence"]) for s in data["subjects"]] == [(subject, cluster, confidence)]
+        for part, path, tolerance in (
+            ("scan", f"scan_{subject}.nii.gz", 0.5),
+            ("clam", f"clam_{subject}.nii.gz", 0.5 / 255 + 1e-6),
+        ):
             shown = V.decode_volume(data["volumes"][f"subject/{subject}/{part}"]).get_fdata()
             assert np.abs(shown - nib.load(str(run / path)).get_fdata()).max() <= tolerance
         assert np.array_equal(V.decode_volume(data["volumes"]["mask"]).get_fdata() > 0, mask)
@@ -296,10 +330,12 @@ def test_rewriting_the_viewer_leaves_no_stale_subject_page(run, tmp_path):
 def test_split_refuses_a_subject_id_that_cannot_name_a_page(run):
     assignments = V.read_assignments(run / "clusters.tsv")
     assignments.loc[1, "subject"] = "../s2"
-    inputs = _inputs(run, assignments, scans={"s1": run / "scan_s1.nii.gz", "../s2": run / "scan_s2.nii.gz",
-                                              "s3": run / "scan_s3.nii.gz"},
-                     clams={"s1": run / "clam_s1.nii.gz", "../s2": run / "clam_s2.nii.gz",
-                            "s3": run / "clam_s3.nii.gz"})
+    inputs = _inputs(
+        run,
+        assignments,
+        scans={"s1": run / "scan_s1.nii.gz", "../s2": run / "scan_s2.nii.gz", "s3": run / "scan_s3.nii.gz"},
+        clams={"s1": run / "clam_s1.nii.gz", "../s2": run / "clam_s2.nii.gz", "s3": run / "clam_s3.nii.gz"},
+    )
     with pytest.raises(ValueError, match=r"'\.\./s2'.*cannot name a viewer page"):
         V.build_split_pages(inputs, FAKE_NIIVUE, "niivue.umd.js")
     with pytest.raises(ValueError, match="plain .js file name"):

@@ -23,8 +23,18 @@ TINY = PROJECT_ROOT / "tests" / "configs" / "tiny.yaml"
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run the real snakemake CLI on this project's Snakefile with the tiny config."""
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(PROJECT_ROOT / "Snakefile"),
-               "-d", str(workdir), "--configfile", str(TINY), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(PROJECT_ROOT / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(TINY),
+        *args,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     if check and done.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}")
@@ -61,9 +71,25 @@ def split_viewer(demo_run: Path, tmp_path_factory) -> Path:
     shutil.copytree(demo_run.parent, workdir, symlinks=True)
     split = workdir.parent / "split.yaml"
     split.write_text("viewer:\n  max_subjects_per_page: 2\n")
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(PROJECT_ROOT / "Snakefile"), "-d", str(workdir),
-               "--configfile", str(TINY), str(split), "--rerun-triggers", "mtime", "--forcerun", "viewer",
-               "--cores", "1", "results/viewer/index.html"]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(PROJECT_ROOT / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(TINY),
+        str(split),
+        "--rerun-triggers",
+        "mtime",
+        "--forcerun",
+        "viewer",
+        "--cores",
+        "1",
+        "results/viewer/index.html",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-6000:]
     assert [rule for rule, _ in planned_jobs(done.stdout + done.stderr)] == ["viewer"]

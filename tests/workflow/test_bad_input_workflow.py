@@ -38,8 +38,12 @@ def _write_bad_subjects(root: Path) -> dict[str, Path]:
     solid = phantom.hu.copy()
     solid[phantom.lungs > 0] = 40
     write_dicom_series(dataclasses.replace(phantom, hu=solid), root / "bad_nolungs", subject="bad_nolungs")
-    return {"bad_trunc": cut, "bad_scout": root / "bad_scout", "bad_empty": root / "bad_empty",
-            "bad_nolungs": Path("results/resampled/bad_nolungs.nii.gz")}
+    return {
+        "bad_trunc": cut,
+        "bad_scout": root / "bad_scout",
+        "bad_empty": root / "bad_empty",
+        "bad_nolungs": Path("results/resampled/bad_nolungs.nii.gz"),
+    }
 
 
 def test_keep_going_finishes_the_others_and_lists_the_failures(demo_run: Path, tmp_path: Path) -> None:

@@ -19,8 +19,10 @@ from tests.workflow.conftest import snakemake
 
 pytestmark = [pytest.mark.workflow, pytest.mark.realdata]
 
-SERIES = ("real-ct/lung-pet-ct-dx/Lung_Dx-A0002/04-25-2007-NA-ThoraxAThoraxRoutine Adult-34834/"
-          "{}.000000-ThoraxRoutine  8.0.0  {}")
+SERIES = (
+    "real-ct/lung-pet-ct-dx/Lung_Dx-A0002/04-25-2007-NA-ThoraxAThoraxRoutine Adult-34834/"
+    "{}.000000-ThoraxRoutine  8.0.0  {}"
+)
 B40F, B70F = SERIES.format(3, "B40f-10983"), SERIES.format(2, "B70f-62919")
 
 
@@ -56,8 +58,9 @@ def _cohort(shared_data: Path, root: Path) -> dict[str, str]:
     looping = _copy(shared_data, root / "bad_loop")
     (looping / "loop.dcm").symlink_to(looping / "loop.dcm")
     _rewrite(_copy(shared_data, root / "bad_slope"), lambda ds: setattr(ds, "RescaleSlope", 0))
-    _rewrite(_copy(shared_data, root / "bad_raw"), lambda ds: (delattr(ds, "RescaleSlope"),
-                                                                delattr(ds, "RescaleIntercept")))
+    _rewrite(
+        _copy(shared_data, root / "bad_raw"), lambda ds: (delattr(ds, "RescaleSlope"), delattr(ds, "RescaleIntercept"))
+    )
     for name in ("bad_patients", "pick_patient"):
         _copy(shared_data, root / name / "a")
         _rewrite(_copy(shared_data, root / name / "b", B70F), lambda ds: setattr(ds, "PatientID", "OTHER"))
@@ -83,8 +86,9 @@ def test_each_dicom_fault_fails_only_its_subject(shared_data: Path, tmp_path: Pa
     work = tmp_path / "run"
     targets = [f"results/nifti/{s}.nii.gz" for s in subjects]
 
-    done = snakemake(work, "--cores", "2", "--keep-going", *targets, "--config",
-                     f"samples={cohort / 'samples.tsv'}", check=False)
+    done = snakemake(
+        work, "--cores", "2", "--keep-going", *targets, "--config", f"samples={cohort / 'samples.tsv'}", check=False
+    )
     out = done.stdout + done.stderr
     assert done.returncode != 0
     results = work / "results"

@@ -80,8 +80,9 @@ def test_clam_maps_are_in_template_space(demo_run: Path) -> None:
         means.append(mean)
     assert not (demo_run / "clam" / f"cluster_{k + 1}_mean.nii.gz").exists()
     np.testing.assert_allclose(_array(demo_run / "clam" / "population_mean.nii.gz"), np.mean(means, axis=0), atol=1e-6)
-    np.testing.assert_allclose(_array(demo_run / "clam" / "subject_mean.nii.gz"),
-                               np.mean(list(maps.values()), axis=0), atol=1e-6)
+    np.testing.assert_allclose(
+        _array(demo_run / "clam" / "subject_mean.nii.gz"), np.mean(list(maps.values()), axis=0), atol=1e-6
+    )
 
 
 def test_model_rules_log_and_benchmark(demo_run: Path) -> None:
@@ -94,8 +95,15 @@ def test_model_rules_log_and_benchmark(demo_run: Path) -> None:
 
 def test_figures_and_qc_pages_are_written(demo_run: Path) -> None:
     subjects = pd.read_csv(demo_run / "clusters.tsv", sep="\t")["subject"]
-    names = ["cluster_means", "cluster_examples", "feature_pca", "loss_curves", "qc_contact_sheet",
-             "associations_forest", "stability"]
+    names = [
+        "cluster_means",
+        "cluster_examples",
+        "feature_pca",
+        "loss_curves",
+        "qc_contact_sheet",
+        "associations_forest",
+        "stability",
+    ]
     for path in [demo_run / "figures" / f"{n}.png" for n in names] + [demo_run / "qc" / f"{s}.png" for s in subjects]:
         data = path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, path
@@ -104,9 +112,14 @@ def test_figures_and_qc_pages_are_written(demo_run: Path) -> None:
 def test_study_bundle_holds_the_study_and_loads(demo_run: Path) -> None:
     study = load_bundle(demo_run)  # a results folder is a study: its bundle is results/study/
     assert study.folder == demo_run / "study"
-    made_by = {"template": "template/template.nii.gz", "template_mask": "template/template_mask.nii.gz",
-               "grid_template": "template/grid_template.nii.gz", "grid_mask": "template/grid_mask.nii.gz",
-               "model": "model/dec.pt", "clusters": "clusters.tsv"}
+    made_by = {
+        "template": "template/template.nii.gz",
+        "template_mask": "template/template_mask.nii.gz",
+        "grid_template": "template/grid_template.nii.gz",
+        "grid_mask": "template/grid_mask.nii.gz",
+        "model": "model/dec.pt",
+        "clusters": "clusters.tsv",
+    }
     for role, source in made_by.items():
         assert study.files[role].read_bytes() == (demo_run / source).read_bytes(), role
     clusters = pd.read_csv(demo_run / "clusters.tsv", sep="\t")

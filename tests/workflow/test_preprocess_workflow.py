@@ -21,8 +21,21 @@ pytestmark = pytest.mark.workflow
 
 STAGE_DIRS = ("nifti", "resampled", "lungmask", "registered", "downsampled")
 PER_SUBJECT = ("convert", "resample", "segment", "register", "downsample")
-MODEL_RULES = {"train", "choose_k", "cluster", "clam", "clam_cluster_mean", "clam_population_mean", "stats",
-               "figure_maps", "figure_model", "figure_forest", "figure_stability", "qc_contact_sheet", "viewer"}
+MODEL_RULES = {
+    "train",
+    "choose_k",
+    "cluster",
+    "clam",
+    "clam_cluster_mean",
+    "clam_population_mean",
+    "stats",
+    "figure_maps",
+    "figure_model",
+    "figure_forest",
+    "figure_stability",
+    "qc_contact_sheet",
+    "viewer",
+}
 
 
 def test_dry_run_lists_every_job(tmp_path: Path) -> None:
@@ -32,8 +45,17 @@ def test_dry_run_lists_every_job(tmp_path: Path) -> None:
     n = 4  # subjects in tiny.yaml
     for rule in PER_SUBJECT:
         assert rules.count(rule) == n, (rule, rules)
-    for rule in ("demo", "template", "downsample_grid", "all", "train", "choose_k", "cluster", "clam",
-                 "clam_population_mean"):
+    for rule in (
+        "demo",
+        "template",
+        "downsample_grid",
+        "all",
+        "train",
+        "choose_k",
+        "cluster",
+        "clam",
+        "clam_population_mean",
+    ):
         assert rules.count(rule) == 1, (rule, rules)
     # With n_clusters: auto, the per-cluster jobs appear only once choose_k has run.
     assert rules.count("clam_cluster_mean") == 0
@@ -133,7 +155,12 @@ def test_bad_sheet_fails_before_any_job(tmp_path: Path) -> None:
 
 
 def test_lint_is_clean() -> None:
-    done = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(PROJECT_ROOT / "Snakefile"),
-                           "--lint"], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(PROJECT_ROOT / "Snakefile"), "--lint"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Lints for" not in done.stdout + done.stderr, done.stdout + done.stderr

@@ -11,8 +11,14 @@ import pytest
 
 pytestmark = pytest.mark.workflow
 
-IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "ReferringPhysicianName",
-               "InstitutionName")
+IDENTIFYING = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "InstitutionName",
+)
 
 
 def _identifying_values(dicom_root: Path) -> set[str]:
@@ -75,5 +81,6 @@ def test_no_identifier_in_the_split_viewer(demo_run: Path, split_viewer: Path) -
         for value in values:
             assert value.encode() not in raw, f"{value!r} found in {page}"
             for key, text in volumes.items():
-                assert value.encode() not in gzip.decompress(base64.b64decode(text)), \
+                assert value.encode() not in gzip.decompress(base64.b64decode(text)), (
                     f"{value!r} found in {page}, volume {key}"
+                )

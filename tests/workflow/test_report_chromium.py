@@ -42,16 +42,31 @@ def chromium() -> str:
     return found
 
 
-@pytest.mark.parametrize("category, item", [("CLAM", "results/figures/cluster_means.png"),
-                                            ("QC", "results/figures/qc_contact_sheet.png")])
-def test_report_opens_and_shows_a_figure(chromium: str, demo_run: Path, tmp_path: Path, category: str,
-                                         item: str) -> None:
+@pytest.mark.parametrize(
+    "category, item", [("CLAM", "results/figures/cluster_means.png"), ("QC", "results/figures/qc_contact_sheet.png")]
+)
+def test_report_opens_and_shows_a_figure(
+    chromium: str, demo_run: Path, tmp_path: Path, category: str, item: str
+) -> None:
     report = demo_run / "report.html"
     if not report.exists():
         snakemake(demo_run.parent, "--report", str(report))
     shot = tmp_path / "shot.png"
-    done = subprocess.run([sys.executable, str(PROJECT_ROOT / "tools" / "report_screenshot.py"), str(report),
-                           "--category", category, "--item", item, "--out", str(shot)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT_ROOT / "tools" / "report_screenshot.py"),
+            str(report),
+            "--category",
+            category,
+            "--item",
+            item,
+            "--out",
+            str(shot),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert shot.read_bytes()[:4] == b"\x89PNG"

@@ -21,8 +21,17 @@ from tests.workflow.conftest import TINY, snakemake
 
 pytestmark = pytest.mark.workflow
 
-COMMAND = [sys.executable, "-m", "snakemake", "--snakefile", str(PROJECT_ROOT / "Snakefile"),
-           "--configfile", str(TINY), "--cores", "2"]
+COMMAND = [
+    sys.executable,
+    "-m",
+    "snakemake",
+    "--snakefile",
+    str(PROJECT_ROOT / "Snakefile"),
+    "--configfile",
+    str(TINY),
+    "--cores",
+    "2",
+]
 
 
 def _array(path: Path) -> np.ndarray:
@@ -36,11 +45,12 @@ def assert_same_results(a: Path, b: Path) -> None:
         assert names and names == sorted(p.name for p in (b / stage).glob("*.nii.gz")), stage
         for name in names:
             assert np.array_equal(_array(a / stage / name), _array(b / stage / name)), (stage, name)
-    for table in ("template/iterations.tsv", "model/features_pretrain.tsv", "model/k_selection.tsv",
-                  "clusters.tsv"):
+    for table in ("template/iterations.tsv", "model/features_pretrain.tsv", "model/k_selection.tsv", "clusters.tsv"):
         left = (a / table).read_text()
         if table == "template/iterations.tsv":  # its last column is seconds taken
-            left, right = ([line.rsplit("\t", 1)[0] for line in t.splitlines()] for t in (left, (b / table).read_text()))
+            left, right = (
+                [line.rsplit("\t", 1)[0] for line in t.splitlines()] for t in (left, (b / table).read_text())
+            )
             assert left == right, table
         else:
             assert left == (b / table).read_text(), table
@@ -53,8 +63,9 @@ def assert_same_results(a: Path, b: Path) -> None:
 def _kill_when(workdir: Path, ready: Callable[[], bool], what: str, timeout: float = 600.0) -> None:
     """Start the run in its own process group; SIGKILL the whole group once ``ready()``."""
     with open(workdir.parent / f"{workdir.name}-{what}.out", "w") as out:
-        proc = subprocess.Popen([*COMMAND, "-d", str(workdir)], stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [*COMMAND, "-d", str(workdir)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         try:
             while not ready():

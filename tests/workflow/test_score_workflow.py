@@ -50,8 +50,11 @@ def _overlay(path: Path, settings: dict) -> Path:
 
 def _tree(folder: Path) -> dict[str, tuple[int, int]]:
     """Every file under ``folder``: relative path -> (size, mtime in ns)."""
-    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in folder.rglob("*") if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
 
 
 def _refusal(workdir: Path, *args: str, overlays: tuple[Path, ...] = ()) -> str:
@@ -72,8 +75,9 @@ def bundle_copy(demo_run: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow  # about a minute: four subjects' imaging chain, scoring and statistics
-def test_study_subjects_scored_again_get_their_study_cluster_q_clam_and_statistics(demo_run: Path,
-                                                                                    tmp_path: Path) -> None:
+def test_study_subjects_scored_again_get_their_study_cluster_q_clam_and_statistics(
+    demo_run: Path, tmp_path: Path
+) -> None:
     """The study's cohort scored again in another working directory whose own settings all
     differ: three subjects under their own IDs (allow_study_subjects), one under a new ID,
     with the study's clinical table (that row renamed too)."""
@@ -105,17 +109,20 @@ def test_study_subjects_scored_again_get_their_study_cluster_q_clam_and_statisti
     grid = sitk.ReadImage(str(demo_run / "template" / "grid_template.nii.gz"))
     for subject, in_study in same_scans.items():
         assert scored.loc[subject, "cluster"] == study.loc[in_study, "cluster"], subject
-        np.testing.assert_allclose(scored.loc[subject, q_columns].to_numpy(float),
-                                   study.loc[in_study, q_columns].to_numpy(float), atol=1e-5)
+        np.testing.assert_allclose(
+            scored.loc[subject, q_columns].to_numpy(float), study.loc[in_study, q_columns].to_numpy(float), atol=1e-5
+        )
         # Registration is seeded and single-threaded (the study's register.threads): the
         # whole imaging chain reproduces the study's volumes exactly.
-        np.testing.assert_array_equal(_array(out / "registered" / f"{subject}.nii.gz"),
-                                      _array(demo_run / "registered" / f"{in_study}.nii.gz"))
+        np.testing.assert_array_equal(
+            _array(out / "registered" / f"{subject}.nii.gz"), _array(demo_run / "registered" / f"{in_study}.nii.gz")
+        )
         clam = sitk.ReadImage(str(out / "clam" / f"{subject}.nii.gz"))
         assert clam.GetSize() == grid.GetSize() and np.allclose(clam.GetSpacing(), grid.GetSpacing())
         assert np.allclose(clam.GetOrigin(), grid.GetOrigin())
-        np.testing.assert_allclose(sitk.GetArrayFromImage(clam), _array(demo_run / "clam" / f"{in_study}.nii.gz"),
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            sitk.GetArrayFromImage(clam), _array(demo_run / "clam" / f"{in_study}.nii.gz"), atol=1e-5
+        )
         assert (out / "qc" / f"{subject}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for stage in ("convert", "resample", "segment", "register", "downsample"):
         assert (workdir / "results" / "logs" / "score" / stage / "later003.log").is_file(), stage
@@ -124,8 +131,11 @@ def test_study_subjects_scored_again_get_their_study_cluster_q_clam_and_statisti
     # The study's association models (its outcomes, comparator and reference cluster, not
     # this run's) refitted on the same subjects, clusters and clinical rows: the study's tables.
     for name in ("demographics", "associations", "variance_explained"):
-        pd.testing.assert_frame_equal(pd.read_csv(out / "stats" / f"{name}.tsv", sep="\t"),
-                                      pd.read_csv(demo_run / "stats" / f"{name}.tsv", sep="\t"), obj=name)
+        pd.testing.assert_frame_equal(
+            pd.read_csv(out / "stats" / f"{name}.tsv", sep="\t"),
+            pd.read_csv(demo_run / "stats" / f"{name}.tsv", sep="\t"),
+            obj=name,
+        )
     # ... and set beside the study's own (from its bundle), contrast by contrast.
     beside = pd.read_csv(out / "stats" / "associations_vs_study.tsv", sep="\t")
     study_associations = pd.read_csv(demo_run / "stats" / "associations.tsv", sep="\t")
@@ -134,8 +144,9 @@ def test_study_subjects_scored_again_get_their_study_cluster_q_clam_and_statisti
     np.testing.assert_array_equal(beside["estimate_scored"], study_associations["estimate"])
 
 
-def test_a_copied_bundle_plans_only_the_new_subjects_imaging_and_scoring(bundle_copy: Path, demo_run: Path,
-                                                                        tmp_path: Path) -> None:
+def test_a_copied_bundle_plans_only_the_new_subjects_imaging_and_scoring(
+    bundle_copy: Path, demo_run: Path, tmp_path: Path
+) -> None:
     sheet = _sheet(tmp_path / "new.tsv", {"new1": demo_run / "demo" / "dicom" / "demo004"})
     done = snakemake(tmp_path / "wd", "-n", "score", "--config", f"study={bundle_copy}", f"samples={sheet}")
     jobs = planned_jobs(done.stdout)
@@ -144,12 +155,16 @@ def test_a_copied_bundle_plans_only_the_new_subjects_imaging_and_scoring(bundle_
 
 
 def test_a_study_subject_is_refused_without_allow_study_subjects(demo_run: Path, tmp_path: Path) -> None:
-    sheet = _sheet(tmp_path / "new.tsv", {"fresh": demo_run / "demo" / "dicom" / "demo001",
-                                          "demo002": demo_run / "demo" / "dicom" / "demo002"})
+    sheet = _sheet(
+        tmp_path / "new.tsv",
+        {"fresh": demo_run / "demo" / "dicom" / "demo001", "demo002": demo_run / "demo" / "dicom" / "demo002"},
+    )
     line = _refusal(tmp_path / "wd", "--config", f"study={demo_run}", f"samples={sheet}")
-    assert line.endswith(f"1 subject(s) to score are already in the study {demo_run / 'study'} (demo002): give new "
-                         "subjects new IDs, or set score.allow_study_subjects: true to score study subjects again "
-                         "as a check")
+    assert line.endswith(
+        f"1 subject(s) to score are already in the study {demo_run / 'study'} (demo002): give new "
+        "subjects new IDs, or set score.allow_study_subjects: true to score study subjects again "
+        "as a check"
+    )
 
 
 def test_a_changed_bundle_file_is_refused(bundle_copy: Path, demo_run: Path, tmp_path: Path) -> None:
@@ -159,12 +174,15 @@ def test_a_changed_bundle_file_is_refused(bundle_copy: Path, demo_run: Path, tmp
     model.write_bytes(bytes(data))
     sheet = _sheet(tmp_path / "new.tsv", {"new1": demo_run / "demo" / "dicom" / "demo004"})
     line = _refusal(tmp_path / "wd", "--config", f"study={bundle_copy}", f"samples={sheet}")
-    assert line == (f"lungclam: configuration error: study bundle {bundle_copy}: dec.pt: checksum does not match "
-                    "the manifest (the file was changed or damaged after the study wrote it)")
+    assert line == (
+        f"lungclam: configuration error: study bundle {bundle_copy}: dec.pt: checksum does not match "
+        "the manifest (the file was changed or damaged after the study wrote it)"
+    )
 
 
-def test_a_study_config_without_what_scoring_needs_is_refused(bundle_copy: Path, demo_run: Path,
-                                                              tmp_path: Path) -> None:
+def test_a_study_config_without_what_scoring_needs_is_refused(
+    bundle_copy: Path, demo_run: Path, tmp_path: Path
+) -> None:
     """A config.yaml lacking model.hu_window, re-checksummed so only the conflict remains."""
     config_file = bundle_copy / "config.yaml"
     config = yaml.safe_load(config_file.read_text())
@@ -175,14 +193,17 @@ def test_a_study_config_without_what_scoring_needs_is_refused(bundle_copy: Path,
     (bundle_copy / MANIFEST).write_text(json.dumps(manifest))
     sheet = _sheet(tmp_path / "new.tsv", {"new1": demo_run / "demo" / "dicom" / "demo004"})
     line = _refusal(tmp_path / "wd", "--config", f"study={bundle_copy}", f"samples={sheet}")
-    assert line.endswith(f"study bundle {bundle_copy}: config.yaml: lacks model.hu_window, which scoring needs to "
-                         "treat new scans as the study treated its own")
+    assert line.endswith(
+        f"study bundle {bundle_copy}: config.yaml: lacks model.hu_window, which scoring needs to "
+        "treat new scans as the study treated its own"
+    )
 
 
-def test_score_without_a_study_or_into_the_study_is_refused(bundle_copy: Path, demo_run: Path,
-                                                            tmp_path: Path) -> None:
-    sheet = _sheet(tmp_path / "new.tsv", {"new1": demo_run / "demo" / "dicom" / "demo004",
-                                          "new2": demo_run / "demo" / "dicom" / "demo003"})
+def test_score_without_a_study_or_into_the_study_is_refused(bundle_copy: Path, demo_run: Path, tmp_path: Path) -> None:
+    sheet = _sheet(
+        tmp_path / "new.tsv",
+        {"new1": demo_run / "demo" / "dicom" / "demo004", "new2": demo_run / "demo" / "dicom" / "demo003"},
+    )
     line = _refusal(tmp_path / "wd", "--config", f"samples={sheet}")
     assert "snakemake score needs the study to score against: --config study=PATH" in line
     # A study under the working directory's own results/ would be written into.
@@ -199,6 +220,12 @@ def test_a_clinical_table_without_the_study_outcomes_is_refused(demo_run: Path, 
     clinical = pd.read_csv(demo_run / "demo" / "clinical.tsv", sep="\t").drop(columns=["crp"])
     clinical.to_csv(tmp_path / "clinical.tsv", sep="\t", index=False)
     overlay = _overlay(tmp_path / "own.yaml", {"outcomes": ["fvc_pct"], "comparator": ""})
-    line = _refusal(tmp_path / "wd", "--config", f"study={demo_run}", f"samples={sheet}",
-                    f"clinical={tmp_path / 'clinical.tsv'}", overlays=(overlay,))
+    line = _refusal(
+        tmp_path / "wd",
+        "--config",
+        f"study={demo_run}",
+        f"samples={sheet}",
+        f"clinical={tmp_path / 'clinical.tsv'}",
+        overlays=(overlay,),
+    )
     assert f"clinical sheet {tmp_path / 'clinical.tsv'}: the study's association models read column(s) ['crp']" in line

@@ -16,9 +16,20 @@ pytestmark = pytest.mark.workflow
 
 
 def test_simulation_target_runs_and_summarises(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "snakemake", "simulation", "--cores", "2", "--snakefile",
-               str(PROJECT_ROOT / "Snakefile"), "-d", str(tmp_path), "--configfile",
-               str(PROJECT_ROOT / "tests" / "configs" / "simulation_tiny.yaml")]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "simulation",
+        "--cores",
+        "2",
+        "--snakefile",
+        str(PROJECT_ROOT / "Snakefile"),
+        "-d",
+        str(tmp_path),
+        "--configfile",
+        str(PROJECT_ROOT / "tests" / "configs" / "simulation_tiny.yaml"),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     results = tmp_path / "results" / "simulation"

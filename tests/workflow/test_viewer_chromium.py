@@ -35,20 +35,27 @@ def test_viewer_embeds_the_runs_own_maps(demo_run: Path) -> None:
     q = table[[c for c in table.columns if c.startswith("q_")]].to_numpy()
     np.testing.assert_allclose([s["q"] for s in data["subjects"]], q)
     assert data["has_confidence"] == ("confidence" in table.columns)
-    pairs = [("population", "clam/population_mean.nii.gz", 0.5 / 255),
-             ("template", "template/grid_template.nii.gz", 0.5)]
+    pairs = [
+        ("population", "clam/population_mean.nii.gz", 0.5 / 255),
+        ("template", "template/grid_template.nii.gz", 0.5),
+    ]
     pairs += [(f"cluster/{c['k']}", f"clam/cluster_{c['k']}_mean.nii.gz", 0.5 / 255) for c in data["clusters"]]
     for s in table["subject"]:
-        pairs += [(f"subject/{s}/clam", f"clam/{s}.nii.gz", 0.5 / 255),
-                  (f"subject/{s}/scan", f"downsampled/{s}.nii.gz", 0.5)]
+        pairs += [
+            (f"subject/{s}/clam", f"clam/{s}.nii.gz", 0.5 / 255),
+            (f"subject/{s}/scan", f"downsampled/{s}.nii.gz", 0.5),
+        ]
     for key, path, tolerance in pairs:
         shown, written = decode_volume(data["volumes"][key]), nib.load(str(demo_run / path))
         np.testing.assert_allclose(shown.affine, written.affine, atol=1e-3, err_msg=key)
         assert np.abs(shown.get_fdata() - written.get_fdata()).max() <= tolerance + 1e-6, key
 
 
-def test_viewer_opens_offline_and_follows_the_choice(chromium: str, demo_run: Path,  # noqa: F811
-                                                     tmp_path: Path) -> None:
+def test_viewer_opens_offline_and_follows_the_choice(
+    chromium: str,
+    demo_run: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     shot = tmp_path / "viewer.png"
     outcome = viewer_check.check_viewer(demo_run / "viewer" / "index.html", shot, chromium)
     print(f"viewer: {outcome['page_mb']} MB, first view after {outcome['load_ms']:.0f} ms; screenshot {shot}")
@@ -64,32 +71,44 @@ def test_split_viewer_pages_embed_the_runs_own_maps(demo_run: Path, split_viewer
     assert subjects == sorted(table["subject"])
     index = read_page_data(split_viewer / "index.html")
     assert index["page"] == "index"
-    assert [(s["id"], s["cluster"], s["href"]) for s in index["subjects"]] == \
-        [(s, int(k), f"subjects/{s}.html") for s, k in zip(table["subject"], table["cluster"])]
+    assert [(s["id"], s["cluster"], s["href"]) for s in index["subjects"]] == [
+        (s, int(k), f"subjects/{s}.html") for s, k in zip(table["subject"], table["cluster"])
+    ]
     assert not any(key.startswith("subject/") for key in index["volumes"])
-    for key, path, tolerance in (("template", "template/grid_template.nii.gz", 0.5),
-                                 ("population", "clam/population_mean.nii.gz", 0.5 / 255)):
+    for key, path, tolerance in (
+        ("template", "template/grid_template.nii.gz", 0.5),
+        ("population", "clam/population_mean.nii.gz", 0.5 / 255),
+    ):
         shown = decode_volume(index["volumes"][key]).get_fdata()
         assert np.abs(shown - nib.load(str(demo_run / path)).get_fdata()).max() <= tolerance + 1e-6, key
     for row in table.itertuples(index=False):
         data = read_page_data(split_viewer / "subjects" / f"{row.subject}.html")
         assert set(data["volumes"]) == {"mask", f"subject/{row.subject}/scan", f"subject/{row.subject}/clam"}
         assert [(s["id"], s["cluster"]) for s in data["subjects"]] == [(row.subject, int(row.cluster))]
-        for part, path, tolerance in (("clam", f"clam/{row.subject}.nii.gz", 0.5 / 255),
-                                      ("scan", f"downsampled/{row.subject}.nii.gz", 0.5)):
-            shown, source = decode_volume(data["volumes"][f"subject/{row.subject}/{part}"]), \
-                nib.load(str(demo_run / path))
+        for part, path, tolerance in (
+            ("clam", f"clam/{row.subject}.nii.gz", 0.5 / 255),
+            ("scan", f"downsampled/{row.subject}.nii.gz", 0.5),
+        ):
+            shown, source = (
+                decode_volume(data["volumes"][f"subject/{row.subject}/{part}"]),
+                nib.load(str(demo_run / path)),
+            )
             np.testing.assert_allclose(shown.affine, source.affine, atol=1e-3)
             assert np.abs(shown.get_fdata() - source.get_fdata()).max() <= tolerance + 1e-6, (row.subject, part)
 
 
-def test_split_viewer_opens_offline_and_links_its_pages(chromium: str, split_viewer: Path,  # noqa: F811
-                                                        tmp_path: Path) -> None:
+def test_split_viewer_opens_offline_and_links_its_pages(
+    chromium: str,
+    split_viewer: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     shot = tmp_path / "split_viewer.png"
     outcome = viewer_check.check_viewer(split_viewer / "index.html", shot, chromium)
     subject_page = outcome.get("subject_page", {})
-    print(f"split viewer: index {outcome['page_mb']} MB, first view after {outcome['load_ms']:.0f} ms; "
-          f"subject page first view after {subject_page.get('load_ms', -1):.0f} ms; screenshot {shot}")
+    print(
+        f"split viewer: index {outcome['page_mb']} MB, first view after {outcome['load_ms']:.0f} ms; "
+        f"subject page first view after {subject_page.get('load_ms', -1):.0f} ms; screenshot {shot}"
+    )
     assert viewer_check.problems(outcome) == []
     assert outcome["kind"] == "index" and subject_page["kind"] == "subject"
     assert outcome["links"] == {"index_to_subject": True, "subject_to_index": True}

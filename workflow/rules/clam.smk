@@ -11,21 +11,21 @@ rule clam:
     output:
         maps=expand("results/clam/{subject}.nii.gz", subject=SUBJECTS),
         subject_mean="results/clam/subject_mean.nii.gz",
+    log:
+        "results/logs/clam.log",
+    benchmark:
+        "results/benchmarks/clam.tsv"
+    conda:
+        "../../envs/model.yaml"
+    threads: config["model"]["threads"]
+    resources:
+        gpu=config["model"]["gpus"],
+        local_gpu=local_gpu_slot(config["model"]["device"]),
     params:
         subjects=SUBJECTS,
         model=config["model"],
         chunk_size=config["clam"]["chunk_size"],
         mask_to_lungs=config["clam"]["mask_to_lungs"],
-    log:
-        "results/logs/clam.log",
-    benchmark:
-        "results/benchmarks/clam.tsv"
-    threads: config["model"]["threads"]
-    resources:
-        gpu=config["model"]["gpus"],
-        local_gpu=local_gpu_slot(config["model"]["device"]),
-    conda:
-        "../../envs/model.yaml"
     script:
         "../scripts/clam.py"
 
@@ -39,9 +39,9 @@ rule clam_cluster_mean:
         "results/clam/cluster_{k}_mean.nii.gz",
     log:
         "results/logs/clam_means/cluster_{k}.log",
-    threads: 1
     conda:
         "../../envs/model.yaml"
+    threads: 1
     script:
         "../scripts/clam_cluster_mean.py"
 
@@ -53,8 +53,8 @@ rule clam_population_mean:
         "results/clam/population_mean.nii.gz",
     log:
         "results/logs/clam_means/population.log",
-    threads: 1
     conda:
         "../../envs/model.yaml"
+    threads: 1
     script:
         "../scripts/clam_population_mean.py"

@@ -18,8 +18,10 @@ from lungclam.sheets import read_clinical, read_samples
 # (which also fills in the schema's defaults) would print the whole schema error instead.
 _config_problems = config_problems(config, load_schema(os.path.join(workflow.basedir, "config", "schema.yaml")))
 if _config_problems:
-    sys.exit("lungclam: configuration error (keys and types: config/schema.yaml):\n"
-             + "\n".join(f"  {problem}" for problem in _config_problems))
+    sys.exit(
+        "lungclam: configuration error (keys and types: config/schema.yaml):\n"
+        + "\n".join(f"  {problem}" for problem in _config_problems)
+    )
 validate(config, schema="../../config/schema.yaml")
 
 # A run killed outright (SIGKILL, a dead machine) leaves its lock; the same command then
@@ -28,6 +30,7 @@ validate(config, schema="../../config/schema.yaml")
 _stale = clear_stale_lock()
 if _stale:
     print(f"lungclam: {_stale}", file=sys.stderr)
+
 
 # Subject IDs are plain names (no '/'), so per-subject outputs cannot leave their folder
 # and "registered/lungmask/x" never matches a subject called "lungmask/x".
@@ -95,12 +98,13 @@ if config["clinical"]:
         _fail(exc)
     validate(CLINICAL, schema="../../config/clinical.schema.yaml")
     # The statistics use the subjects with both a scan and a clinical row; say who is not.
-    for _what, _who in (("clinical rows without a scan in this run", sorted(set(CLINICAL.index) - set(SUBJECTS))),
-                        ("scans without a clinical row", [s for s in SUBJECTS if s not in CLINICAL.index])):
+    for _what, _who in (
+        ("clinical rows without a scan in this run", sorted(set(CLINICAL.index) - set(SUBJECTS))),
+        ("scans without a clinical row", [s for s in SUBJECTS if s not in CLINICAL.index]),
+    ):
         if _who:
             _listed = ", ".join(_who[:10]) + (f" and {len(_who) - 10} more" if len(_who) > 10 else "")
-            print(f"lungclam: warning: {len(_who)} {_what} (left out of the statistics): {_listed}",
-                  file=sys.stderr)
+            print(f"lungclam: warning: {len(_who)} {_what} (left out of the statistics): {_listed}", file=sys.stderr)
 
 
 def clinical_table():
@@ -199,9 +203,10 @@ def stats_targets():
 
 def figure_targets():
     """Figures and QC pages (the forest plot only with a clinical table)."""
-    targets = [f"results/figures/{name}.png" for name in
-               ("cluster_means", "cluster_examples", "feature_pca", "loss_curves", "qc_contact_sheet",
-                "stability")]
+    targets = [
+        f"results/figures/{name}.png"
+        for name in ("cluster_means", "cluster_examples", "feature_pca", "loss_curves", "qc_contact_sheet", "stability")
+    ]
     if clinical_table():
         targets.append("results/figures/associations_forest.png")
     return targets

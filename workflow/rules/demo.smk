@@ -8,18 +8,18 @@ rule demo:
         clinical=f"{DEMO_DIR}/clinical.tsv",
         truth=f"{DEMO_DIR}/truth.tsv",
         truth_masks=directory(f"{DEMO_DIR}/truth"),
+    log:
+        "results/logs/demo.log",
+    benchmark:
+        "results/benchmarks/demo.tsv"
+    conda:
+        "../../envs/imaging.yaml"
+    threads: 1
     params:
         n_subjects=config["demo"]["n_subjects"],
         patterns=config["demo"]["patterns"],
         seed=config["seed"] if config["demo"]["seed"] is None else config["demo"]["seed"],
         out_dir=lambda wildcards, output: os.path.dirname(output.samples),
         phantom=config["demo"].get("phantom", {}),
-    log:
-        "results/logs/demo.log",
-    benchmark:
-        "results/benchmarks/demo.tsv"
-    threads: 1
-    conda:
-        "../../envs/imaging.yaml"
     script:
         "../scripts/make_demo.py"

@@ -21,14 +21,14 @@ rule figure_maps:
             caption="../report/fig_cluster_examples.rst",
             category="CLAM",
         ),
+    log:
+        "results/logs/figures/maps.log",
+    conda:
+        "../../envs/model.yaml"
+    threads: 1
     params:
         seed=config["seed"],
         per_cluster=config["figures"]["examples_per_cluster"],
-    log:
-        "results/logs/figures/maps.log",
-    threads: 1
-    conda:
-        "../../envs/model.yaml"
     script:
         "../scripts/figure_maps.py"
 
@@ -45,9 +45,9 @@ rule figure_model:
         loss=report("results/figures/loss_curves.png", caption="../report/fig_loss.rst", category="Clustering"),
     log:
         "results/logs/figures/model.log",
-    threads: 1
     conda:
         "../../envs/model.yaml"
+    threads: 1
     script:
         "../scripts/figure_model.py"
 
@@ -63,14 +63,14 @@ rule figure_stability:
             caption="../report/fig_stability.rst",
             category="Clustering",
         ),
+    log:
+        "results/logs/figures/stability.log",
+    conda:
+        "../../envs/model.yaml"
+    threads: 1
     params:
         threshold=config["choose_k"]["thresholds"]["stability"],
         patience=config["train"]["patience"],
-    log:
-        "results/logs/figures/stability.log",
-    threads: 1
-    conda:
-        "../../envs/model.yaml"
     script:
         "../scripts/figure_stability.py"
 
@@ -82,9 +82,9 @@ rule figure_forest:
         report("results/figures/associations_forest.png", caption="../report/fig_forest.rst", category="Statistics"),
     log:
         "results/logs/figures/forest.log",
-    threads: 1
     conda:
         "../../envs/model.yaml"
+    threads: 1
     script:
         "../scripts/figure_forest.py"
 
@@ -96,8 +96,8 @@ rule qc_contact_sheet:
         report("results/figures/qc_contact_sheet.png", caption="../report/fig_qc.rst", category="QC"),
     log:
         "results/logs/qc/contact_sheet.log",
-    threads: 1
     conda:
         "../../envs/imaging.yaml"
+    threads: 1
     script:
         "../scripts/qc_contact_sheet.py"

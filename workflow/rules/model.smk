@@ -11,21 +11,21 @@ rule train:
         model="results/model/cae.pt",
         loss="results/model/pretrain_loss.tsv",
         features="results/model/features_pretrain.tsv",
+    log:
+        "results/logs/train.log",
+    benchmark:
+        "results/benchmarks/train.tsv"
+    conda:
+        "../../envs/model.yaml"
+    threads: config["model"]["threads"]
+    resources:
+        gpu=config["model"]["gpus"],
+        local_gpu=local_gpu_slot(config["model"]["device"]),
     params:
         subjects=SUBJECTS,
         model=config["model"],
         train=config["train"],
         seed=config["seed"],
-    log:
-        "results/logs/train.log",
-    benchmark:
-        "results/benchmarks/train.tsv"
-    threads: config["model"]["threads"]
-    resources:
-        gpu=config["model"]["gpus"],
-        local_gpu=local_gpu_slot(config["model"]["device"]),
-    conda:
-        "../../envs/model.yaml"
     script:
         "../scripts/train.py"
 
@@ -50,16 +50,16 @@ checkpoint choose_k:
             caption="../report/k_selection.rst",
             category="Clustering",
         ),
-    params:
-        settings=config["choose_k"],
-        seed=config["seed"],
     log:
         "results/logs/choose_k.log",
     benchmark:
         "results/benchmarks/choose_k.tsv"
-    threads: 1
     conda:
         "../../envs/model.yaml"
+    threads: 1
+    params:
+        settings=config["choose_k"],
+        seed=config["seed"],
     script:
         "../scripts/choose_k.py"
 
@@ -75,6 +75,16 @@ rule cluster:
         clusters="results/clusters.tsv",
         loss="results/model/cluster_loss.tsv",
         features="results/model/features_clustered.tsv",
+    log:
+        "results/logs/cluster.log",
+    benchmark:
+        "results/benchmarks/cluster.tsv"
+    conda:
+        "../../envs/model.yaml"
+    threads: config["model"]["threads"]
+    resources:
+        gpu=config["model"]["gpus"],
+        local_gpu=local_gpu_slot(config["model"]["device"]),
     params:
         subjects=SUBJECTS,
         n_clusters=config["n_clusters"],
@@ -82,15 +92,5 @@ rule cluster:
         settings=config["cluster"],
         choose_k=config["choose_k"],
         seed=config["seed"],
-    log:
-        "results/logs/cluster.log",
-    benchmark:
-        "results/benchmarks/cluster.tsv"
-    threads: config["model"]["threads"]
-    resources:
-        gpu=config["model"]["gpus"],
-        local_gpu=local_gpu_slot(config["model"]["device"]),
-    conda:
-        "../../envs/model.yaml"
     script:
         "../scripts/cluster.py"

@@ -7,17 +7,17 @@ rule convert:
     output:
         nifti="results/nifti/{subject}.nii.gz",
         sidecar="results/nifti/{subject}.json",
-    params:
-        folder=dicom_folder,
-        patient_id=sample_column("patient_id"),
-        study_uid=sample_column("study_uid"),
     log:
         "results/logs/convert/{subject}.log",
     benchmark:
         "results/benchmarks/convert/{subject}.tsv"
-    threads: 1
     conda:
         "../../envs/imaging.yaml"
+    threads: 1
+    params:
+        folder=dicom_folder,
+        patient_id=sample_column("patient_id"),
+        study_uid=sample_column("study_uid"),
     script:
         "../scripts/convert.py"
 
@@ -27,15 +27,15 @@ rule resample:
         "results/nifti/{subject}.nii.gz",
     output:
         "results/resampled/{subject}.nii.gz",
-    params:
-        spacing_mm=config["resample"]["spacing_mm"],
     log:
         "results/logs/resample/{subject}.log",
     benchmark:
         "results/benchmarks/resample/{subject}.tsv"
-    threads: 1
     conda:
         "../../envs/imaging.yaml"
+    threads: 1
+    params:
+        spacing_mm=config["resample"]["spacing_mm"],
     script:
         "../scripts/resample.py"
 
@@ -49,8 +49,8 @@ rule segment:
         "results/logs/segment/{subject}.log",
     benchmark:
         "results/benchmarks/segment/{subject}.tsv"
-    threads: 1
     conda:
         "../../envs/imaging.yaml"
+    threads: 1
     script:
         "../scripts/segment.py"

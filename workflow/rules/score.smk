@@ -10,6 +10,7 @@
 # study's config (STUDY.config), never from this run's; only the device and threads of
 # score_assign, which change speed alone, are this run's.
 
+
 include: "score_common.smk"
 
 
@@ -33,12 +34,12 @@ use rule resample as score_resample with:
         "results/score/nifti/{subject}.nii.gz",
     output:
         "results/score/resampled/{subject}.nii.gz",
-    params:
-        spacing_mm=study_setting("resample", "spacing_mm"),
     log:
         "results/logs/score/resample/{subject}.log",
     benchmark:
         "results/benchmarks/score/resample/{subject}.tsv"
+    params:
+        spacing_mm=study_setting("resample", "spacing_mm"),
 
 
 use rule segment as score_segment with:
@@ -71,15 +72,15 @@ use rule register as score_register with:
             subcategory="QC",
             labels={"subject": "{subject}"},
         ),
-    params:
-        settings=study_registration_settings,
-        seed=lambda wildcards: STUDY.config["seed"],
     log:
         "results/logs/score/register/{subject}.log",
     benchmark:
         "results/benchmarks/score/register/{subject}.tsv"
     # The study's thread count: ANTs is bit-reproducible for a seed only at a fixed one.
     threads: STUDY.config["register"].get("threads", 1) if STUDY else 1
+    params:
+        settings=study_registration_settings,
+        seed=lambda wildcards: STUDY.config["seed"],
 
 
 use rule downsample as score_downsample with:
@@ -88,12 +89,12 @@ use rule downsample as score_downsample with:
         mask=study_file("grid_mask"),
     output:
         "results/score/downsampled/{subject}.nii.gz",
-    params:
-        settings=study_setting("downsample"),
     log:
         "results/logs/score/downsample/{subject}.log",
     benchmark:
         "results/benchmarks/score/downsample/{subject}.tsv"
+    params:
+        settings=study_setting("downsample"),
 
 
 use rule stats as score_stats with:
@@ -101,19 +102,25 @@ use rule stats as score_stats with:
         clusters="results/score/clusters.tsv",
         clinical=clinical_table() or [],
     output:
-        demographics=report(SCORE_STATS_TABLES[0], caption="../report/demographics.rst", category="Scoring",
-                            subcategory="Statistics"),
-        associations=report(SCORE_STATS_TABLES[1], caption="../report/associations.rst", category="Scoring",
-                            subcategory="Statistics"),
-        variance=report(SCORE_STATS_TABLES[2], caption="../report/variance_explained.rst", category="Scoring",
-                        subcategory="Statistics"),
+        demographics=report(
+            SCORE_STATS_TABLES[0], caption="../report/demographics.rst", category="Scoring", subcategory="Statistics"
+        ),
+        associations=report(
+            SCORE_STATS_TABLES[1], caption="../report/associations.rst", category="Scoring", subcategory="Statistics"
+        ),
+        variance=report(
+            SCORE_STATS_TABLES[2],
+            caption="../report/variance_explained.rst",
+            category="Scoring",
+            subcategory="Statistics",
+        ),
+    log:
+        "results/logs/score/stats.log",
     params:
         covariates=study_association_setting("covariates"),
         outcomes=study_association_setting("outcomes"),
         comparator=study_association_setting("comparator"),
         settings=study_association_setting("stats"),
-    log:
-        "results/logs/score/stats.log",
 
 
 rule score_vs_study:
@@ -124,9 +131,9 @@ rule score_vs_study:
         report(SCORE_VS_STUDY, caption="../report/score_vs_study.rst", category="Scoring", subcategory="Statistics"),
     log:
         "results/logs/score/vs_study.log",
-    threads: 1
     conda:
         "../../envs/model.yaml"
+    threads: 1
     script:
         "../scripts/score_vs_study.py"
 
@@ -139,19 +146,19 @@ rule score_assign:
     output:
         clusters=report("results/score/clusters.tsv", caption="../report/score_clusters.rst", category="Scoring"),
         maps=expand("results/score/clam/{subject}.nii.gz", subject=SUBJECTS),
-    params:
-        subjects=SUBJECTS,
-        study=lambda wildcards: str(STUDY.folder),
-        device=config["model"]["device"],
     log:
         "results/logs/score/assign.log",
     benchmark:
         "results/benchmarks/score/assign.tsv"
+    conda:
+        "../../envs/model.yaml"
     threads: config["model"]["threads"]
     resources:
         gpu=config["model"]["gpus"],
         local_gpu=local_gpu_slot(config["model"]["device"]),
-    conda:
-        "../../envs/model.yaml"
+    params:
+        subjects=SUBJECTS,
+        study=lambda wildcards: str(STUDY.folder),
+        device=config["model"]["device"],
     script:
         "../scripts/score_assign.py"

@@ -10,19 +10,19 @@ rule simulation_case:
         clam_tests="results/simulation/cases/{scenario}_k{true_k}/clam_tests.tsv",
         loss="results/simulation/cases/{scenario}_k{true_k}/pretrain_loss.tsv",
         arrays="results/simulation/cases/{scenario}_k{true_k}/arrays.npz",
-    params:
-        settings=config["simulation"],
-        seed=config["seed"],
     log:
         "results/logs/simulation/{scenario}_k{true_k}.log",
     benchmark:
         "results/benchmarks/simulation/{scenario}_k{true_k}.tsv"
+    conda:
+        "../../envs/model.yaml"
     threads: config["simulation"]["threads"]
     resources:
         gpu=config["model"]["gpus"],
         local_gpu=local_gpu_slot("auto"),  # simulation_case.py runs on device auto
-    conda:
-        "../../envs/model.yaml"
+    params:
+        settings=config["simulation"],
+        seed=config["seed"],
     script:
         "../scripts/simulation_case.py"
 
@@ -44,20 +44,20 @@ rule simulation_summary:
         clam_tests="results/simulation/clam_tests.tsv",
     log:
         "results/logs/simulation/summary.log",
-    threads: 1
     conda:
         "../../envs/model.yaml"
+    threads: 1
     script:
         "../scripts/simulation_summary.py"
 
 
 rule simulation:
-    localrule: True
     input:
         "results/simulation/accuracy.tsv",
         "results/simulation/k_choice.tsv",
         "results/simulation/localization.tsv",
         "results/simulation/figures/examples.png",
+    localrule: True
 
 
 rule simulation_figures:
@@ -96,13 +96,13 @@ rule simulation_figures:
             caption="../report/simulation_figures.rst",
             category="Simulation",
         ),
+    log:
+        "results/logs/simulation/figures.log",
+    conda:
+        "../../envs/model.yaml"
+    threads: 1
     params:
         scenarios=config["simulation"]["scenarios"],
         fitted_ks=config["simulation"]["fitted_ks"],
-    log:
-        "results/logs/simulation/figures.log",
-    threads: 1
-    conda:
-        "../../envs/model.yaml"
     script:
         "../scripts/simulation_figures.py"

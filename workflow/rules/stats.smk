@@ -22,15 +22,15 @@ rule stats:
             caption="../report/variance_explained.rst",
             category="Statistics",
         ),
+    log:
+        "results/logs/stats.log",
+    conda:
+        "../../envs/model.yaml"
+    threads: 1
     params:
         covariates=config["covariates"],
         outcomes=config["outcomes"],
         comparator=config["comparator"],
         settings=config["stats"],
-    log:
-        "results/logs/stats.log",
-    threads: 1
-    conda:
-        "../../envs/model.yaml"
     script:
         "../scripts/stats.py"

@@ -22,12 +22,12 @@ rule study_bundle:
         # Only the manifest goes into the HTML report: the images and the model would make
         # it as large as the bundle.
         manifest=report(f"results/study/{MANIFEST}", caption="../report/study.rst", category="Study"),
-    params:
-        config=config,
     log:
         "results/logs/study_bundle.log",
-    threads: 1
     conda:
         "../../envs/model.yaml"
+    threads: 1
+    params:
+        config=config,
     script:
         "../scripts/study_bundle.py"

@@ -10,20 +10,20 @@ rule template:
         template="results/template/template.nii.gz",
         mask="results/template/template_mask.nii.gz",
         iterations="results/template/iterations.tsv",
+    log:
+        "results/logs/template.log",
+    benchmark:
+        "results/benchmarks/template.tsv"
+    conda:
+        "../../envs/imaging.yaml"
+    # One thread by default: ANTs is bit-reproducible for a seed only single-threaded, and
+    # the template fixes every later result (register.threads trades that for speed).
+    threads: config["register"]["threads"]
     params:
         subjects=template_subjects(),
         settings=config["template"],
         register=registration_settings(),
         seed=config["seed"],
-    log:
-        "results/logs/template.log",
-    benchmark:
-        "results/benchmarks/template.tsv"
-    # One thread by default: ANTs is bit-reproducible for a seed only single-threaded, and
-    # the template fixes every later result (register.threads trades that for speed).
-    threads: config["register"]["threads"]
-    conda:
-        "../../envs/imaging.yaml"
     script:
         "../scripts/build_template.py"
 
@@ -43,16 +43,16 @@ rule register:
         # The QC page shows exactly this job's inputs and output; drawing it here rather
         # than in a job of its own saves a job per subject (Slurm jobs, DAG build time).
         qc="results/qc/{subject}.png",
-    params:
-        settings=registration_settings(),
-        seed=config["seed"],
     log:
         "results/logs/register/{subject}.log",
     benchmark:
         "results/benchmarks/register/{subject}.tsv"
-    threads: config["register"]["threads"]
     conda:
         "../../envs/imaging.yaml"
+    threads: config["register"]["threads"]
+    params:
+        settings=registration_settings(),
+        seed=config["seed"],
     script:
         "../scripts/register.py"
 
@@ -64,13 +64,13 @@ rule downsample_grid:
     output:
         template="results/template/grid_template.nii.gz",
         mask="results/template/grid_mask.nii.gz",
-    params:
-        settings=config["downsample"],
     log:
         "results/logs/downsample_grid.log",
-    threads: 1
     conda:
         "../../envs/imaging.yaml"
+    threads: 1
+    params:
+        settings=config["downsample"],
     script:
         "../scripts/downsample_grid.py"
 
@@ -81,14 +81,14 @@ rule downsample:
         mask="results/template/grid_mask.nii.gz",
     output:
         "results/downsampled/{subject}.nii.gz",
-    params:
-        settings=config["downsample"],
     log:
         "results/logs/downsample/{subject}.log",
     benchmark:
         "results/benchmarks/downsample/{subject}.tsv"
-    threads: 1
     conda:
         "../../envs/imaging.yaml"
+    threads: 1
+    params:
+        settings=config["downsample"],
     script:
         "../scripts/downsample.py"

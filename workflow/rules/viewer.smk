@@ -22,15 +22,15 @@ rule viewer:
         clusters="results/clusters.tsv",
         niivue=NIIVUE_JS,
     output:
-        page=report("results/viewer/index.html", caption="../report/viewer.rst", category="Viewer"),
         **({"subject_pages": directory("results/viewer/subjects")} if VIEWER_SPLIT else {}),
+        page=report("results/viewer/index.html", caption="../report/viewer.rst", category="Viewer"),
+    log:
+        "results/logs/viewer.log",
+    conda:
+        "../../envs/imaging.yaml"
+    threads: 1
     params:
         subjects=SUBJECTS,
         max_subjects_per_page=config["viewer"]["max_subjects_per_page"],
-    log:
-        "results/logs/viewer.log",
-    threads: 1
-    conda:
-        "../../envs/imaging.yaml"
     script:
         "../scripts/viewer.py"

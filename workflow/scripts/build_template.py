@@ -1,7 +1,7 @@
 """Snakemake glue: build the study template from the sampled subjects."""
 
-from lungclam.imageio import read_image, write_image
 from lungclam.atomic import write_table
+from lungclam.imageio import read_image, write_image
 from lungclam.runtime import run_job
 
 smk = snakemake  # noqa: F821

@@ -24,17 +24,34 @@ def main() -> None:
             f"choosing K needs at least {c['k_min'] + 1} subjects (k_min {c['k_min']} clusters plus one); "
             f"this cohort has {len(features)}"
         )
-    table = select_k(features, ks, seed=smk.params.seed, n_init=c["n_init"],
-                     n_permutations=c["n_permutations"], n_references=c["n_references"], progress=log.info,
-                     resampling=resampling_from_config(c))
+    table = select_k(
+        features,
+        ks,
+        seed=smk.params.seed,
+        n_init=c["n_init"],
+        n_permutations=c["n_permutations"],
+        n_references=c["n_references"],
+        progress=log.info,
+        resampling=resampling_from_config(c),
+    )
     choices = choices_table(table, c["method"], c["thresholds"])
     for row in choices.itertuples():
-        log.info("K by %s: %d (runner-up %d, margin %.3g)%s", row.method, row.k, row.runner_up, row.margin,
-                 " <- used" if row.default else "")
+        log.info(
+            "K by %s: %d (runner-up %d, margin %.3g)%s",
+            row.method,
+            row.k,
+            row.runner_up,
+            row.margin,
+            " <- used" if row.default else "",
+        )
     used = choices.loc[choices["default"]].iloc[0]
     if used["method"] != c["method"]:
-        log.warning("K by %s is undefined for this cohort (%d subjects); using %s instead",
-                    c["method"], len(features), used["method"])
+        log.warning(
+            "K by %s is undefined for this cohort (%d subjects); using %s instead",
+            c["method"],
+            len(features),
+            used["method"],
+        )
     best = int(used["k"])
     table["chosen"] = table["k"] == best
     write_table(table, smk.output.table, float_format="%.6g")

@@ -26,8 +26,13 @@ def main() -> None:
     device = resolve_device(m["device"])
     total = np.zeros(images.shape[2:], dtype=np.float64)
     every = max(1, len(subjects) // 10)
-    for i, maps, q in iter_clam(model, images, None if smk.params.chunk_size == "auto" else int(smk.params.chunk_size),
-                                  device, m["mixed_precision"]):
+    for i, maps, q in iter_clam(
+        model,
+        images,
+        None if smk.params.chunk_size == "auto" else int(smk.params.chunk_size),
+        device,
+        m["mixed_precision"],
+    ):
         own = assigned_maps(maps, q) if lungs is None else restrict_to_mask(assigned_maps(maps, q), lungs)
         write_map(own, reference, smk.output.maps[i])
         total += own

@@ -20,7 +20,9 @@ def main() -> None:
         log.warning("the grid cuts off %.1f%% of the template lungs: increase downsample.size", 100 * (1 - coverage))
     mask = grid_mask(labels, reference)
     write_image(mask, smk.output.mask)
-    write_image(downsample_to_grid(read_image(smk.input.template), mask, reference, s["background_hu"]), smk.output.template)
+    write_image(
+        downsample_to_grid(read_image(smk.input.template), mask, reference, s["background_hu"]), smk.output.template
+    )
 
 
 run_job("downsample_grid", main, smk.log[0], smk.threads)

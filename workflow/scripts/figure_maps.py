@@ -32,8 +32,13 @@ def main() -> None:
     clam_means |= {names[k]: read_array(path) for k, path in zip(ks, smk.input.cluster_means, strict=True)}
     mean_maps_figure(ct_means, clam_means, mask, smk.output.means, title="Mean scan and mean CLAM per cluster")
     chosen = choose_examples(clusters, smk.params.per_cluster, smk.params.seed)
-    subject_examples_figure({s: cts[s] for s in chosen}, {s: clams[s] for s in chosen},
-                            {s: labels[s] for s in chosen}, mask, smk.output.examples)
+    subject_examples_figure(
+        {s: cts[s] for s in chosen},
+        {s: clams[s] for s in chosen},
+        {s: labels[s] for s in chosen},
+        mask,
+        smk.output.examples,
+    )
 
 
 run_job("figure_maps", main, smk.log[0], smk.threads)

@@ -9,9 +9,13 @@ smk = snakemake  # noqa: F821
 
 run_job(
     "demo",
-    lambda: write_demo_cohort(Path(smk.params.out_dir), n_subjects=smk.params.n_subjects,
-                              patterns=smk.params.patterns,
-                              seed=smk.params.seed, **dict(smk.params.phantom)),
+    lambda: write_demo_cohort(
+        Path(smk.params.out_dir),
+        n_subjects=smk.params.n_subjects,
+        patterns=smk.params.patterns,
+        seed=smk.params.seed,
+        **dict(smk.params.phantom),
+    ),
     smk.log[0],
     smk.threads,
 )

@@ -40,9 +40,16 @@ def draw_qc_page(image, labels, registered, template_mask) -> None:
     from lungclam.imageio import to_lps
 
     image, labels, registered, template_mask = (to_lps(x) for x in (image, labels, registered, template_mask))
-    qc_figure(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(registered),
-              sitk.GetArrayFromImage(template_mask), smk.output.qc, smk.wildcards.subject,
-              spacing=image.GetSpacing(), registered_spacing=registered.GetSpacing())
+    qc_figure(
+        sitk.GetArrayFromImage(image),
+        sitk.GetArrayFromImage(labels),
+        sitk.GetArrayFromImage(registered),
+        sitk.GetArrayFromImage(template_mask),
+        smk.output.qc,
+        smk.wildcards.subject,
+        spacing=image.GetSpacing(),
+        registered_spacing=registered.GetSpacing(),
+    )
 
 
 run_job("register", main, smk.log[0], smk.threads)

@@ -26,8 +26,12 @@ def main() -> None:
     sizes = table["cluster"].value_counts().to_dict()
     logging.getLogger("lungclam.score").info(
         "scored %d subject(s) against the study %s (K=%d, lungclam %s): per cluster %s",
-        len(subjects), study.folder, study.n_clusters, study.lungclam_version,
-        {k: int(sizes.get(k, 0)) for k in range(1, study.n_clusters + 1)})
+        len(subjects),
+        study.folder,
+        study.n_clusters,
+        study.lungclam_version,
+        {k: int(sizes.get(k, 0)) for k in range(1, study.n_clusters + 1)},
+    )
 
 
 run_job("score_assign", main, smk.log[0], smk.threads)

@@ -18,7 +18,9 @@ def main() -> None:
     volumes = lung_volumes_ml(labels)
     logging.getLogger("lungclam.segment").info(
         "subject %s: right lung %.0f mL, left lung %.0f mL",
-        smk.wildcards.subject, volumes.get(1, 0.0), volumes.get(2, 0.0),
+        smk.wildcards.subject,
+        volumes.get(1, 0.0),
+        volumes.get(2, 0.0),
     )
     write_image(labels, smk.output[0])
 

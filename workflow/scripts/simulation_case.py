@@ -17,12 +17,14 @@ def main() -> None:
 
     log = logging.getLogger("lungclam.simulation")
     section = dict(smk.params.settings)
-    settings = StudySettings.from_config({k: v for k, v in section.items() if k not in ("scenarios", "true_ks", "threads")},
-                                         smk.params.seed)
+    settings = StudySettings.from_config(
+        {k: v for k, v in section.items() if k not in ("scenarios", "true_ks", "threads")}, smk.params.seed
+    )
     base_setting = section.get("base", "builtin")
     base = builtin_base(seed=smk.params.seed) if base_setting == "builtin" else base_from_template(base_setting)
-    result = run_case(smk.wildcards.scenario, int(smk.wildcards.true_k), base, settings,
-                      resolve_device("auto"), progress=log.info)
+    result = run_case(
+        smk.wildcards.scenario, int(smk.wildcards.true_k), base, settings, resolve_device("auto"), progress=log.info
+    )
     write_table(result.accuracy, smk.output.accuracy, float_format="%.6g")
     write_table(result.k_choice, smk.output.k_choice)
     write_table(result.localization, smk.output.localization, float_format="%.6g")

@@ -17,8 +17,12 @@ def main() -> None:
     sf.examples_figure(cases, smk.output.examples)
     for scenario, path in zip(smk.params.scenarios, smk.output.pca):
         k = int(cases[scenario]["truth"].max()) + 1
-        sf.pca_grid_figure(cases[scenario], smk.params.fitted_ks,
-                           f"{scenario} scenario, true K = {k}: embeddings before and after clustering", path)
+        sf.pca_grid_figure(
+            cases[scenario],
+            smk.params.fitted_ks,
+            f"{scenario} scenario, true K = {k}: embeddings before and after clustering",
+            path,
+        )
     sf.population_clam_figure(cases, smk.output.population)
     sf.cluster_clam_figure(cases, smk.output.clusters)
     sf.single_clam_figure(cases, smk.output.single)

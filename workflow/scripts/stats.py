@@ -28,10 +28,14 @@ def main() -> None:
     columns = covariates + ([comparator] if comparator else []) + outcomes
     kinds = column_kinds(merged, columns, s.get("column_types") or None)
     write_table(demographics(merged, columns, kinds), smk.output.demographics)
-    write_table(associations(merged, outcomes, covariates, kinds, reference=s.get("reference_cluster")),
-                smk.output.associations, float_format="%.6g")
-    write_table(variance_explained(merged, outcomes, covariates, comparator, kinds),
-                smk.output.variance, float_format="%.6g")
+    write_table(
+        associations(merged, outcomes, covariates, kinds, reference=s.get("reference_cluster")),
+        smk.output.associations,
+        float_format="%.6g",
+    )
+    write_table(
+        variance_explained(merged, outcomes, covariates, comparator, kinds), smk.output.variance, float_format="%.6g"
+    )
 
 
 run_job("stats", main, smk.log[0], smk.threads)

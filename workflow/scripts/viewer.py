@@ -26,14 +26,20 @@ def main() -> None:
     limit = int(smk.params.max_subjects_per_page)
     split = is_split(len(assignments), limit)
     if split != ("subject_pages" in smk.output.keys()):
-        raise ValueError(f"{smk.input.clusters} lists {len(assignments)} subjects, the workflow "
-                         f"{len(subjects)}: they disagree on whether the viewer is split "
-                         f"(viewer.max_subjects_per_page: {limit})")
+        raise ValueError(
+            f"{smk.input.clusters} lists {len(assignments)} subjects, the workflow "
+            f"{len(subjects)}: they disagree on whether the viewer is split "
+            f"(viewer.max_subjects_per_page: {limit})"
+        )
     size = write_viewer(inputs, smk.input.niivue, smk.output.page, limit)
-    logging.getLogger("lungclam.viewer").info("%s: %d subjects, %d clusters, %s, %.2f MB in all", smk.output.page,
-                                              len(assignments), len(inputs.cluster_means),
-                                              "a page per subject in subjects/" if split else "one page",
-                                              size / 1e6)
+    logging.getLogger("lungclam.viewer").info(
+        "%s: %d subjects, %d clusters, %s, %.2f MB in all",
+        smk.output.page,
+        len(assignments),
+        len(inputs.cluster_means),
+        "a page per subject in subjects/" if split else "one page",
+        size / 1e6,
+    )
 
 
 run_job("viewer", main, smk.log[0], smk.threads)

@@ -98,13 +98,23 @@ def _argmax_k(scores: dict[int, float]) -> int:
 
 def _spec(settings: StudySettings, shape: tuple[int, int]) -> ModelSpec:
     m = settings.model
-    return ModelSpec(input_shape=shape, channels=tuple(m.get("channels", (32, 64, 128))),
-                     strides=tuple(m.get("strides", (2, 1, 2))), kernel=int(m.get("kernel", 4)),
-                     latent_dim=int(m.get("latent_dim", 60)), negative_slope=float(m.get("negative_slope", 0.01)))
+    return ModelSpec(
+        input_shape=shape,
+        channels=tuple(m.get("channels", (32, 64, 128))),
+        strides=tuple(m.get("strides", (2, 1, 2))),
+        kernel=int(m.get("kernel", 4)),
+        latent_dim=int(m.get("latent_dim", 60)),
+        negative_slope=float(m.get("negative_slope", 0.01)),
+    )
 
 
-def _kernel_scale(setting: str | float, features: np.ndarray, k: int, settings: StudySettings,
-                  fit: tuple[np.ndarray, np.ndarray] | None = None) -> float | None:
+def _kernel_scale(
+    setting: str | float,
+    features: np.ndarray,
+    k: int,
+    settings: StudySettings,
+    fit: tuple[np.ndarray, np.ndarray] | None = None,
+) -> float | None:
     """The Student t length scale of the clustering phase for ``k`` clusters.
 
     ``"median"``: :func:`lungclam.dec.embedding_scale` (the pipeline's choice, None here);
@@ -120,7 +130,9 @@ def _kernel_scale(setting: str | float, features: np.ndarray, k: int, settings: 
     if words and words[-1] == "within" and len(words) <= 2:
         factor = float(words[0]) if len(words) == 2 else 1.0
         return factor * within_cluster_scale(features, k, settings.seed, settings.n_init, fit)
-    raise ValueError(f"simulation.kernel_scale: expected 'median', 'within', '<factor> within' or a number, got {setting!r}")
+    raise ValueError(
+        f"simulation.kernel_scale: expected 'median', 'within', '<factor> within' or a number, got {setting!r}"
+    )
 
 
 def _resampling_choices(features: np.ndarray, settings: StudySettings) -> dict[str, int]:
@@ -139,8 +151,14 @@ def _clam_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picks))
 
 
-def run_case(scenario: str, true_k: int, base: BaseSlice, settings: StudySettings,
-             device: torch.device | None = None, progress: Progress | None = None) -> CaseResult:
+def run_case(
+    scenario: str,
+    true_k: int,
+    base: BaseSlice,
+    settings: StudySettings,
+    device: torch.device | None = None,
+    progress: Progress | None = None,
+) -> CaseResult:
     """Simulate, pretrain, cluster for each fitted K, score, and compute CLAMs at K = true K."""
     device = device or torch.device("cpu")
     say = progress or (lambda _msg: None)
@@ -151,9 +169,17 @@ def run_case(scenario: str, true_k: int, base: BaseSlice, settings: StudySetting
     model = ConvAutoencoder(_spec(settings, base.shape))
     say(f"{scenario} K={true_k}: pretraining on {len(x)} images for {settings.pretrain_epochs} epochs")
     stopping = EarlyStopping(settings.validation_fraction, settings.patience, settings.min_delta)
-    loss = pretrain(model, x, settings.pretrain_epochs, settings.batch_size, settings.learning_rate,
-                    settings.seed, device, progress=lambda msg: say(f"{scenario} K={true_k}: {msg}"),
-                    stopping=stopping)
+    loss = pretrain(
+        model,
+        x,
+        settings.pretrain_epochs,
+        settings.batch_size,
+        settings.learning_rate,
+        settings.seed,
+        device,
+        progress=lambda msg: say(f"{scenario} K={true_k}: {msg}"),
+        stopping=stopping,
+    )
     before = embed_images(model, x, device=device)
     # one k-means per K of the pretrained embedding serves the silhouette and the kernel scale
     kmeans_before = {k: kmeans(before, k, settings.seed, settings.n_init) for k in settings.fitted_ks}
@@ -163,20 +189,40 @@ def run_case(scenario: str, true_k: int, base: BaseSlice, settings: StudySetting
     for k in settings.fitted_ks:
         started = time.perf_counter()
         scale = _kernel_scale(settings.kernel_scale, before, k, settings, kmeans_before[k])
-        fit = fit_clusters(copy.deepcopy(model), x, k, max_epochs=settings.cluster_max_epochs, scale=scale,
-                           batch_size=settings.batch_size, learning_rate=settings.cluster_learning_rate,
-                           gamma=settings.gamma, update_interval=settings.update_interval, tol=settings.tol,
-                           n_init=settings.n_init, seed=settings.seed, device=device)
+        fit = fit_clusters(
+            copy.deepcopy(model),
+            x,
+            k,
+            max_epochs=settings.cluster_max_epochs,
+            scale=scale,
+            batch_size=settings.batch_size,
+            learning_rate=settings.cluster_learning_rate,
+            gamma=settings.gamma,
+            update_interval=settings.update_interval,
+            tol=settings.tol,
+            n_init=settings.n_init,
+            seed=settings.seed,
+            device=device,
+        )
         after = embed_images(fit.model.autoencoder, x, device=device)
         sil_after[k] = silhouette(after, fit.labels)
         accuracy, _ = best_match_accuracy(truth, fit.labels)
-        rows.append({"scenario": scenario, "true_k": true_k, "fitted_k": k, "accuracy": accuracy,
-                     "ari": adjusted_rand_score(truth, fit.labels),
-                     "nmi": normalized_mutual_info_score(truth, fit.labels),
-                     "cluster_sizes": ",".join(map(str, cluster_sizes(fit.labels, k))),
-                     "epochs": len(fit.history), "converged": fit.converged,
-                     "silhouette_before": sil_before[k], "silhouette_after": sil_after[k],
-                     "seconds": time.perf_counter() - started})
+        rows.append(
+            {
+                "scenario": scenario,
+                "true_k": true_k,
+                "fitted_k": k,
+                "accuracy": accuracy,
+                "ari": adjusted_rand_score(truth, fit.labels),
+                "nmi": normalized_mutual_info_score(truth, fit.labels),
+                "cluster_sizes": ",".join(map(str, cluster_sizes(fit.labels, k))),
+                "epochs": len(fit.history),
+                "converged": fit.converged,
+                "silhouette_before": sil_before[k],
+                "silhouette_after": sil_after[k],
+                "seconds": time.perf_counter() - started,
+            }
+        )
         arrays[f"features_after_k{k}"] = after.astype(np.float32)
         arrays[f"labels_k{k}"] = fit.labels
         say(f"{scenario} K={true_k}: fitted K={k}: accuracy {accuracy:.3f}, sizes {rows[-1]['cluster_sizes']}")
@@ -184,17 +230,37 @@ def run_case(scenario: str, true_k: int, base: BaseSlice, settings: StudySetting
             lungs = base.lungs if settings.mask_to_lungs else None
             loc, tests, clam_arrays = _clam_scores(fit, x, hu, masks, truth, lungs, settings, device)
             arrays.update(clam_arrays)
-    k_choice = pd.DataFrame([{"scenario": scenario, "true_k": true_k,
-                              "k_silhouette_before": _argmax_k(sil_before),
-                              "k_silhouette_after": _argmax_k(sil_after),
-                              **_resampling_choices(before, settings)}])
-    return CaseResult(pd.DataFrame(rows), k_choice, loc.assign(scenario=scenario, true_k=true_k),
-                      tests.assign(scenario=scenario, true_k=true_k) if len(tests) else tests, loss, arrays)
+    k_choice = pd.DataFrame(
+        [
+            {
+                "scenario": scenario,
+                "true_k": true_k,
+                "k_silhouette_before": _argmax_k(sil_before),
+                "k_silhouette_after": _argmax_k(sil_after),
+                **_resampling_choices(before, settings),
+            }
+        ]
+    )
+    return CaseResult(
+        pd.DataFrame(rows),
+        k_choice,
+        loc.assign(scenario=scenario, true_k=true_k),
+        tests.assign(scenario=scenario, true_k=true_k) if len(tests) else tests,
+        loss,
+        arrays,
+    )
 
 
-def _clam_scores(fit, x: np.ndarray, hu: np.ndarray, masks: np.ndarray, truth: np.ndarray,
-                 lungs: np.ndarray | None, settings: StudySettings,
-                 device: torch.device) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def _clam_scores(
+    fit,
+    x: np.ndarray,
+    hu: np.ndarray,
+    masks: np.ndarray,
+    truth: np.ndarray,
+    lungs: np.ndarray | None,
+    settings: StudySettings,
+    device: torch.device,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """CLAMs of a subset of images for their assigned cluster; localization and the paper's tests.
 
     With ``lungs`` (the base slice's mask), each map is zeroed outside the lungs and
@@ -212,13 +278,27 @@ def _clam_scores(fit, x: np.ndarray, hu: np.ndarray, masks: np.ndarray, truth: n
     loc["true_cluster"] = truth[idx]
     loc["assigned_cluster"] = fit.labels[idx]
     rows = []
-    for measure, values in (("active_area", active_area(maps)), ("mean_hu_active", mean_hu_in_active_area(hu[idx], maps))):
+    for measure, values in (
+        ("active_area", active_area(maps)),
+        ("mean_hu_active", mean_hu_in_active_area(hu[idx], maps)),
+    ):
         result = compare_across_clusters(values, fit.labels[idx])
-        rows.append({"measure": measure, "anova_f": result["f_stat"], "anova_p": result["anova_p"],
-                     "kruskal_p": result["kruskal_p"],
-                     "means": ";".join(f"{k}:{v:.1f}" for k, v in result["means"].items())})
-    arrays = {"clam_index": idx, "clam_maps": maps, "clam_images_hu": hu[idx].astype(np.float32),
-              "clam_masks": masks[idx], "clam_labels": fit.labels[idx]}
+        rows.append(
+            {
+                "measure": measure,
+                "anova_f": result["f_stat"],
+                "anova_p": result["anova_p"],
+                "kruskal_p": result["kruskal_p"],
+                "means": ";".join(f"{k}:{v:.1f}" for k, v in result["means"].items()),
+            }
+        )
+    arrays = {
+        "clam_index": idx,
+        "clam_maps": maps,
+        "clam_images_hu": hu[idx].astype(np.float32),
+        "clam_masks": masks[idx],
+        "clam_labels": fit.labels[idx],
+    }
     return loc, pd.DataFrame(rows), arrays
 
 

@@ -68,8 +68,9 @@ def _empty(ax, text: str = "none") -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=8)
 
 
-def _one_per_true_cluster(cases: Mapping[str, Arrays],
-                          draw: Callable[[Axes, Arrays, int, int], None]) -> tuple[SliceGrid, int]:
+def _one_per_true_cluster(
+    cases: Mapping[str, Arrays], draw: Callable[[Axes, Arrays, int, int], None]
+) -> tuple[SliceGrid, int]:
     """A grid with one row per scenario and one column per true cluster; ``draw(ax,
     arrays, pick, column)`` fills each panel with the first mapped image of that true
     cluster (``pick`` indexes the ``clam_*`` arrays). Returns the grid and K."""
@@ -90,6 +91,7 @@ def examples_figure(cases: Mapping[str, Arrays], path: str | Path) -> None:
 
     ``cases`` maps a scenario name to its case arrays (one true K, e.g. 5).
     """
+
     def draw(ax: Axes, arrays: Arrays, pick: int, column: int) -> None:
         imshow_ct(ax, arrays["clam_images_hu"][pick])
         if column == 0:
@@ -99,8 +101,10 @@ def examples_figure(cases: Mapping[str, Arrays], path: str | Path) -> None:
     for j in range(k):
         grid.axes[0, j].set_title(f"true cluster {j}", fontsize=9)
     grid.colour_bars(importance=False)
-    grid.texts(f"Simulated images, one per true cluster (K = {k})",
-               "one disc per image; intensity, location or size differs between clusters")
+    grid.texts(
+        f"Simulated images, one per true cluster (K = {k})",
+        "one disc per image; intensity, location or size differs between clusters",
+    )
     save(grid.fig, path)
 
 
@@ -109,8 +113,11 @@ def pca_grid_figure(arrays: Arrays, fitted_ks: Sequence[int], title: str, path: 
     true cluster) and after the clustering phase for each fitted K (coloured by the
     assigned cluster): the paper's Fig 3 for one case."""
     panels = [("before clustering (true clusters)", arrays["features_before"], arrays["truth"])]
-    panels += [(f"after, fitted K = {k}", arrays[f"features_after_k{k}"], arrays[f"labels_k{k}"])
-               for k in fitted_ks if f"features_after_k{k}" in arrays]
+    panels += [
+        (f"after, fitted K = {k}", arrays[f"features_after_k{k}"], arrays[f"labels_k{k}"])
+        for k in fitted_ks
+        if f"features_after_k{k}" in arrays
+    ]
     ncols = min(4, len(panels))
     nrows = -(-len(panels) // ncols)
     fig = new_figure(3.0 * ncols, 2.8 * nrows)
@@ -120,13 +127,12 @@ def pca_grid_figure(arrays: Arrays, fitted_ks: Sequence[int], title: str, path: 
         labels = np.asarray(labels)
         for c in np.unique(labels):
             sel = labels == c
-            ax.scatter(scores[sel, 0], scores[sel, 1], s=8, color=f"C{int(c) % 10}", alpha=0.8,
-                       linewidths=0)
+            ax.scatter(scores[sel, 0], scores[sel, 1], s=8, color=f"C{int(c) % 10}", alpha=0.8, linewidths=0)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(pc_label(0, share[0]), fontsize=8)
         ax.set_ylabel(pc_label(1, share[1]), fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     n_colours = max(int(np.max(labels)) + 1 for _, _, labels in panels)
     handles = [Line2D([], [], marker="o", ls="", color=f"C{c % 10}", label=f"cluster {c}") for c in range(n_colours)]
@@ -181,6 +187,7 @@ def cluster_clam_figure(cases: Mapping[str, Arrays], path: str | Path) -> None:
 def single_clam_figure(cases: Mapping[str, Arrays], path: str | Path) -> None:
     """One image per true cluster with its CLAM, one row per scenario (the paper's Fig 6);
     the abnormality's outline in white."""
+
     def draw(ax: Axes, arrays: Arrays, pick: int, column: int) -> None:
         imshow_ct(ax, arrays["clam_images_hu"][pick])
         imshow_clam(ax, arrays["clam_maps"][pick], np.asarray(arrays["base_lungs"], dtype=bool), CLAM_ALPHA)
