@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.lungclam-installed
 CORES ?= all
 
-.PHONY: setup demo test test-second-python test-all lint dryrun slurm-profile clean
+.PHONY: setup demo test test-second-python test-all lint format dryrun slurm-profile clean
 
 setup: $(STAMP)
 
@@ -46,7 +46,16 @@ test-second-python: setup
 	$(SECOND_VENV)/bin/python -m pytest tests/unit -m 'not slow'
 
 lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint
+
+# Rewrites the tree in the house style (ruff's fixes and format, snakefmt); `make lint` checks it.
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+	$(BIN)/snakefmt Snakefile workflow/rules
 
 dryrun: setup
 	$(BIN)/snakemake -n
