@@ -34,7 +34,9 @@ from lungclam.stability import StabilityRow, stability_criteria, subsample_indic
 
 SILHOUETTE_METHODS = ("silhouette_kmeans", "silhouette_sparse_kmeans")
 RESAMPLING_METHODS = ("stability", "prediction_strength", "pac")
-METHODS = (*SILHOUETTE_METHODS, "gap", *RESAMPLING_METHODS)
+#: K-choice rules that read another criterion's column: the rule -> the column.
+DERIVED_METHODS = {"most_stable": "stability"}
+METHODS = (*SILHOUETTE_METHODS, "gap", *RESAMPLING_METHODS, *DERIVED_METHODS)
 L1_RULES = ("one_sd", "max")
 TABLE_COLUMNS = (
     "k",
@@ -569,9 +571,11 @@ class KChoice:
     margin: float
 
 
-def _argmax_choice(method: str, ks: np.ndarray, values: np.ndarray) -> KChoice:
-    """Largest value wins, ties to the smaller k; the runner-up is the second largest."""
-    order = sorted(range(len(ks)), key=lambda i: (-values[i], ks[i]))
+def _argmax_choice(method: str, ks: np.ndarray, values: np.ndarray, ties_to_larger: bool = False) -> KChoice:
+    """Largest value wins, ties (to 1e-9) to the smaller k, or the larger with
+    ``ties_to_larger``; the runner-up is the next in that order."""
+    rounded = np.round(values, 9)
+    order = sorted(range(len(ks)), key=lambda i: (-rounded[i], -ks[i] if ties_to_larger else ks[i]))
     best = order[0]
     if len(order) == 1:
         return KChoice(method, int(ks[best]), -1, float("nan"))
@@ -613,6 +617,9 @@ def choose(table: pd.DataFrame, method: str, thresholds: dict[str, float] | None
       at least ``thresholds["stability"]`` (default 0.9);
     - "prediction_strength": the largest k with prediction strength at least
       ``thresholds["prediction_strength"]`` (default 0.8, as Tibshirani & Walther 2005);
+    - "most_stable": the k with the largest stability, ties (to 1e-9) to the larger k: the
+      most reproducible clustering (Lange et al. 2004 choose the k of least instability),
+      the finest one when several reproduce perfectly;
     - "pac": the largest k whose PAC is at most ``thresholds["pac"]`` (default 0.05).
       Senbabaoglu et al. take the smallest PAC; on well-separated data every K up to the
       true one has PAC near 0, so the smallest is a tie, broken here towards the finest K.
@@ -629,10 +636,13 @@ def choose(table: pd.DataFrame, method: str, thresholds: dict[str, float] | None
             margin = float(rows.loc[k, "gap"] - rows.loc[k + 1, "gap"] + rows.loc[k + 1, "gap_sd"])
             return KChoice(method, k, k + 1, margin)
         return KChoice(method, k, -1, float("nan"))
-    ordered = table.dropna(subset=[method]).sort_values("k", kind="stable")
+    column = DERIVED_METHODS.get(method, method)
+    ordered = table.dropna(subset=[column]).sort_values("k", kind="stable")
     if ordered.empty:
-        raise ValueError(f"column {method} is NaN for every k")
-    ks, values = ordered["k"].to_numpy(), ordered[method].to_numpy(dtype=float)
+        raise ValueError(f"column {column} is NaN for every k")
+    ks, values = ordered["k"].to_numpy(), ordered[column].to_numpy(dtype=float)
+    if method == "most_stable":
+        return _argmax_choice(method, ks, values, ties_to_larger=True)
     if method in SILHOUETTE_METHODS:
         return _argmax_choice(method, ks, values)
     if method == "pac":  # small is good: flip the sign to reuse the threshold rule

@@ -125,6 +125,17 @@ def test_threshold_rule_takes_the_finest_reproducible_k_and_reports_the_margin()
     assert choose(_table(stability=[0.5, 0.7, 0.6, 0.2]), "stability", {"stability": 0.55}).k == 4
 
 
+def test_most_stable_rule_breaks_ties_towards_the_finer_k() -> None:
+    # perfect reproducibility at K = 2 and 3 (a merge reproduces too): the finer one
+    choice = choose(_table(stability=[1.0, 1.0, 0.85, 0.6]), "most_stable")
+    assert (choice.k, choice.runner_up) == (3, 2) and choice.margin == pytest.approx(0.0)
+    # the largest stability wins even below the threshold rule's 0.9, and a larger K that
+    # still passes 0.9 does not (the "stability" rule would take K = 5 here)
+    choice = choose(_table(stability=[0.938, 0.953, 0.915, 0.917]), "most_stable")
+    assert (choice.k, choice.runner_up) == (3, 2) and choice.margin == pytest.approx(0.015)
+    assert choose(_table(stability=[0.938, 0.953, 0.915, 0.917]), "stability").k == 5
+
+
 def test_pac_rule_and_silhouette_margin() -> None:
     assert choose(_table(pac=[0.0, 0.01, 0.2, 0.3]), "pac").k == 3
     choice = choose(_table(silhouette_kmeans=[0.728, 0.713, 0.5, 0.4]), "silhouette_kmeans")
@@ -140,6 +151,7 @@ def test_choices_table_marks_the_default() -> None:
         "silhouette_sparse_kmeans",
         "gap",
         "stability",
+        "most_stable",
         "prediction_strength",
         "pac",
     }
