@@ -35,6 +35,7 @@ MODEL_RULES = {
     "figure_stability",
     "qc_contact_sheet",
     "viewer",
+    "study_bundle",
 }
 
 
