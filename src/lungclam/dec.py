@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lungclam.device import autocast, batched_inference, batches, epoch_sum, keep_on_device
+from lungclam.device import autocast, batched_inference, batched_outputs, batches, epoch_sum, keep_on_device
 from lungclam.kmeans import kmeans
 from lungclam.model import ConvAutoencoder
 from lungclam.train import embed_images
@@ -186,9 +186,12 @@ class ClusterFit:
 
 @torch.no_grad()
 def _refresh_pass(
-    model: ClusteringModel, data: torch.Tensor, batch_size: int, device: torch.device
+    model: ClusteringModel, data: torch.Tensor, batch_size: int, device: torch.device, with_error: bool
 ) -> tuple[torch.Tensor, float]:
-    """Eval-mode ``q (N, K)`` float64 on the device and the mean reconstruction MSE of ``data``."""
+    """Eval-mode ``q (N, K)`` float64 on the device and the mean reconstruction MSE of ``data``
+    (NaN without ``with_error``: then no decoder pass and no read-back to the host)."""
+    if not with_error:
+        return batched_outputs(model, model.assign, data, batch_size, device), float("nan")
     model.to(device).eval()
     qs, error = [], torch.zeros((), dtype=torch.float64, device=device)
     for x in data.split(batch_size):
@@ -244,7 +247,8 @@ def fit_clusters(
     mse, kl = nn.MSELoss(), nn.KLDivLoss(reduction="batchmean")
     # q, labels and targets stay on the device; a refresh reads back the share of labels
     # that changed (the stopping rule) and, with a guard, the cluster sizes and the MSE
-    q, start_error = _refresh_pass(model, data, 16, device)
+    with_error = guard is not None and guard.max_reconstruction_growth is not None
+    q, start_error = _refresh_pass(model, data, 16, device, with_error)
     labels, target = q.argmax(1), target_distribution(q).float().to(data.device)
     start_counts = torch.bincount(labels, minlength=n_clusters).cpu().numpy()
     good = _snapshot(model) if guard else None
@@ -254,7 +258,7 @@ def fit_clusters(
         start, sums, seen = time.perf_counter(), epoch_sum(device, 2), 0
         for idx in batches(len(data), batch_size, generator, data.device):
             if step > 0 and step % update_interval == 0:
-                q, error = _refresh_pass(model, data, 16, device)
+                q, error = _refresh_pass(model, data, 16, device, with_error)
                 new = q.argmax(1)
                 change = float((new != labels).double().mean())
                 why = (
