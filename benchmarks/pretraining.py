@@ -161,34 +161,49 @@ def run(
         f"{scenario}_k{true_k}_{pretrain_key(values)}",
     )
     if "cepochs" in values:
-        row.update(cluster_at_true_k(model, x, truth, true_k, values, settings, features, device))
+        from lungclam.simulation.cases import _kernel_scale
+
+        row.update(
+            cluster_at_true_k(
+                model,
+                x,
+                truth,
+                values,
+                gamma=settings.gamma,
+                learning_rate=settings.cluster_learning_rate,
+                scale=_kernel_scale(settings.kernel_scale, features, true_k, settings),
+                batch_size=settings.batch_size,
+                update_interval=settings.update_interval,
+                tol=settings.tol,
+                n_init=settings.n_init,
+                seed=settings.seed,
+                device=device,
+            )
+        )
     return row
 
 
-def cluster_at_true_k(model, x, truth, true_k, values, settings, features, device) -> dict:
-    """The simulation's clustering phase at fitted K = true K: accuracy, ARI, epochs."""
+def cluster_at_true_k(model, images, truth, values, *, gamma, learning_rate, **fit_options) -> dict:
+    """The clustering phase at fitted K = true K (at most ``values["cepochs"]`` epochs, the
+    setting's clustering keys over ``gamma`` and ``learning_rate``; ``fit_options``: the
+    rest of :func:`lungclam.dec.fit_clusters`' keywords): accuracy, ARI, cluster sizes,
+    epochs, stop reason, reconstruction MSE after over before, seconds."""
     from lungclam.dec import fit_clusters
-    from lungclam.simulation.cases import _kernel_scale
     from lungclam.simulation.data import best_match_accuracy, cluster_sizes
 
+    true_k = len(np.unique(truth))
     started = time.perf_counter()
-    before = reconstruction_error(model, torch.from_numpy(x), 64, device)
-    scale = _kernel_scale(settings.kernel_scale, features, true_k, settings)
+    before = reconstruction_error(model, torch.from_numpy(images), 64, fit_options["device"])
     fit = fit_clusters(
         model,
-        x,
+        images,
         true_k,
         max_epochs=int(values["cepochs"]),
-        scale=scale,
-        batch_size=settings.batch_size,
-        update_interval=settings.update_interval,
-        tol=settings.tol,
-        n_init=settings.n_init,
-        seed=settings.seed,
-        device=device,
-        **cluster_options(values, settings.gamma, settings.cluster_learning_rate),
+        **fit_options,
+        **cluster_options(values, gamma, learning_rate),
     )
     accuracy, _ = best_match_accuracy(truth, fit.labels)
+    after = reconstruction_error(fit.model.autoencoder, torch.from_numpy(images), 64, fit_options["device"])
     return {
         "accuracy": accuracy,
         "dec_ari": adjusted_rand_score(truth, fit.labels),
@@ -196,7 +211,7 @@ def cluster_at_true_k(model, x, truth, true_k, values, settings, features, devic
         "cluster_epochs": len(fit.history),
         "stop": fit.stop_reason.split(":")[0]
         + (" (" + fit.stop_reason.split(" ")[1] + ")" if ":" in fit.stop_reason else ""),
-        "recon_ratio": reconstruction_error(fit.model.autoencoder, torch.from_numpy(x), 64, device) / before,
+        "recon_ratio": after / before,
         "cluster_seconds": time.perf_counter() - started,
     }
 
@@ -233,40 +248,24 @@ def run_cohort(spec: str, name: str, values: dict[str, float], seed: int, out: P
         f"{label}_s{seed}_{pretrain_key(values)}",
     )
     if "cepochs" in values:
-        row.update(cluster_cohort(model, images, truth, values, config["cluster"], seed, device))
+        c = config["cluster"]
+        row.update(
+            cluster_at_true_k(
+                model,
+                images,
+                truth,
+                values,
+                gamma=c["gamma"],
+                learning_rate=c["learning_rate"],
+                batch_size=c["batch_size"],
+                update_interval=c["update_interval"],
+                tol=c["tol"],
+                n_init=c["n_init"],
+                seed=seed,
+                device=device,
+            )
+        )
     return row
-
-
-def cluster_cohort(model, images, truth, values, c: dict, seed: int, device) -> dict:
-    """The pipeline's clustering phase (config/config.yaml's ``cluster``) at K = true K."""
-    from lungclam.dec import fit_clusters
-    from lungclam.simulation.data import best_match_accuracy, cluster_sizes
-
-    true_k = len(np.unique(truth))
-    started = time.perf_counter()
-    fit = fit_clusters(
-        model,
-        images,
-        true_k,
-        max_epochs=int(values["cepochs"]),
-        batch_size=c["batch_size"],
-        update_interval=c["update_interval"],
-        tol=c["tol"],
-        n_init=c["n_init"],
-        seed=seed,
-        device=device,
-        **cluster_options(values, c["gamma"], c["learning_rate"]),
-    )
-    accuracy, _ = best_match_accuracy(truth, fit.labels)
-    return {
-        "accuracy": accuracy,
-        "dec_ari": adjusted_rand_score(truth, fit.labels),
-        "sizes": ",".join(map(str, cluster_sizes(fit.labels, true_k))),
-        "cluster_epochs": len(fit.history),
-        "stop": fit.stop_reason.split(":")[0]
-        + (" (" + fit.stop_reason.split(" ")[1] + ")" if ":" in fit.stop_reason else ""),
-        "cluster_seconds": time.perf_counter() - started,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
