@@ -21,8 +21,11 @@ from tests.conftest import PROJECT_ROOT
 TINY = PROJECT_ROOT / "tests" / "configs" / "tiny.yaml"
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the real snakemake CLI on this project's Snakefile with the tiny config."""
+def snakemake(
+    workdir: Path, *args: str, check: bool = True, configfiles: tuple[Path, ...] = ()
+) -> subprocess.CompletedProcess:
+    """Run the real snakemake CLI on this project's Snakefile with the tiny config (and
+    ``configfiles`` over it, in order)."""
     command = [
         sys.executable,
         "-m",
@@ -33,6 +36,7 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
         str(workdir),
         "--configfile",
         str(TINY),
+        *map(str, configfiles),
         *args,
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
@@ -71,17 +75,8 @@ def split_viewer(demo_run: Path, tmp_path_factory) -> Path:
     shutil.copytree(demo_run.parent, workdir, symlinks=True)
     split = workdir.parent / "split.yaml"
     split.write_text("viewer:\n  max_subjects_per_page: 2\n")
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(PROJECT_ROOT / "Snakefile"),
-        "-d",
-        str(workdir),
-        "--configfile",
-        str(TINY),
-        str(split),
+    done = snakemake(
+        workdir,
         "--rerun-triggers",
         "mtime",
         "--forcerun",
@@ -89,8 +84,7 @@ def split_viewer(demo_run: Path, tmp_path_factory) -> Path:
         "--cores",
         "1",
         "results/viewer/index.html",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-6000:]
+        configfiles=(split,),
+    )
     assert [rule for rule, _ in planned_jobs(done.stdout + done.stderr)] == ["viewer"]
     return workdir / "results" / "viewer"
