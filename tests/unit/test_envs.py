@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
 from functools import cache
 from importlib.metadata import packages_distributions
@@ -178,3 +179,44 @@ def test_env_lists_every_package_the_script_can_import(rule, env_file, script):
             missing.append(f"{'/'.join(distributions)} (import {module}, in {importer})")
     env = env_file.relative_to(PROJECT_ROOT)
     assert not missing, f"rule {rule}: {env} lacks " + "; ".join(missing)
+
+
+# Modules that promise, in their docstrings, to run without some heavy packages: a module
+# that starts importing one (directly, or through a package's __init__) fails here with the
+# import chain. Each runs in a fresh interpreter where importing those packages raises.
+IMPORT_BOUNDARIES = {
+    "phantom.anatomy": (("lungclam.phantom.anatomy",), ("pydicom",)),
+    "phantom names of the anatomy": (("lungclam.phantom:make_chest_phantom",), ("pydicom",)),
+    "simulation": (("lungclam.simulation",), ("torch", "matplotlib", "SimpleITK", "pydicom")),
+    "simulation.cases": (("lungclam.simulation.cases",), ("matplotlib", "SimpleITK", "pydicom")),
+    "torch modules": (
+        ("lungclam.model", "lungclam.device", "lungclam.train", "lungclam.dec", "lungclam.clam"),
+        ("SimpleITK", "ants", "pydicom", "matplotlib"),
+    ),
+}
+
+
+def _import_without(modules: tuple[str, ...], absent: tuple[str, ...]) -> subprocess.CompletedProcess:
+    """Import ``modules`` ('module' or 'module:name') in a new interpreter where importing any
+    of ``absent`` raises ImportError."""
+    code = (
+        "import importlib, sys\n"
+        f"for name in {absent!r}:\n    sys.modules[name] = None\n"
+        f"for spec in {modules!r}:\n"
+        "    module, _, name = spec.partition(':')\n"
+        "    loaded = importlib.import_module(module)\n"
+        "    if name:\n        getattr(loaded, name)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(("modules", "absent"), IMPORT_BOUNDARIES.values(), ids=IMPORT_BOUNDARIES.keys())
+def test_module_imports_without_heavy_packages(modules, absent):
+    done = _import_without(modules, absent)
+    assert done.returncode == 0, f"importing {', '.join(modules)} needs one of {', '.join(absent)}:\n{done.stderr}"
+
+
+def test_import_boundary_check_can_fail():
+    """The cohort writes DICOM: with pydicom blocked, its name must not import."""
+    done = _import_without(("lungclam.phantom:write_demo_cohort",), ("pydicom",))
+    assert done.returncode != 0 and "pydicom" in done.stderr
