@@ -210,15 +210,19 @@ class Checkpoint:
 def save_checkpoint(
     path: str | Path, model: ConvAutoencoder, centroids: torch.Tensor | None = None, meta: dict[str, Any] | None = None
 ) -> None:
-    """Write weights and spec (plain types only, so ``weights_only=True`` can load them)."""
+    """Write weights and spec (plain types only, so ``weights_only=True`` can load them).
+
+    The same model gives the same bytes: torch names the archive's top folder after a
+    file *name*, which here would be the atomic write's random temporary name, so torch is
+    handed an open file instead (its folder is then always ``archive``)."""
     payload = {
         "spec": model.spec.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "centroids": None if centroids is None else centroids.detach().cpu(),
         "meta": dict(meta or {}),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        torch.save(payload, handle)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -56,6 +56,16 @@ def test_checkpoint_roundtrip_with_weights_only(tmp_path) -> None:
     torch.testing.assert_close(build_autoencoder(ckpt)(x)[1], model(x)[1])
 
 
+def test_checkpoint_bytes_repeat(tmp_path) -> None:
+    """Two saves of one model are the same file (runs compare by checksum, and the study
+    bundle's manifest holds one)."""
+    torch.manual_seed(0)
+    model = ConvAutoencoder(ModelSpec((16, 16), channels=(4, 8), strides=(2, 2), latent_dim=3))
+    for name in ("a.pt", "b.pt"):
+        save_checkpoint(tmp_path / name, model, torch.ones(2, 3), meta={"epochs": 2})
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+
+
 def test_checkpoint_refuses_pickled_code(tmp_path) -> None:
     class Evil:
         def __reduce__(self):
