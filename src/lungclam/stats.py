@@ -167,12 +167,21 @@ def merge_clusters(clusters: pd.DataFrame, clinical: pd.DataFrame) -> tuple[pd.D
 # ---------------------------------------------------------------------------- demographics
 
 
-def _cluster_labels(merged: pd.DataFrame, cluster_col: str) -> list[Any]:
-    """Sorted distinct cluster labels; ValueError if the column is absent or has gaps."""
+def _cluster_labels(merged: pd.DataFrame, cluster_col: str, labels: Sequence[Any] | None = None) -> list[Any]:
+    """Sorted cluster labels: ``labels`` when given (every cluster of a model, those no row
+    is in included), else the distinct labels of the rows. ValueError if the column is
+    absent or has gaps, or holds a label that ``labels`` lacks."""
     _require_columns(merged, [cluster_col], "cluster")
     if merged[cluster_col].isna().any():
         raise ValueError(f"column {cluster_col!r} has missing cluster labels")
-    return sorted(_py(v) for v in pd.unique(merged[cluster_col]))
+    present = sorted(_py(v) for v in pd.unique(merged[cluster_col]))
+    if labels is None:
+        return present
+    every = sorted({_py(v) for v in labels})
+    unknown = [k for k in present if k not in every]
+    if unknown:
+        raise ValueError(f"cluster label(s) {unknown} not among the labels {every}")
+    return every
 
 
 def _py(value: Any) -> Any:
@@ -293,12 +302,14 @@ def demographics(
     kinds: Mapping[str, str] | None = None,
     cluster_col: str = "cluster",
     digits: int = 1,
+    labels: Sequence[Any] | None = None,
 ) -> pd.DataFrame:
     """Descriptive table of ``columns`` overall and per cluster, with a test per column.
 
     Inputs: ``merged`` (one row per subject, from :func:`merge_clusters`); ``columns`` to
     describe; ``kinds`` overrides for :func:`column_kinds`; ``cluster_col``; ``digits``
-    after the decimal point.
+    after the decimal point; ``labels``, every cluster label to give a column (default:
+    those in ``merged``; a cluster no row is in gets ``NA`` and zero counts).
 
     Output, one block of rows per column, with columns ``variable, level, statistic,
     overall, cluster_<k>... (one per cluster label, sorted), test, p_value, n_used``:
@@ -318,7 +329,7 @@ def demographics(
     elsewhere); a test that cannot be run has p NaN and ``test = "not tested: <reason>"``.
     ``n_used`` is the number of non-missing values of the column.
     """
-    labels = _cluster_labels(merged, cluster_col)
+    labels = _cluster_labels(merged, cluster_col, labels)
     kind_of = column_kinds(merged, columns, kinds)
     g = merged[cluster_col]
     rows = []
@@ -384,8 +395,10 @@ def _is_constant(values: pd.Series) -> bool:
 
 
 def _default_reference(clusters: pd.Series) -> Any:
-    """Label of the largest cluster; ties go to the smallest label."""
+    """Label of the largest cluster; ties go to the smallest label (None without rows)."""
     sizes = clusters.value_counts()
+    if sizes.empty:
+        return None
     return _py(min(sizes.index[sizes == sizes.max()]))
 
 
@@ -458,10 +471,12 @@ def _one_association(frame: pd.DataFrame, terms: list[str], labels: list[Any], r
     """Rows of :func:`associations` for one outcome's complete-case ``frame``."""
     present = {_py(v) for v in pd.unique(frame[_CLUSTER])}
     skip = None
-    if len(present) < 2:
-        skip = "not tested: fewer than 2 clusters with complete rows"
+    if not present:
+        skip = "not tested: no complete rows"
     elif reference not in present:
-        skip = "not tested: reference cluster has no complete rows"
+        skip = f"not tested: the reference cluster {reference} has no complete rows"
+    elif len(present) < 2:
+        skip = "not tested: fewer than 2 clusters with complete rows"
     elif _is_constant(frame[_OUTCOME]):
         skip = "not tested: constant outcome"
     if skip:
@@ -484,6 +499,7 @@ def associations(
     kinds: Mapping[str, str] | None = None,
     reference: int | None = None,
     cluster_col: str = "cluster",
+    labels: Sequence[Any] | None = None,
 ) -> pd.DataFrame:
     """Adjusted differences in each outcome between clusters (OLS, treatment coding).
 
@@ -495,18 +511,20 @@ def associations(
 
     Inputs: ``merged``; ``outcomes`` (numeric columns); ``covariates``; ``kinds`` overrides
     for :func:`column_kinds`; ``reference`` cluster label (default: the largest cluster in
-    ``merged``, ties to the smallest label); ``cluster_col``.
+    ``merged``, ties to the smallest label); ``cluster_col``; ``labels``, every cluster
+    label (default: those in ``merged``), so that a model's clusters that no row is in
+    still get their contrast rows (NaN, with a note) and may be the ``reference``.
 
     Output, one row per outcome and non-reference cluster, columns ``outcome, term
     ("cluster k vs ref"), estimate, ci_low, ci_high`` (95 % t-interval), ``p_value`` (t-test
     of the contrast), ``f_stat, f_df_num, f_df_den, f_p_value`` (the cluster F-test,
     repeated on each of the outcome's rows), ``n_used, reference, note``. When an outcome
-    cannot be tested (e.g. a single cluster) it gets one row with NaNs and the reason in
-    ``note``. ValueError for an absent column, a non-numeric outcome, or a ``reference``
-    that is not a cluster label.
+    cannot be tested (e.g. a single cluster, or none of its complete rows in the reference
+    cluster) it gets one row with NaNs and the reason in ``note``. ValueError for an absent
+    column, a non-numeric outcome, or a ``reference`` that is not a cluster label.
     """
     kind_of = _check_model_inputs(merged, outcomes, covariates, kinds, cluster_col)
-    labels = _cluster_labels(merged, cluster_col)
+    labels = _cluster_labels(merged, cluster_col, labels)
     if reference is None:
         reference = _default_reference(merged[cluster_col])
     elif _py(reference) not in labels:

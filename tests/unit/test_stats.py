@@ -346,6 +346,34 @@ def test_associations_edge_cases() -> None:
     assert np.isfinite(res["f_p_value"]).all()
 
 
+def test_a_model_s_clusters_that_no_row_is_in_keep_their_columns_and_contrasts() -> None:
+    """Subjects scored against a K = 4 study, none in its cluster 4 or (second case) in its
+    reference cluster 3: the tables still hold every cluster, with NaN and the reason."""
+    d = simulated()
+    labels = [1, 2, 3, 4]
+    table = demographics(d, ["age", "sex"], labels=labels)
+    assert [c for c in table.columns if c.startswith("cluster_")] == [f"cluster_{k}" for k in labels]
+    assert row(table, "age")["cluster_4"] == "NA" and row(table, "sex", "F")["cluster_4"] == "0 (NA)"
+    # the empty cluster changes no statistic of the others
+    assert row(table, "age")["p_value"] == row(demographics(d, ["age", "sex"]), "age")["p_value"]
+    res = associations(d, ["y"], ["age"], reference=3, labels=labels).set_index("term")
+    plain = associations(d, ["y"], ["age"], reference=3).set_index("term")
+    assert res.index.tolist() == ["cluster 1 vs 3", "cluster 2 vs 3", "cluster 4 vs 3"]
+    pd.testing.assert_frame_equal(res.loc[plain.index, plain.columns.drop("note")], plain.drop(columns="note"))
+    assert np.isnan(res.loc["cluster 4 vs 3", "estimate"])
+    assert res.loc["cluster 4 vs 3", "note"] == "not estimated: no complete rows in this cluster"
+    # no row in the reference cluster: nothing can be set against it, and no error
+    without = d[d["cluster"] != 3]
+    with pytest.raises(ValueError, match="reference cluster 3 not among the labels"):
+        associations(without, ["y"], ["age"], reference=3)
+    none = associations(without, ["y", "y2"], ["age"], reference=3, labels=labels)
+    assert none["outcome"].tolist() == ["y", "y2"] and (none["reference"] == 3).all()
+    assert none[["estimate", "p_value", "f_p_value"]].isna().all().all()
+    assert (none["note"] == "not tested: the reference cluster 3 has no complete rows").all()
+    with pytest.raises(ValueError, match=r"cluster label\(s\) \[3\] not among the labels \[1, 2\]"):
+        demographics(d, ["age"], labels=[1, 2])
+
+
 # ---------------------------------------------------------------------------- variance explained
 
 
