@@ -41,6 +41,7 @@ include: "workflow/rules/simulation.smk"
 rule all:
     default_target: True
     input:
+        no_study_to_train,
         preprocess_targets(),
         model_targets(),
         stats_targets(),

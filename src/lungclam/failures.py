@@ -129,8 +129,18 @@ def summarise_failures(
     return rows
 
 
-def format_summary(rows: list[dict[str, str]], out: str | Path = SUMMARY_PATH) -> str:
-    """The text printed at the end of a failed run."""
+#: What waits for every subject: a study's cohort-level stages.
+STUDY_STAGES = "Stages that need every subject (template, train, clustering, CLAM, stats) wait for these."
+#: ... and in `snakemake score`, only the table of all scored subjects and its statistics.
+SCORE_STAGES = (
+    "The table of all scored subjects (results/score/clusters.tsv) and its statistics wait for these; "
+    "each other subject's assignment and CLAM do not (results/score/assigned/, clam/)."
+)
+
+
+def format_summary(rows: list[dict[str, str]], out: str | Path = SUMMARY_PATH, waiting: str = STUDY_STAGES) -> str:
+    """The text printed at the end of a failed run; ``waiting`` says what the failed
+    subjects hold back."""
     if not rows:
         return "lungclam: the run failed, but no failed job was found in the Snakemake log (see above)."
     subjects = sorted({r["subject"] for r in rows if r["subject"]})
@@ -143,8 +153,5 @@ def format_summary(rows: list[dict[str, str]], out: str | Path = SUMMARY_PATH) -
         who = f"subject {r['subject']}" if r["subject"] else "cohort"
         lines.append(f"  {who} [{r['rule']}]: {r['cause']}")
     if subjects:
-        lines.append(
-            "Stages that need every subject (template, train, clustering, CLAM, stats) wait for these. "
-            "Fix their input, or leave them out: --config exclude=" + ",".join(subjects)
-        )
+        lines.append(f"{waiting} Fix their input, or leave them out: --config exclude=" + ",".join(subjects))
     return "\n".join(lines)

@@ -124,10 +124,10 @@ def test_study_subjects_scored_again_get_their_study_cluster_q_clam_and_statisti
             sitk.GetArrayFromImage(clam), _array(demo_run / "clam" / f"{in_study}.nii.gz"), atol=1e-5
         )
         assert (out / "qc" / f"{subject}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for stage in ("convert", "resample", "segment", "register", "downsample"):
+    for stage in ("convert", "resample", "segment", "register", "downsample", "assign"):
         assert (workdir / "results" / "logs" / "score" / stage / "later003.log").is_file(), stage
-    assign_log = (workdir / "results" / "logs" / "score" / "assign.log").read_text()
-    assert "scored 4 subject(s) against the study" in assign_log
+    clusters_log = (workdir / "results" / "logs" / "score" / "clusters.log").read_text()
+    assert "scored 4 subject(s) against the study" in clusters_log
     # The study's association models (its outcomes, comparator and reference cluster, not
     # this run's) refitted on the same subjects, clusters and clinical rows: the study's tables.
     for name in ("demographics", "associations", "variance_explained"):
@@ -144,14 +144,106 @@ def test_study_subjects_scored_again_get_their_study_cluster_q_clam_and_statisti
     np.testing.assert_array_equal(beside["estimate_scored"], study_associations["estimate"])
 
 
+@pytest.mark.slow  # about a minute: one subject's imaging chain and scoring, then the statistics
+def test_a_failed_new_subject_holds_back_only_the_table_and_a_reference_cluster_left_empty_is_noted(
+    demo_run: Path, tmp_path: Path
+) -> None:
+    """Two new subjects with --keep-going: a scan of a study subject outside the study's
+    reference cluster, and a broken scan (a slice cut short). The good one is assigned and
+    gets its CLAM; the broken one is named with its cause. Leaving it out (exclude) then
+    makes the table and the statistics without scoring anyone again; with no scored
+    subject in the reference cluster, the associations say so instead of failing."""
+    study = pd.read_csv(demo_run / "clusters.tsv", sep="\t").set_index("subject")
+    study_associations = pd.read_csv(demo_run / "stats" / "associations.tsv", sep="\t")
+    reference = int(study_associations["reference"].iloc[0])
+    scan = next(subject for subject, cluster in study["cluster"].items() if cluster != reference)
+    dicom = demo_run / "demo" / "dicom"
+    broken = Path(shutil.copytree(dicom / "demo001", tmp_path / "broken"))
+    cut = sorted(broken.iterdir())[5]
+    cut.write_bytes(cut.read_bytes()[:-3000])
+    sheet = _sheet(tmp_path / "new.tsv", {"new1": dicom / scan, "broken": broken})
+    clinical = pd.read_csv(demo_run / "demo" / "clinical.tsv", sep="\t", dtype={"subject": str})
+    clinical = clinical[clinical["subject"].isin([scan, "demo001"])]
+    clinical["subject"] = clinical["subject"].replace({scan: "new1", "demo001": "broken"})
+    clinical.to_csv(tmp_path / "clinical.tsv", sep="\t", index=False)
+    workdir = tmp_path / "wd"
+    config = ("--config", f"study={demo_run}", f"samples={sheet}", f"clinical={tmp_path / 'clinical.tsv'}")
+
+    done = snakemake(workdir, "--cores", "2", "--keep-going", "score", *config, check=False)
+    assert done.returncode != 0
+    out = workdir / "results" / "score"
+    q_columns = [c for c in study.columns if c.startswith("q_")]
+    assigned = pd.read_csv(out / "assigned" / "new1.tsv", sep="\t").set_index("subject")
+    assert assigned.loc["new1", "cluster"] == study.loc[scan, "cluster"]
+    np.testing.assert_allclose(
+        assigned.loc["new1", q_columns].to_numpy(float), study.loc[scan, q_columns].to_numpy(float), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        _array(out / "clam" / "new1.nii.gz"), _array(demo_run / "clam" / f"{scan}.nii.gz"), atol=1e-5
+    )
+    assert not (out / "clusters.tsv").exists() and not (out / "stats").exists()
+    assert not [p for p in out.rglob("*") if "broken" in p.name]  # nothing partial of the broken scan
+    failed = pd.read_csv(workdir / "results" / "failed_subjects.tsv", sep="\t", dtype=str)
+    assert failed[["subject", "rule"]].values.tolist() == [["broken", "score_convert"]]
+    assert f"subject 'broken': {cut.name}: pixel data truncated" in failed.loc[0, "cause"]
+    assert "subject broken [score_convert]: " in done.stderr and "--config exclude=broken" in done.stderr
+    clam_written = (out / "clam" / "new1.nii.gz").stat().st_mtime_ns
+
+    done = snakemake(workdir, "--cores", "2", "score", *config, "exclude=broken")
+    jobs = [rule for rule, _ in planned_jobs(done.stdout + done.stderr)]
+    assert sorted(jobs) == ["score", "score_clusters", "score_stats", "score_vs_study"]
+    assert (out / "clam" / "new1.nii.gz").stat().st_mtime_ns == clam_written
+    assert not (workdir / "results" / "failed_subjects.tsv").exists()
+    pd.testing.assert_frame_equal(pd.read_csv(out / "clusters.tsv", sep="\t").set_index("subject"), assigned)
+    # Every cluster of the study keeps its column, the empty reference one included.
+    demographics = pd.read_csv(out / "stats" / "demographics.tsv", sep="\t")
+    assert [c for c in demographics.columns if c.startswith("cluster_")] == [
+        f"cluster_{k}" for k in range(1, len(q_columns) + 1)
+    ]
+    associations = pd.read_csv(out / "stats" / "associations.tsv", sep="\t")
+    assert associations["outcome"].tolist() == list(dict.fromkeys(study_associations["outcome"]))
+    assert (associations["reference"] == reference).all() and associations["estimate"].isna().all()
+    assert (associations["note"] == f"not tested: the reference cluster {reference} has no complete rows").all()
+    assert (
+        f"the reference cluster {reference} holds none of them"
+        in (workdir / "results" / "logs" / "score" / "stats.log").read_text()
+    )
+    assert (out / "stats" / "variance_explained.tsv").is_file()
+    beside = pd.read_csv(out / "stats" / "associations_vs_study.tsv", sep="\t")
+    studied = beside.dropna(subset=["estimate_study"])
+    assert studied[["outcome", "term"]].values.tolist() == study_associations[["outcome", "term"]].values.tolist()
+    assert studied["estimate_scored"].isna().all()
+
+
+def test_the_default_target_with_a_study_is_refused(demo_run: Path, tmp_path: Path) -> None:
+    """`snakemake --config study=...` (no target) would train a new study on the sheet."""
+    sheet = _sheet(
+        tmp_path / "new.tsv",
+        {"new1": demo_run / "demo" / "dicom" / "demo004", "new2": demo_run / "demo" / "dicom" / "demo003"},
+    )
+    workdir = tmp_path / "wd"
+    done = snakemake(workdir, "-n", "--config", f"study={demo_run}", f"samples={sheet}", check=False)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("lungclam: configuration error")]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "the default target trains a new study on the sheet: run `snakemake score ...`" in lines[0]
+    assert not (workdir / "results").exists()
+    # the same command with the score target plans the scoring
+    jobs = planned_jobs(snakemake(workdir, "-n", "score", "--config", f"study={demo_run}", f"samples={sheet}").stdout)
+    assert ("score_clusters", None) in jobs and ("train", None) not in jobs
+
+
 def test_a_copied_bundle_plans_only_the_new_subjects_imaging_and_scoring(
     bundle_copy: Path, demo_run: Path, tmp_path: Path
 ) -> None:
     sheet = _sheet(tmp_path / "new.tsv", {"new1": demo_run / "demo" / "dicom" / "demo004"})
     done = snakemake(tmp_path / "wd", "-n", "score", "--config", f"study={bundle_copy}", f"samples={sheet}")
     jobs = planned_jobs(done.stdout)
-    imaging = ["score_convert", "score_resample", "score_segment", "score_register", "score_downsample"]
-    assert sorted(jobs) == sorted([(rule, "new1") for rule in imaging] + [("score_assign", None), ("score", None)])
+    per_subject = ["score_convert", "score_resample", "score_segment", "score_register", "score_downsample"]
+    per_subject.append("score_assign")
+    assert sorted(jobs) == sorted(
+        [(rule, "new1") for rule in per_subject] + [("score_clusters", None), ("score", None)]
+    )
 
 
 def test_a_study_subject_is_refused_without_allow_study_subjects(demo_run: Path, tmp_path: Path) -> None:

@@ -264,10 +264,11 @@ onsuccess:
 
 
 onerror:
-    from lungclam.failures import format_summary, summarise_failures
+    from lungclam.failures import SCORE_STAGES, STUDY_STAGES, format_summary, summarise_failures
 
     forget_owner()
     try:
-        print(format_summary(summarise_failures(log, _subject_of)), file=sys.stderr)
+        _waiting = SCORE_STAGES if config["study"] else STUDY_STAGES
+        print(format_summary(summarise_failures(log, _subject_of), waiting=_waiting), file=sys.stderr)
     except Exception as exc:  # the summary must never hide Snakemake's own report
         print(f"lungclam: could not summarise the failed jobs ({exc}); see the log above", file=sys.stderr)

@@ -121,6 +121,7 @@ use rule stats as score_stats with:
         outcomes=study_association_setting("outcomes"),
         comparator=study_association_setting("comparator"),
         settings=study_association_setting("stats"),
+        cluster_labels=lambda wildcards: list(range(1, STUDY.n_clusters + 1)),
 
 
 rule score_vs_study:
@@ -138,18 +139,20 @@ rule score_vs_study:
         "../scripts/score_vs_study.py"
 
 
+# One job per subject, so a subject whose scan fails (with --keep-going) holds back only
+# the table of all subjects, never another subject's assignment and CLAM.
 rule score_assign:
     input:
-        volumes=expand("results/score/downsampled/{subject}.nii.gz", subject=SUBJECTS),
+        volume="results/score/downsampled/{subject}.nii.gz",
         # Every bundle file, so a changed study re-scores; the job verifies them again.
         bundle=lambda wildcards: [str(path) for path in STUDY.files.values()],
     output:
-        clusters=report("results/score/clusters.tsv", caption="../report/score_clusters.rst", category="Scoring"),
-        maps=expand("results/score/clam/{subject}.nii.gz", subject=SUBJECTS),
+        assigned="results/score/assigned/{subject}.tsv",
+        clam="results/score/clam/{subject}.nii.gz",
     log:
-        "results/logs/score/assign.log",
+        "results/logs/score/assign/{subject}.log",
     benchmark:
-        "results/benchmarks/score/assign.tsv"
+        "results/benchmarks/score/assign/{subject}.tsv"
     conda:
         "../../envs/model.yaml"
     threads: config["model"]["threads"]
@@ -157,8 +160,25 @@ rule score_assign:
         gpu=config["model"]["gpus"],
         local_gpu=local_gpu_slot(config["model"]["device"]),
     params:
-        subjects=SUBJECTS,
         study=lambda wildcards: str(STUDY.folder),
         device=config["model"]["device"],
     script:
         "../scripts/score_assign.py"
+
+
+rule score_clusters:
+    input:
+        assigned=expand("results/score/assigned/{subject}.tsv", subject=SUBJECTS),
+    output:
+        clusters=report("results/score/clusters.tsv", caption="../report/score_clusters.rst", category="Scoring"),
+    log:
+        "results/logs/score/clusters.log",
+    conda:
+        "../../envs/model.yaml"
+    threads: 1
+    params:
+        study=lambda wildcards: str(STUDY.folder),
+        n_clusters=lambda wildcards: STUDY.n_clusters,
+        lungclam_version=lambda wildcards: STUDY.lungclam_version,
+    script:
+        "../scripts/score_clusters.py"

@@ -1,4 +1,4 @@
-"""Snakemake glue: assign scored subjects to the study's clusters and write their CLAMs."""
+"""Snakemake glue: assign one scored subject to the study's clusters and write its CLAM."""
 
 import logging
 
@@ -15,22 +15,19 @@ def main() -> None:
     from lungclam.study import load_bundle
 
     study = load_bundle(smk.params.study)  # verified again, now with its model
-    subjects = list(smk.params.subjects)
-    volumes = {subject: read_image(path) for subject, path in zip(subjects, smk.input.volumes, strict=True)}
-    q, maps = score_volumes(study, volumes, device=smk.params.device)
-    reference = read_image(study.files["grid_template"])
-    for own, path in zip(maps, smk.output.maps, strict=True):
-        write_map(own, reference, path)
-    table = clusters_table(subjects, q)
-    write_table(table, smk.output.clusters, float_format="%.6g")  # as the study's clusters.tsv
-    sizes = table["cluster"].value_counts().to_dict()
+    subject = smk.wildcards.subject
+    q, maps = score_volumes(study, {subject: read_image(smk.input.volume)}, device=smk.params.device)
+    write_map(maps[0], read_image(study.files["grid_template"]), smk.output.clam)
+    table = clusters_table([subject], q)
+    write_table(table, smk.output.assigned, float_format="%.6g")  # as the study's clusters.tsv
     logging.getLogger("lungclam.score").info(
-        "scored %d subject(s) against the study %s (K=%d, lungclam %s): per cluster %s",
-        len(subjects),
-        study.folder,
+        "subject %s: cluster %d of K=%d (q %s) against the study %s (lungclam %s)",
+        subject,
+        table["cluster"].iloc[0],
         study.n_clusters,
+        ", ".join(f"{value:.3f}" for value in q[0]),
+        study.folder,
         study.lungclam_version,
-        {k: int(sizes.get(k, 0)) for k in range(1, study.n_clusters + 1)},
     )
 
 

@@ -27,9 +27,27 @@ def main() -> None:
     comparator = smk.params.comparator or None
     columns = covariates + ([comparator] if comparator else []) + outcomes
     kinds = column_kinds(merged, columns, s.get("column_types") or None)
-    write_table(demographics(merged, columns, kinds), smk.output.demographics)
+    # Scoring passes the study's clusters 1..K: each keeps its column and contrasts, even
+    # with none of the scored subjects in it.
+    labels = smk.params.get("cluster_labels")
+    reference = s.get("reference_cluster")
+    if labels:
+        empty = [k for k in labels if k not in set(merged["cluster"])]
+        if empty:
+            log.warning(
+                "cluster(s) %s hold none of these %d subjects: their columns are NA and their contrasts not estimated",
+                ", ".join(map(str, empty)),
+                len(merged),
+            )
+        if reference in empty:
+            log.warning(
+                "the reference cluster %s holds none of them: no contrast can be fitted against it, so each "
+                "outcome's associations row is NaN with that note",
+                reference,
+            )
+    write_table(demographics(merged, columns, kinds, labels=labels), smk.output.demographics)
     write_table(
-        associations(merged, outcomes, covariates, kinds, reference=s.get("reference_cluster")),
+        associations(merged, outcomes, covariates, kinds, reference=reference, labels=labels),
         smk.output.associations,
         float_format="%.6g",
     )
