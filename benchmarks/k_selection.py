@@ -6,9 +6,13 @@ Each input is either an ``.npz`` with arrays ``features`` (n, p) and ``truth`` (
 ``--truth`` for a cohort given by ``samples=``). For every criterion of
 ``lungclam.kselect`` it prints the K chosen, the runner-up and margin, and the ARI of
 k-means at that K against the truth; then how often each criterion found the true K.
+With several ``--seeds`` every input is scored once per resampling seed (the subsamples,
+halvings and k-means restarts all follow the seed), so the summary shows how often a
+criterion's choice survives a reseeding, not one lucky draw.
 
     .venv/bin/python benchmarks/k_selection.py /tmp/feat_sim/*.npz results
     .venv/bin/python benchmarks/k_selection.py runs/p4/results --truth cohorts/p4/truth.tsv
+    .venv/bin/python benchmarks/k_selection.py runs/*/results --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -42,6 +46,33 @@ def load(path: Path, truth_sheet: Path | None) -> tuple[str, np.ndarray, np.ndar
     )
 
 
+def score_criteria(name: str, x: np.ndarray, truth: np.ndarray, true_k: int, k_max: int, seed: int) -> list[dict]:
+    """One row per criterion: the K it chose on ``x`` (n, p) with resampling ``seed``, and
+    the ARI of k-means at that K against ``truth`` (n,); the criteria table goes to stderr."""
+    started = time.perf_counter()
+    table = select_k(x, range(2, k_max + 1), seed=seed)
+    seconds = time.perf_counter() - started
+    rows = []
+    for choice in choices_table(table, "stability").itertuples():
+        labels, _ = kmeans(x, int(choice.k), seed, 20)
+        rows.append(
+            {
+                "input": name,
+                "seed": seed,
+                "n": len(x),
+                "true_k": true_k,
+                "method": choice.method,
+                "k": choice.k,
+                "runner_up": choice.runner_up,
+                "margin": choice.margin,
+                "ari": adjusted_rand_score(truth, labels),
+            }
+        )
+    print(f"{name}: n={len(x)}, true K={true_k}, seed {seed}, select_k {seconds:.1f} s", file=sys.stderr)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"), file=sys.stderr)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", type=Path)
@@ -50,41 +81,23 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         action="append",
         default=None,
-        help="truth.tsv for each results folder given by samples= (in order)",
+        help="truth.tsv for each results folder without demo/truth.tsv (one per such folder, in order)",
     )
     parser.add_argument("--k-max", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="resampling seeds (one table each)")
     args = parser.parse_args(argv)
     truths = list(args.truth or [])
     rows = []
     for path in args.inputs:
-        sheet = truths.pop(0) if path.suffix != ".npz" and truths else None
+        own = path.suffix == ".npz" or (path / "demo" / "truth.tsv").is_file()
+        sheet = truths.pop(0) if not own and truths else None
         name, x, truth = load(path, sheet)
         true_k = len(np.unique(truth))
-        started = time.perf_counter()
-        table = select_k(x, range(2, args.k_max + 1), seed=args.seed)
-        seconds = time.perf_counter() - started
-        choices = choices_table(table, "stability")
-        for choice in choices.itertuples():
-            labels, _ = kmeans(x, int(choice.k), args.seed, 20)
-            rows.append(
-                {
-                    "input": name,
-                    "n": len(x),
-                    "true_k": true_k,
-                    "method": choice.method,
-                    "k": choice.k,
-                    "runner_up": choice.runner_up,
-                    "margin": choice.margin,
-                    "ari": adjusted_rand_score(truth, labels),
-                    "seconds": seconds,
-                }
-            )
-        print(f"{name}: n={len(x)}, true K={true_k}, select_k {seconds:.1f} s", file=sys.stderr)
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"), file=sys.stderr)
+        for seed in args.seeds:
+            rows.extend(score_criteria(name, x, truth, true_k, args.k_max, seed))
     result = pd.DataFrame(rows)
     pd.set_option("display.width", 200)
-    print(result.drop(columns="seconds").to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(result.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     summary = (
         result.assign(hit=result["k"] == result["true_k"])
         .groupby("method")

@@ -14,7 +14,9 @@ A setting is NAME:key=value,... with keys epochs, fraction (held-out share), pat
 min_delta, batch, lr, and cepochs (run the clustering phase at K = true K for at most
 that many epochs and report its accuracy, its stop reason and its reconstruction MSE over the
 pretrained one), with gamma, clr (its learning rate), guard (0: no ClusterGuard) and growth
-(the guard's reconstruction limit) changing the clustering phase.
+(the guard's reconstruction limit) changing the clustering phase, and for simulation cases
+kscale (the Student t scale as a multiple of the within-cluster spread, in place of
+simulation.kernel_scale).
 
 ``--cohort RESULTS[:TRUTH]`` runs the same on a pipeline run's model inputs
 (``downsampled/*.nii.gz``, the 3D CAE of config/config.yaml) with the true patterns from
@@ -171,7 +173,12 @@ def run(
                 values,
                 gamma=settings.gamma,
                 learning_rate=settings.cluster_learning_rate,
-                scale=_kernel_scale(settings.kernel_scale, features, true_k, settings),
+                scale=_kernel_scale(
+                    f"{values['kscale']:g} within" if "kscale" in values else settings.kernel_scale,
+                    features,
+                    true_k,
+                    settings,
+                ),
                 batch_size=settings.batch_size,
                 update_interval=settings.update_interval,
                 tol=settings.tol,
