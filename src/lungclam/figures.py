@@ -691,6 +691,7 @@ def k_selection_figure(
         thresholds: criterion (``stability``, ``prediction_strength``, ``pac``) ->
             the threshold its choice used (:data:`lungclam.kselect.THRESHOLDS` merged with
             the config's), drawn as a dotted line; a criterion missing here gets none.
+            ``most_stable``'s tolerance is drawn that far below the largest stability.
 
     Panels: silhouettes, the gap statistic (+/- gap_sd), stability and prediction strength
     (+/- sd), and PAC.
@@ -725,6 +726,10 @@ def k_selection_figure(
     for criterion, colour in (("stability", "tab:purple"), ("prediction_strength", "tab:brown")):
         if criterion in limits:
             stab.axhline(limits[criterion], color=colour, linestyle=":", linewidth=1)
+    if "most_stable" in limits and data["stability"].notna().any():  # a tolerance below the best
+        stab.axhline(
+            float(data["stability"].max()) - limits["most_stable"], color="tab:pink", linestyle=":", linewidth=1
+        )
     stab.set(
         xlabel="number of clusters K",
         ylabel="agreement",
