@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import json
 import re
 import sys
@@ -40,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from lungclam.study import sha256
 
 #: Paths (relative, posix) holding measurements of the run itself rather than its results.
 MEASUREMENTS = (re.compile(r"(^|/)benchmarks/"), re.compile(r"(^|/)\.?run_?owner"))
@@ -55,14 +56,6 @@ VOLATILE_TEXT = (
 #: Table columns and JSON keys that hold how long something took (a rerun's own clock).
 TIMING_NAME = re.compile(r"^(?:seconds|wall_s|time_s|elapsed(?:_s)?|runtime_s|duration_s)$")
 TEXT_SUFFIXES = {".json", ".yaml", ".yml", ".log", ".html", ".txt", ".md", ".rst", ".js", ".css", ".svg", ""}
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _max_abs(a: np.ndarray, b: np.ndarray) -> float:

@@ -32,7 +32,8 @@ def main() -> None:
     labels = smk.params.get("cluster_labels")
     reference = s.get("reference_cluster")
     if labels:
-        empty = [k for k in labels if k not in set(merged["cluster"])]
+        present = set(merged["cluster"])
+        empty = [k for k in labels if k not in present]
         if empty:
             log.warning(
                 "cluster(s) %s hold none of these %d subjects: their columns are NA and their contrasts not estimated",
