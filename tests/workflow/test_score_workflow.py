@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 import yaml
+from sklearn.metrics import adjusted_rand_score
 
 from lungclam.study import MANIFEST, sha256
 from tests.workflow.conftest import planned_jobs, snakemake
@@ -213,6 +214,57 @@ def test_a_failed_new_subject_holds_back_only_the_table_and_a_reference_cluster_
     studied = beside.dropna(subset=["estimate_study"])
     assert studied[["outcome", "term"]].values.tolist() == study_associations[["outcome", "term"]].values.tolist()
     assert studied["estimate_scored"].isna().all()
+
+
+HOLDOUT = Path(__file__).resolve().parents[1] / "configs" / "holdout.yaml"
+
+
+@pytest.mark.slow  # about four minutes: a 9-subject study on 4 mm grids, then 6 subjects scored
+def test_subjects_left_out_of_a_study_are_scored_into_the_cluster_of_their_pattern(tmp_path: Path) -> None:
+    """A study trained on the demo with two subjects of each pattern left out (`exclude`);
+    those six, scored against it, land in the study cluster that holds their pattern."""
+    study_dir = tmp_path / "study"
+    snakemake(study_dir, "--cores", "2", "results/demo/truth.tsv", configfiles=(HOLDOUT,))
+    table = pd.read_csv(study_dir / "results" / "demo" / "truth.tsv", sep="\t").set_index("subject")
+    truth = table["pattern"]
+    # Two of each pattern from inside its severity range (not its mildest or most severe),
+    # so that the study spans the severities it is asked to score.
+    left_out = [
+        subject for _, group in table.groupby("pattern") for subject in group.sort_values("severity").index[[1, -2]]
+    ]
+    assert len(left_out) == 6 and truth[left_out].nunique() == 3
+    snakemake(study_dir, "--cores", "2", "--config", f"exclude={','.join(left_out)}", configfiles=(HOLDOUT,))
+    study = pd.read_csv(study_dir / "results" / "clusters.tsv", sep="\t").set_index("subject")
+    assert not set(left_out) & set(study.index)
+    # Each study cluster named by the pattern most of its subjects have.
+    majority = study["cluster"].groupby(truth[study.index]).agg(lambda c: c.mode().iloc[0])
+    assert majority.nunique() == 3, f"the study did not separate the patterns: {majority.to_dict()}"
+
+    dicom = study_dir / "results" / "demo" / "dicom"
+    sheet = _sheet(tmp_path / "new.tsv", {subject: dicom / subject for subject in left_out})
+    workdir = tmp_path / "scoring"
+    snakemake(
+        workdir,
+        "--cores",
+        "2",
+        "score",
+        "--config",
+        f"study={study_dir / 'results'}",
+        f"samples={sheet}",
+        configfiles=(HOLDOUT,),
+    )
+    out = workdir / "results" / "score"
+    scored = pd.read_csv(out / "clusters.tsv", sep="\t").set_index("subject")
+    assert sorted(scored.index) == sorted(left_out)
+    expected = truth[scored.index].map(majority)
+    assert scored["cluster"].tolist() == expected.tolist()
+    assert adjusted_rand_score(truth[scored.index], scored["cluster"]) == 1.0
+    grid = sitk.ReadImage(str(study_dir / "results" / "template" / "grid_template.nii.gz"))
+    for subject in left_out:
+        clam = sitk.ReadImage(str(out / "clam" / f"{subject}.nii.gz"))
+        assert clam.GetSize() == grid.GetSize() and np.allclose(clam.GetSpacing(), grid.GetSpacing())
+        values = sitk.GetArrayFromImage(clam)
+        assert values.min() >= 0.0 and values.max() <= 1.0 and values.max() > 0.0, subject
 
 
 def test_the_default_target_with_a_study_is_refused(demo_run: Path, tmp_path: Path) -> None:
