@@ -18,7 +18,9 @@ thread): on matrices this small that is faster than threading and keeps runs rep
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import multiprocessing
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -491,6 +493,35 @@ def resampling_table(
     return pd.DataFrame(rows, columns=["k", *RESAMPLING_COLUMNS])
 
 
+def _row_for_k_single_threaded(args: tuple) -> dict[str, float]:
+    """:func:`_row_for_k` on an argument tuple, OpenMP at one thread (a worker's task)."""
+    return _single_threaded(_row_for_k)(*args)
+
+
+def _rows_for_ks(
+    x: np.ndarray,
+    z: np.ndarray,
+    ks: Sequence[int],
+    seed: int,
+    n_init: int,
+    n_permutations: int,
+    resampling: Resampling,
+    workers: int,
+) -> Iterator[dict[str, float]]:
+    """:func:`_row_for_k` for each k of ``ks``, in order, from ``workers`` processes when more
+    than 1 (the largest k, the slowest, first)."""
+    tasks = [(x, z, k, seed, n_init, n_permutations, resampling) for k in ks]
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(_row_for_k_single_threaded, tasks)
+        return
+    # fork: spawn would import the caller's __main__ (a Snakemake script) again in each worker.
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(min(workers, len(tasks)), context) as pool:
+        futures = {task[2]: pool.submit(_row_for_k_single_threaded, task) for task in reversed(tasks)}
+        for k in ks:
+            yield futures[k].result()
+
+
 def _progress_line(row: dict[str, float]) -> str:
     """One line summarising a row of the :func:`select_k` table."""
     return (
@@ -513,6 +544,7 @@ def select_k(
     progress: Callable[[str], None] | None = None,
     standardise: bool = False,
     resampling: Resampling = Resampling(),
+    workers: int = 1,
 ) -> pd.DataFrame:
     """Criteria for choosing K on ``features`` (n, p), one row per k in ``ks`` (sorted).
 
@@ -535,7 +567,9 @@ def select_k(
 
     A k below 2 has NaN silhouettes, sparse and resampling columns (the gap is still given
     for k = 1); a k >= n, or above the number of distinct samples, gives a NaN row.
-    ``progress(msg)`` is called once per k with a one-line summary.
+    ``progress(msg)`` is called once per k with a one-line summary. ``workers`` processes
+    compute the rows of different k side by side; every k has its own seeded draws, so the
+    table is the same for any ``workers``.
     """
     z = _standardise(_as_matrix(features, "features"))
     x = z if standardise else _as_matrix(features, "features")
@@ -543,15 +577,17 @@ def select_k(
     distinct = _n_distinct_rows(z)
     all_ks = sorted({int(k) for k in ks})
     gap = _gap_table(x, [k for k in all_ks if k <= distinct], n_references, seed, n_init).set_index("k")
+    fitted = [k for k in all_ks if 2 <= k < n and k <= distinct]
+    computed = _rows_for_ks(x, z, fitted, seed, n_init, n_permutations, resampling, workers)
     rows = []
     for k in all_ks:
-        fits = 2 <= k < n and k <= distinct
-        row = _row_for_k(x, z, k, seed, n_init, n_permutations, resampling) if fits else _empty_row(k)
+        row = next(computed) if k in fitted else _empty_row(k)
         row["gap"] = gap["gap"].get(k, np.nan)
         row["gap_sd"] = gap["gap_sd"].get(k, np.nan)
         rows.append(row)
         if progress is not None:
             progress(_progress_line(row))
+    computed.close()  # shuts the workers down now, not when the generator is collected
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     return table.astype({"k": np.int64, **{c: float for c in TABLE_COLUMNS[1:]}})
 

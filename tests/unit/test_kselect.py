@@ -196,6 +196,10 @@ def test_select_k_table_choice_and_reproducibility() -> None:
     with pytest.raises(ValueError, match="silhouette_kmeans"):
         chosen_k(table, "elbow")
     pd.testing.assert_frame_equal(table, select_k(x, **kwargs))
+    # Worker processes (one per k, finishing out of order) give the same table and messages.
+    in_workers: list[str] = []
+    pd.testing.assert_frame_equal(table, select_k(x, progress=in_workers.append, workers=3, **kwargs), check_exact=True)
+    assert in_workers == messages
     # Shifting changes nothing; with standardise=True neither does rescaling columns, and
     # sparse k-means z-scores its input either way.
     shifted = select_k(x - 7.0, **kwargs)

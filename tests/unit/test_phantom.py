@@ -255,11 +255,12 @@ def test_demo_dicom_keeps_fake_names_and_mixes_layouts(cohort):
     assert positions == {"HFS", "FFS"}  # round(4 / 3) = 1 subject is feet-first
 
 
-def test_demo_cohort_is_byte_for_byte_deterministic(cohort, tmp_path):
-    write_demo_cohort(tmp_path, n_subjects=4, seed=3, **TINY)
+def test_demo_cohort_is_byte_for_byte_deterministic_in_worker_processes_too(cohort, tmp_path):
+    """The same cohort again, drawn by two worker processes (subjects finish out of order)."""
+    write_demo_cohort(tmp_path, n_subjects=4, seed=3, workers=2, **TINY)
     compare = filecmp.dircmp(cohort, tmp_path)
     assert not compare.diff_files and not compare.left_only and not compare.right_only
-    for sub in ("dicom/demo001", "dicom/demo004", "truth"):
+    for sub in (*(f"dicom/{s}" for s in demo_subject_ids(4)), "truth"):
         left = sorted((cohort / sub).iterdir())
         right = sorted((tmp_path / sub).iterdir())
         assert [p.name for p in left] == [p.name for p in right]

@@ -14,7 +14,8 @@ rule demo:
         "results/benchmarks/demo.tsv"
     conda:
         "../../envs/imaging.yaml"
-    threads: 1
+    # Subjects are drawn side by side (same files, byte for byte); capped at --cores.
+    threads: 4
     params:
         n_subjects=config["demo"]["n_subjects"],
         patterns=config["demo"]["patterns"],

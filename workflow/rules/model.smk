@@ -56,7 +56,8 @@ checkpoint choose_k:
         "results/benchmarks/choose_k.tsv"
     conda:
         "../../envs/model.yaml"
-    threads: 1
+    # one process per candidate K, the same table for any count
+    threads: 2
     params:
         settings=config["choose_k"],
         seed=config["seed"],

@@ -33,6 +33,7 @@ def main() -> None:
         n_references=c["n_references"],
         progress=log.info,
         resampling=resampling_from_config(c),
+        workers=smk.threads,
     )
     choices = choices_table(table, c["method"], c["thresholds"])
     for row in choices.itertuples():

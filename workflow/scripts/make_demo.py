@@ -14,6 +14,7 @@ run_job(
         n_subjects=smk.params.n_subjects,
         patterns=smk.params.patterns,
         seed=smk.params.seed,
+        workers=smk.threads,
         **dict(smk.params.phantom),
     ),
     smk.log[0],

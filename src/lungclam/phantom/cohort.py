@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from lungclam.atomic import write_table
 from lungclam.imageio import write_image
 from lungclam.phantom.anatomy import ALL_PATTERNS, PATTERNS, Phantom, make_chest_phantom
 from lungclam.phantom.dicom_writer import write_dicom_series, write_localizer
+from lungclam.runtime import set_threads
 
 _SCADDING = ("0", "I", "II", "III", "IV")
 # Stage probabilities per pattern: related to the pattern, but no stage identifies it.
@@ -147,11 +150,35 @@ def _write_subject(out_dir: Path, row: pd.Series, index: int, seed: int, phantom
     return clinical, truth
 
 
+def _timed_subject(job: tuple) -> tuple[int, tuple[dict, dict], float]:
+    """:func:`_write_subject` on one job tuple, with its index and seconds (a worker's task)."""
+    started = time.perf_counter()
+    written = _write_subject(*job)
+    return job[2], written, time.perf_counter() - started
+
+
+def _written_subjects(jobs: list[tuple], workers: int) -> Iterator[tuple[int, tuple[dict, dict], float]]:
+    """Write every job's subject, in ``workers`` processes when more than 1; yields
+    (index, (clinical, truth), seconds) as each subject is done."""
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(_timed_subject, jobs)
+        return
+    # fork: forkserver and spawn would import the caller's __main__ again in each worker,
+    # which a Snakemake script cannot survive. Nothing here has started a thread pool yet.
+    context = multiprocessing.get_context("fork")
+    # One thread each: the workers already share the job's cores between them.
+    with ProcessPoolExecutor(min(workers, len(jobs)), context, initializer=set_threads, initargs=(1,)) as pool:
+        futures = [pool.submit(_timed_subject, job) for job in jobs]
+        for future in as_completed(futures):
+            yield future.result()
+
+
 def write_demo_cohort(
     out_dir: str | Path,
     n_subjects: int = 30,
     seed: int = 0,
     patterns: Sequence[str] = PATTERNS,
+    workers: int = 1,
     **phantom_kwargs,
 ) -> None:
     """Write a seeded synthetic cohort: DICOM folders plus samples, clinical and truth sheets.
@@ -178,7 +205,9 @@ def write_demo_cohort(
     mostly III/IV). Pure noise, unrelated to the pattern: cd4 ~ N(820, 260), sf12_physical
     ~ N(45, 9). Every continuous outcome has noise of about 9-10 units.
 
-    The same seed and arguments give the same files, byte for byte. ``phantom_kwargs`` go
+    The same seed and arguments give the same files, byte for byte, whatever ``workers``
+    (processes drawing subjects side by side; each subject has its own seeded streams, so
+    the order they finish in changes nothing). ``phantom_kwargs`` go
     to :func:`make_chest_phantom` (matrix, pixel_mm, slice_mm, n_slices, z_extent_mm).
     One progress line per subject goes to stderr.
     """
@@ -187,19 +216,20 @@ def write_demo_cohort(
     if unknown or not patterns:
         raise ValueError(f"unknown or no patterns {sorted(unknown)}; choose from {ALL_PATTERNS}")
     plan = _cohort_plan(n_subjects, seed, list(patterns))
-    clinical, truth = [], []
-    for index, row in plan.iterrows():
-        started = time.perf_counter()
-        c, t = _write_subject(out_dir, row, int(index), seed, phantom_kwargs)
-        clinical.append(c)
-        truth.append(t)
+    jobs = [(out_dir, row, int(index), seed, phantom_kwargs) for index, row in plan.iterrows()]
+    rows: dict[int, tuple[dict, dict]] = {}
+    for index, (clinical_row, truth_row), seconds in _written_subjects(jobs, workers):
+        rows[index] = (clinical_row, truth_row)
+        row = plan.loc[index]
         flags = ("FFS" if row["feet_first"] else "HFS") + (" +localizer" if row["localizer"] else "")
         print(
-            f"demo: {index + 1}/{n_subjects} {row['subject']} {row['pattern']} "
-            f"severity {row['severity']:.2f} {flags} ({time.perf_counter() - started:.1f} s)",
+            f"demo: {len(rows)}/{n_subjects} {row['subject']} {row['pattern']} "
+            f"severity {row['severity']:.2f} {flags} ({seconds:.1f} s)",
             file=sys.stderr,
             flush=True,
         )
+    clinical = [rows[i][0] for i in sorted(rows)]
+    truth = [rows[i][1] for i in sorted(rows)]
     samples = pd.DataFrame({"subject": plan["subject"], "dicom": [f"dicom/{s}" for s in plan["subject"]]})
     for name, table in (("samples", samples), ("clinical", pd.DataFrame(clinical)), ("truth", pd.DataFrame(truth))):
         write_table(table, out_dir / f"{name}.tsv")
@@ -216,8 +246,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--pixel-mm", type=float, default=1.875)
     parser.add_argument("--slice-mm", type=float, default=2.5)
     parser.add_argument("--n-slices", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=1, help="processes drawing subjects side by side")
     args = parser.parse_args(argv)
     write_demo_cohort(
-        args.out_dir, args.n_subjects, args.seed, args.patterns,
+        args.out_dir, args.n_subjects, args.seed, args.patterns, args.workers,
         matrix=args.matrix, pixel_mm=args.pixel_mm, slice_mm=args.slice_mm, n_slices=args.n_slices,
     )  # fmt: skip
