@@ -41,7 +41,7 @@ include: "workflow/rules/simulation.smk"
 rule all:
     default_target: True
     input:
-        no_study_to_train,
+        no_study_to_train("the default target trains a new study on the sheet"),
         preprocess_targets(),
         model_targets(),
         stats_targets(),

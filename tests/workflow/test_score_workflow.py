@@ -285,6 +285,22 @@ def test_the_default_target_with_a_study_is_refused(demo_run: Path, tmp_path: Pa
     assert ("score_clusters", None) in jobs and ("train", None) not in jobs
 
 
+def test_a_study_file_as_target_with_a_study_is_refused(demo_run: Path, tmp_path: Path) -> None:
+    """`snakemake results/clusters.tsv --config study=...` would also train a new study."""
+    sheet = _sheet(tmp_path / "new.tsv", {"new1": demo_run / "demo" / "dicom" / "demo004"})
+    workdir = tmp_path / "wd"
+    for target in ("results/clusters.tsv", "results/registered/new1.nii.gz"):
+        done = snakemake(workdir, "-n", target, "--config", f"study={demo_run}", f"samples={sheet}", check=False)
+        assert done.returncode != 0
+        lines = [line for line in done.stderr.splitlines() if line.startswith("lungclam: configuration error")]
+        assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        assert "need a template of the sheet's own, i.e. a new study: run `snakemake score ...`" in lines[0], target
+        assert not (workdir / "results").exists()
+    # A target that makes no study of its own (one subject's conversion) still runs.
+    done = snakemake(workdir, "-n", "results/nifti/new1.nii.gz", "--config", f"study={demo_run}", f"samples={sheet}")
+    assert [rule for rule, _ in planned_jobs(done.stdout + done.stderr)] == ["convert"]
+
+
 def test_a_copied_bundle_plans_only_the_new_subjects_imaging_and_scoring(
     bundle_copy: Path, demo_run: Path, tmp_path: Path
 ) -> None:

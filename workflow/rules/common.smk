@@ -272,3 +272,19 @@ onerror:
         print(format_summary(summarise_failures(log, _subject_of), waiting=_waiting), file=sys.stderr)
     except Exception as exc:  # the summary must never hide Snakemake's own report
         print(f"lungclam: could not summarise the failed jobs ({exc}); see the log above", file=sys.stderr)
+
+
+def no_study_to_train(why):
+    """An input function (it adds nothing) for the rules a new study starts from: with
+    `study=` set, which is for scoring new subjects, the targets asked for would train a
+    new study on the sheet instead (``why`` says how), so they are refused before any job."""
+
+    def refuse(wildcards):
+        if config["study"]:
+            _fail(
+                f"study={config['study']} is for scoring new subjects, but {why}: run `snakemake score ...` "
+                "with the same --config to score them (or drop study= to train)"
+            )
+        return []
+
+    return refuse

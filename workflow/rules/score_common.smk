@@ -77,17 +77,6 @@ def study_association_setting(key):
     return lambda wildcards: STUDY_ASSOCIATIONS[key]
 
 
-def no_study_to_train(wildcards):
-    """An input function of the default target `all` (it adds nothing): a study given to
-    it, which would train a new study on the sheet, is refused before any job."""
-    if config["study"]:
-        _fail(
-            f"study={config['study']} is for scoring new subjects, but the default target trains a new study on "
-            "the sheet: run `snakemake score ...` with the same --config to score them (or drop study= to train)"
-        )
-    return []
-
-
 def score_targets(wildcards=None):
     """Everything `snakemake score` makes: the clusters table, CLAMs and QC pages, and with
     a clinical table the study's association models refitted on the scored subjects (and

@@ -4,6 +4,7 @@
 
 rule template:
     input:
+        no_study_to_train("the targets asked for need a template of the sheet's own, i.e. a new study"),
         images=lambda wc: expand("results/resampled/{subject}.nii.gz", subject=template_subjects()),
         labels=lambda wc: expand("results/lungmask/{subject}.nii.gz", subject=template_subjects()),
     output:
