@@ -86,7 +86,12 @@ def main() -> None:
                     "ours": f"{int((cases[column] == cases['true_k']).sum())} of {n}",
                     "paper": "-",
                 }
-                for column in ("k_stability_before", "k_prediction_strength_before", "k_pac_before")
+                for column in (
+                    "k_stability_before",
+                    "k_prediction_strength_before",
+                    "k_pac_before",
+                    "k_most_stable_before",
+                )
                 if column in cases
             ],
             {

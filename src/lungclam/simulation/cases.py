@@ -137,9 +137,10 @@ def _kernel_scale(
 
 def _resampling_choices(features: np.ndarray, settings: StudySettings) -> dict[str, int]:
     """K by each resampling criterion (stability, prediction strength, PAC; default
-    thresholds) on the pretrained embedding, over the fitted Ks: ``k_<criterion>_before``."""
+    thresholds) and by the pipeline's default rule (most_stable) on the pretrained
+    embedding, over the fitted Ks: ``k_<criterion>_before``."""
     table = resampling_table(features, settings.fitted_ks, settings.seed)
-    return {f"k_{method}_before": choose(table, method).k for method in RESAMPLING_METHODS}
+    return {f"k_{method}_before": choose(table, method).k for method in (*RESAMPLING_METHODS, "most_stable")}
 
 
 def _clam_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
