@@ -220,3 +220,44 @@ def test_tiny_demo_through_the_slurm_profile_matches_a_local_run(slurm, tmp_path
 
     differences = _compare_runs(local / "results", remote / "results")
     assert not differences, "\n".join(differences)
+
+    # `snakemake score` through the same profile: a study scan under a new ID, scored against
+    # the Slurm-made study, gets that subject's study cluster and q.
+    scoring = tmp_path / "slurm_score"
+    scoring.mkdir()
+    sheet = tmp_path / "new.tsv"
+    pd.DataFrame({"subject": ["again004"], "dicom": [str(remote / "results" / "demo" / "dicom" / "demo004")]}).to_csv(
+        sheet, sep="\t", index=False
+    )
+    score_run = _start(
+        _snakemake(
+            "--profile",
+            "slurm",
+            "--cores",
+            cpus,
+            "--max-threads",
+            cpus,
+            "--slurm-init-seconds-before-status-checks",
+            "5",
+            "--slurm-keep-successful-logs",
+            "score",  # after the options: --configfile (in _snakemake) would take it for a file
+            "--config",
+            f"study={remote / 'results'}",
+            f"samples={sheet}",
+        ),
+        env=env,
+        cwd=scoring,
+        limit_s=600,
+        log=tmp_path / "slurm_score.log",
+    )
+    score_rc = score_run.wait()
+    assert score_rc == 0, _tail((tmp_path / "slurm_score.log").read_text(errors="replace"), 8000)
+    score_logs = list((scoring / ".snakemake" / "slurm_logs").rglob("*.log"))
+    assert any("rule_score_assign" in str(p) for p in score_logs), score_logs
+    study = pd.read_csv(remote / "results" / "clusters.tsv", sep="\t").set_index("subject")
+    scored = pd.read_csv(scoring / "results" / "score" / "clusters.tsv", sep="\t").set_index("subject")
+    q_columns = [c for c in scored.columns if c.startswith("q_")]
+    assert scored.loc["again004", "cluster"] == study.loc["demo004", "cluster"]
+    np.testing.assert_allclose(
+        scored.loc["again004", q_columns].to_numpy(float), study.loc["demo004", q_columns].to_numpy(float), atol=1e-5
+    )
