@@ -19,6 +19,7 @@ thread): on matrices this small that is faster than threading and keeps runs rep
 from __future__ import annotations
 
 import multiprocessing
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -509,12 +510,13 @@ def _rows_for_ks(
     workers: int,
 ) -> Iterator[dict[str, float]]:
     """:func:`_row_for_k` for each k of ``ks``, in order, from ``workers`` processes when more
-    than 1 (the largest k, the slowest, first)."""
+    than 1 on Linux (the largest k, the slowest, first); in this process otherwise."""
     tasks = [(x, z, k, seed, n_init, n_permutations, resampling) for k in ks]
-    if workers <= 1 or len(tasks) <= 1:
+    if workers <= 1 or len(tasks) <= 1 or not sys.platform.startswith("linux"):
         yield from map(_row_for_k_single_threaded, tasks)
         return
     # fork: spawn would import the caller's __main__ (a Snakemake script) again in each worker.
+    # Only on Linux: macOS's system libraries are not safe to use in a forked child.
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(min(workers, len(tasks)), context) as pool:
         futures = {task[2]: pool.submit(_row_for_k_single_threaded, task) for task in reversed(tasks)}

@@ -158,13 +158,14 @@ def _timed_subject(job: tuple) -> tuple[int, tuple[dict, dict], float]:
 
 
 def _written_subjects(jobs: list[tuple], workers: int) -> Iterator[tuple[int, tuple[dict, dict], float]]:
-    """Write every job's subject, in ``workers`` processes when more than 1; yields
+    """Write every job's subject, in ``workers`` processes when more than 1 on Linux; yields
     (index, (clinical, truth), seconds) as each subject is done."""
-    if workers <= 1 or len(jobs) <= 1:
+    if workers <= 1 or len(jobs) <= 1 or not sys.platform.startswith("linux"):
         yield from map(_timed_subject, jobs)
         return
     # fork: forkserver and spawn would import the caller's __main__ again in each worker,
     # which a Snakemake script cannot survive. Nothing here has started a thread pool yet.
+    # Only on Linux: macOS's system libraries are not safe to use in a forked child.
     context = multiprocessing.get_context("fork")
     # One thread each: the workers already share the job's cores between them.
     with ProcessPoolExecutor(min(workers, len(jobs)), context, initializer=set_threads, initargs=(1,)) as pool:
