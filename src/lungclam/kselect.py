@@ -18,10 +18,7 @@ thread): on matrices this small that is faster than threading and keeps runs rep
 
 from __future__ import annotations
 
-import multiprocessing
-import sys
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +30,7 @@ from lungclam.kmeans import as_matrix as _as_matrix
 from lungclam.kmeans import check_k as _check_k
 from lungclam.kmeans import fit_kmeans as _fit_kmeans
 from lungclam.kmeans import single_threaded as _single_threaded
+from lungclam.runtime import forked_pool
 from lungclam.stability import StabilityRow, stability_criteria, subsample_indices
 
 SILHOUETTE_METHODS = ("silhouette_kmeans", "silhouette_sparse_kmeans")
@@ -509,16 +507,14 @@ def _rows_for_ks(
     resampling: Resampling,
     workers: int,
 ) -> Iterator[dict[str, float]]:
-    """:func:`_row_for_k` for each k of ``ks``, in order, from ``workers`` processes when more
-    than 1 on Linux (the largest k, the slowest, first); in this process otherwise."""
+    """:func:`_row_for_k` for each k of ``ks``, in order, from ``workers`` forked processes
+    when :func:`lungclam.runtime.forked_pool` gives them (the largest k, the slowest, first)."""
     tasks = [(x, z, k, seed, n_init, n_permutations, resampling) for k in ks]
-    if workers <= 1 or len(tasks) <= 1 or not sys.platform.startswith("linux"):
-        yield from map(_row_for_k_single_threaded, tasks)
+    pool = forked_pool(workers, len(tasks))
+    if pool is None:
+        yield from (_row_for_k(*task) for task in tasks)  # select_k holds OpenMP at one thread
         return
-    # fork: spawn would import the caller's __main__ (a Snakemake script) again in each worker.
-    # Only on Linux: macOS's system libraries are not safe to use in a forked child.
-    context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(min(workers, len(tasks)), context) as pool:
+    with pool:
         futures = {task[2]: pool.submit(_row_for_k_single_threaded, task) for task in reversed(tasks)}
         for k in ks:
             yield futures[k].result()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import re
 import sys
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from lungclam.errors import LungclamError
 
@@ -27,6 +30,21 @@ def set_threads(n: int) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
     if "torch" in sys.modules:  # only where a script already uses torch: importing it is slow
         sys.modules["torch"].set_num_threads(n)
+
+
+def forked_pool(workers: int, n_tasks: int, **options: Any) -> ProcessPoolExecutor | None:
+    """A pool of ``min(workers, n_tasks)`` forked worker processes, or None where the caller
+    should work in its own process: one worker or task, or not Linux. ``options`` go to
+    :class:`ProcessPoolExecutor` (``initializer``, ``initargs``).
+
+    Fork, because spawn and forkserver import the caller's ``__main__`` again in each
+    worker, which a Snakemake script cannot survive; Linux only, because macOS's system
+    libraries are not safe to use in a forked child. Callers fork before starting any
+    thread pool of their own (k-means at one OpenMP thread, no ITK filter).
+    """
+    if workers <= 1 or n_tasks <= 1 or not sys.platform.startswith("linux"):
+        return None
+    return ProcessPoolExecutor(min(workers, n_tasks), multiprocessing.get_context("fork"), **options)
 
 
 def visible_gpus(environ: Mapping[str, str] | None = None, dev: str | Path = "/dev") -> int:

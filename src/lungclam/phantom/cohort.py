@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
 import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from lungclam.atomic import write_table
 from lungclam.imageio import write_image
 from lungclam.phantom.anatomy import ALL_PATTERNS, PATTERNS, Phantom, make_chest_phantom
 from lungclam.phantom.dicom_writer import write_dicom_series, write_localizer
-from lungclam.runtime import set_threads
+from lungclam.runtime import forked_pool, set_threads
 
 _SCADDING = ("0", "I", "II", "III", "IV")
 # Stage probabilities per pattern: related to the pattern, but no stage identifies it.
@@ -158,17 +157,15 @@ def _timed_subject(job: tuple) -> tuple[int, tuple[dict, dict], float]:
 
 
 def _written_subjects(jobs: list[tuple], workers: int) -> Iterator[tuple[int, tuple[dict, dict], float]]:
-    """Write every job's subject, in ``workers`` processes when more than 1 on Linux; yields
-    (index, (clinical, truth), seconds) as each subject is done."""
-    if workers <= 1 or len(jobs) <= 1 or not sys.platform.startswith("linux"):
+    """Write every job's subject, in ``workers`` forked processes when
+    :func:`lungclam.runtime.forked_pool` gives them; yields (index, (clinical, truth),
+    seconds) as each subject is done."""
+    # One thread each: the workers already share the job's cores between them.
+    pool = forked_pool(workers, len(jobs), initializer=set_threads, initargs=(1,))
+    if pool is None:
         yield from map(_timed_subject, jobs)
         return
-    # fork: forkserver and spawn would import the caller's __main__ again in each worker,
-    # which a Snakemake script cannot survive. Nothing here has started a thread pool yet.
-    # Only on Linux: macOS's system libraries are not safe to use in a forked child.
-    context = multiprocessing.get_context("fork")
-    # One thread each: the workers already share the job's cores between them.
-    with ProcessPoolExecutor(min(workers, len(jobs)), context, initializer=set_threads, initargs=(1,)) as pool:
+    with pool:
         futures = [pool.submit(_timed_subject, job) for job in jobs]
         for future in as_completed(futures):
             yield future.result()
