@@ -174,18 +174,19 @@ def test_tiny_demo_through_the_slurm_profile_matches_a_local_run(slurm, tmp_path
     # rule's threads and the width of the grouped preprocessing jobs at the node's CPUs.
     # Status checks every 5 s instead of after 40 s.
     cpus = str(os.cpu_count() or 1)
+    through_slurm = (
+        "--profile",
+        "slurm",
+        "--cores",
+        cpus,
+        "--max-threads",
+        cpus,
+        "--slurm-init-seconds-before-status-checks",
+        "5",
+        "--slurm-keep-successful-logs",
+    )
     slurm_run = _start(
-        _snakemake(
-            "--profile",
-            "slurm",
-            "--cores",
-            cpus,
-            "--max-threads",
-            cpus,
-            "--slurm-init-seconds-before-status-checks",
-            "5",
-            "--slurm-keep-successful-logs",
-        ),
+        _snakemake(*through_slurm),
         env=env,
         cwd=remote,
         limit_s=1200,
@@ -231,15 +232,7 @@ def test_tiny_demo_through_the_slurm_profile_matches_a_local_run(slurm, tmp_path
     )
     score_run = _start(
         _snakemake(
-            "--profile",
-            "slurm",
-            "--cores",
-            cpus,
-            "--max-threads",
-            cpus,
-            "--slurm-init-seconds-before-status-checks",
-            "5",
-            "--slurm-keep-successful-logs",
+            *through_slurm,
             "score",  # after the options: --configfile (in _snakemake) would take it for a file
             "--config",
             f"study={remote / 'results'}",
