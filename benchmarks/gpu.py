@@ -13,9 +13,10 @@ It prints one table, a row per measurement:
   with cuDNN autotuning (``cudnn.benchmark``). bf16 is CUDA only (the CPU rows say so);
 - ``cluster``: ``lungclam.dec.fit_clusters`` (K = 3, targets refreshed once an epoch, no
   early stop and no guard: every epoch runs) on the same volumes, ms per volume-epoch, fp32 and bf16;
-- ``clam``: ``lungclam.clam.iter_clam`` (the pipeline's call, ``chunk_size`` auto, and a
-  chunk of 128) in volumes (3D, 88^3) or images (2D, 64 x 64, the paper's 2D CAE) per
-  second, fp32 and bf16, against the floor: the encoder + clustering layer's best
+- ``clam``: ``lungclam.clam.iter_clam`` (the pipeline's call, chunk size and memory format
+  auto, and several chunk sizes, masked inputs per pass, in either format) in volumes
+  (3D, 88^3) or images (2D, 64 x 64, the paper's 2D CAE) per second, fp32 and bf16,
+  against the floor: the encoder + clustering layer's best
   throughput over batch sizes and memory formats divided by its H = 128 channels
   (CLAM needs H masked passes an image); ``x floor`` is the ratio;
 - ``simulation``: one case of the simulation study (intensity, true K = 3, the study's
@@ -53,13 +54,20 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from lungclam.clam import iter_clam  # noqa: E402
+from lungclam.clam import auto_channels_last, auto_chunk_size, iter_clam  # noqa: E402
 from lungclam.dec import ClusteringModel, fit_clusters  # noqa: E402
 from lungclam.device import autocast, seed_everything  # noqa: E402
 from lungclam.intensity import normalize_hu  # noqa: E402
 from lungclam.model import ConvAutoencoder, ModelSpec, resolve_device  # noqa: E402
 from lungclam.simulation.cases import StudySettings, _clam_subset, _kernel_scale, _spec  # noqa: E402
-from lungclam.simulation.data import BACKGROUND_HU, BaseSlice, best_match_accuracy, make_scenario, simulate  # noqa: E402
+from lungclam.simulation.data import (  # noqa: E402
+    BACKGROUND_HU,
+    BaseSlice,
+    best_match_accuracy,
+    load_base,
+    make_scenario,
+    simulate,
+)
 from lungclam.train import embed_images, pretrain  # noqa: E402
 
 SEED = 0
@@ -77,8 +85,10 @@ class Sizes:
     volumes: int = 64  # pretraining and clustering
     epochs: int = 5  # timed epochs, after one warm-up epoch
     batch: int = 4
-    clam_3d: int = 8
-    clam_2d: int = 64
+    clam_3d: int = 16
+    clam_2d: int = 128
+    clam_chunks_3d: tuple[int, ...] = (32, 64, 128, 256)  # masked inputs per pass
+    clam_chunks_2d: tuple[int, ...] = (128, 256, 512)
     floor_batches_3d: tuple[int, ...] = (16, 32, 64)
     floor_batches_2d: tuple[int, ...] = (64, 128, 256)
     floor_calls: int = 3
@@ -94,6 +104,8 @@ QUICK = Sizes(
     epochs=2,
     clam_3d=2,
     clam_2d=4,
+    clam_chunks_3d=(16, 64),
+    clam_chunks_2d=(32, 64),
     floor_batches_3d=(4, 8),
     floor_batches_2d=(8, 16),
     floor_calls=1,
@@ -327,15 +339,21 @@ def bench_clam(table: Table, sizes: Sizes, device: torch.device) -> None:
                 _peak(device),
                 note=f"encoder + clustering layer at {where} / H = {channels}",
             )
-            for chunk in (None, 128):
+            chunks = sizes.clam_chunks_2d if spec.ndim == 2 else sizes.clam_chunks_3d
+            variants = [(None, None)] + [(c, cl) for c in chunks for cl in (False, True)]
+            for chunk, channels_last in variants:
                 net = copy.deepcopy(model)
                 _reset_peak(device)
 
-                def run(net: ClusteringModel = net, chunk: int | None = chunk) -> int:
-                    return sum(1 for _ in iter_clam(net, images, chunk, device, amp))
+                def run(net: ClusteringModel = net, chunk: int | None = chunk, cl: bool | None = channels_last) -> int:
+                    return sum(1 for _ in iter_clam(net, images, chunk, device, amp, channels_last=cl))
 
                 rate = _rate(run, device, sizes.rounds)
-                label = "chunk auto (the pipeline's)" if chunk is None else f"chunk {chunk}"
+                if chunk is None:
+                    layout = ", channels-last" if auto_channels_last(device) else ""
+                    label = f"auto (the pipeline's: chunk {auto_chunk_size(spec.ndim, device)}{layout})"
+                else:
+                    label = f"chunk {chunk}{', channels-last' if channels_last else ''}"
                 table.add(
                     "clam",
                     f"{grid}, {precision}, {label}",
@@ -381,7 +399,9 @@ def _ellipse_base(size: int = 64, pixel_mm: float = 3.0) -> BaseSlice:
     return BaseSlice(hu=hu, lungs=lungs, noise=noise, pixel_mm=pixel_mm, labels=lungs.astype(np.uint8))
 
 
-def _base() -> tuple[BaseSlice, str]:
+def _base(path: str | None = None) -> tuple[BaseSlice, str]:
+    if path:
+        return load_base(path), f"base slice from {Path(path).name}"
     try:
         import SimpleITK  # noqa: F401
     except ImportError:
@@ -440,7 +460,7 @@ def bench_simulation(table: Table, sizes: Sizes, device: torch.device, base: Bas
         cluster_s = time.perf_counter() - started
         started = time.perf_counter()
         subset = _clam_subset(truth, settings.clam_images, settings.seed)
-        for _ in iter_clam(fit.model, x[subset], settings.chunk_size, device):
+        for _ in iter_clam(fit.model, x[subset], settings.clam_chunk, device):
             pass
         clam_s = time.perf_counter() - started
         accuracy, _ = best_match_accuracy(truth, fit.labels)
@@ -481,6 +501,9 @@ def main(argv: list[str] | None = None) -> Table:
     parser.add_argument("--quick", action="store_true", help="small models and few epochs (a smoke test)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument(
+        "--base", help="the simulation's base slice, an .npz of benchmarks/simulation_study.py --save-base"
+    )
+    parser.add_argument(
         "--skip",
         action="append",
         default=[],
@@ -503,7 +526,7 @@ def main(argv: list[str] | None = None) -> Table:
     if "clam" not in args.skip:
         bench_clam(table, sizes, device)
     if "simulation" not in args.skip:
-        bench_simulation(table, sizes, device, *_base())
+        bench_simulation(table, sizes, device, *_base(args.base))
     if "reproducibility" not in args.skip:
         bench_reproducibility(table, sizes, device)
     print(f"total {time.perf_counter() - started:.0f} s")

@@ -88,7 +88,70 @@ def upsample(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return out.reshape(n, c, *size)
 
 
+def _masked_inputs(
+    images: torch.Tensor, rows: range, acts: torch.Tensor, constant: torch.Tensor, n_channels: int
+) -> torch.Tensor:
+    """``image * minmax(up(channel))`` for one chunk of masked inputs, ``(len(rows), C, *size)``.
+
+    Row ``r`` of the ``B * H`` masked inputs of ``images (B, C, *size)`` is channel
+    ``r % H`` of image ``r // H``; ``acts (n, 1, *s)`` holds the chunk's channels and
+    ``constant (n,)`` marks those whose mask is zero. The same numbers as ``minmax``
+    followed by a product (to the bit on valid channels), but the upsampled masks are
+    rescaled and multiplied in place, min and max come from one pass, and each image
+    multiplies its own rows by broadcasting: fewer trips through memory, which is what
+    bounds this step on a GPU.
+    """
+    n = len(acts)
+    masks = upsample(acts, tuple(images.shape[2:]))  # a fresh tensor: safe to change in place
+    lo, hi = torch.aminmax(masks.view(n, -1), dim=1)
+    span = hi - lo
+    valid = (span > 0) & ~constant
+    shape = (n,) + (1,) * (masks.ndim - 1)
+    # (m - lo) / inf is 0 for the channels that give no mask, without a host sync to ask
+    masks.sub_(lo.view(shape)).div_(torch.where(valid, span, torch.full_like(span, torch.inf)).view(shape))
+    in_place = images.shape[1] == 1 and images.dtype == masks.dtype
+    out = masks if in_place else masks.new_empty((n, *images.shape[1:]), dtype=torch.result_type(images, masks))
+    for image in range(rows.start // n_channels, (rows.stop - 1) // n_channels + 1):
+        a = max(image * n_channels, rows.start) - rows.start
+        b = min((image + 1) * n_channels, rows.stop) - rows.start
+        if in_place:
+            masks[a:b].mul_(images[image])
+        else:
+            torch.mul(images[image], masks[a:b], out=out[a:b])
+    return out
+
+
 @torch.inference_mode()
+def clam_batch(
+    model: ClusteringModel,
+    images: torch.Tensor,
+    chunk_size: int = 32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLAMs of ``images (B, C, *spatial)`` for every cluster.
+
+    Returns ``maps (B, K, *spatial)`` in ``[0, 1]`` and the images' own ``q (B, K)``. The
+    ``B * H`` masked inputs go through the encoder ``chunk_size`` at a time, across image
+    boundaries, so a chunk larger than ``H`` fills one pass with several images' masks.
+    """
+    spatial = tuple(images.shape[2:])
+    dims = tuple(range(2, 2 + len(spatial)))
+    acts = model.autoencoder.encode_maps(images)  # (B, H, *s)
+    q = model.assign_from_maps(acts)  # (B, K)
+    n_images, n_channels = acts.shape[:2]
+    channels = acts.reshape(n_images * n_channels, 1, *acts.shape[2:])  # one map per row
+    constant = _is_constant(channels, dims).flatten()  # (B * H,)
+    alphas = []
+    for start in range(0, len(channels), chunk_size):
+        rows = range(start, min(start + chunk_size, len(channels)))
+        # Only this chunk's masks exist at once: memory ~ chunk_size input-sized tensors.
+        masked = _masked_inputs(images, rows, channels[start : rows.stop], constant[start : rows.stop], n_channels)
+        alphas.append(model.assign(masked))  # (chunk, K)
+    alpha = torch.cat(alphas).reshape(n_images, n_channels, -1)  # (B, H, K)
+    weighted = torch.einsum("bhk,bh...->bk...", alpha.to(acts.dtype), acts)  # (B, K, *s)
+    maps = F.relu(upsample(weighted, spatial))
+    return minmax(maps, dims, _is_constant(F.relu(weighted), dims)), q
+
+
 def clam_image(
     model: ClusteringModel,
     x: torch.Tensor,
@@ -98,33 +161,28 @@ def clam_image(
 
     Returns ``maps (K, *spatial)`` in ``[0, 1]`` and the image's own ``q (K,)``.
     """
-    spatial = tuple(x.shape[1:])
-    dims = tuple(range(1, 1 + len(spatial)))
-    acts = model.autoencoder.encode_maps(x.unsqueeze(0))  # (1, H, *s)
-    q = model.assign_from_maps(acts)[0]
-    constant = _is_constant(acts[0], dims)  # (H, 1, ...)
-    alphas = []
-    for start in range(0, acts.shape[1], chunk_size):
-        stop = start + chunk_size
-        # Only this chunk's masks exist at once: memory ~ chunk_size input-sized tensors.
-        masks = minmax(upsample(acts[:, start:stop], spatial)[0], dims, constant[start:stop])
-        alphas.append(model.assign(x.unsqueeze(0) * masks.unsqueeze(1)))  # (chunk, K)
-    alpha = torch.cat(alphas)  # (H, K)
-    weighted = torch.einsum("hk,h...->k...", alpha.to(acts.dtype), acts[0])  # (K, *s)
-    maps = F.relu(upsample(weighted.unsqueeze(0), spatial)[0])
-    return minmax(maps, dims, _is_constant(F.relu(weighted), dims)), q
+    maps, q = clam_batch(model, x.unsqueeze(0), chunk_size)
+    return maps[0], q[0]
 
 
 def auto_chunk_size(ndim: int, device: torch.device) -> int:
-    """Masked inputs per forward pass that measured fastest (benchmarks/clam_speed.py).
+    """Masked inputs per forward pass that measured fastest (benchmarks/clam_speed.py on
+    the CPU, benchmarks/gpu.py on CUDA).
 
     On a 2-core CPU the paper's 2D encoder peaks at batches of 32, while its 3D encoder
     (88^3) runs fastest one volume at a time: bigger batches fall out of the cache. GPUs
-    want large batches.
+    want large batches: on CUDA a pass holds the masks of two 2D images (H = 128).
     """
     if device.type == "cuda":
-        return 128 if ndim == 2 else 16
+        return 256 if ndim == 2 else 128
     return 32 if ndim == 2 else 1
+
+
+def auto_channels_last(device: torch.device) -> bool:
+    """Whether CLAM runs the model in channels-last memory format: on the CPU, where it
+    measured 12-50 % faster (benchmarks/clam_speed.py), not on CUDA, where cuDNN's 3D
+    convolutions of one input channel prefer the default layout (benchmarks/gpu.py)."""
+    return device.type != "cuda"
 
 
 def iter_clam(
@@ -134,28 +192,35 @@ def iter_clam(
     device: torch.device | None = None,
     mixed_precision: bool = False,
     progress: Progress | None = None,
+    channels_last: bool | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(index, maps (K, *spatial) float32, q (K,))`` for each of ``images (N, C, *spatial)``.
 
-    One image at a time, so memory is bounded by ``chunk_size`` masked inputs (``None``:
-    :func:`auto_chunk_size`). The model runs in channels-last memory format, 12-50 % faster
-    on the CPU here. ``mixed_precision`` runs the forward passes in bf16 on CUDA (ignored on
+    Memory is bounded by ``chunk_size`` masked inputs (``None``: :func:`auto_chunk_size`);
+    when it exceeds the encoder's ``H`` channels, ``chunk_size // H`` images share a pass.
+    ``channels_last`` (``None``: :func:`auto_channels_last`) runs the model in channels-last
+    memory format. ``mixed_precision`` runs the forward passes in bf16 on CUDA (ignored on
     the CPU).
     """
     device = device or torch.device("cpu")
     ndim = images.ndim - 2
     chunk_size = chunk_size or auto_chunk_size(ndim, device)
+    if channels_last is None:
+        channels_last = auto_channels_last(device)
     layout = torch.channels_last if ndim == 2 else torch.channels_last_3d
     model.to(device).eval()
-    model.to(memory_format=layout)
+    model.to(memory_format=layout if channels_last else torch.contiguous_format)
+    group = max(1, chunk_size // model.autoencoder.spec.channels[-1])
     n = len(images)
-    for i in range(n):
-        x = torch.from_numpy(np.ascontiguousarray(images[i])).to(device)
+    for first in range(0, n, group):
+        x = torch.from_numpy(np.ascontiguousarray(images[first : first + group])).to(device)
         with autocast(device, mixed_precision):
-            maps, q = clam_image(model, x, chunk_size)
-        if progress:
-            progress(f"CLAM {i + 1}/{n}")
-        yield i, maps.float().cpu().numpy(), q.double().cpu().numpy()
+            maps, q = clam_batch(model, x, chunk_size)
+        maps, q = maps.float().cpu().numpy(), q.double().cpu().numpy()
+        for j in range(len(x)):
+            if progress:
+                progress(f"CLAM {first + j + 1}/{n}")
+            yield first + j, maps[j], q[j]
 
 
 def assigned_maps(maps_all: np.ndarray, q: np.ndarray) -> np.ndarray:

@@ -56,6 +56,27 @@ def test_batched_clam_equals_channel_loop(spec: ModelSpec, chunk: int) -> None:
             assert float((maps[k] - expected).abs().max()) <= 1e-5
 
 
+@pytest.mark.parametrize("channels_last,in_channels", [(False, 1), (True, 1), (False, 2)])
+@pytest.mark.parametrize("chunk", [7, 24, 60])
+def test_chunks_that_span_several_images_give_each_image_its_own_maps(
+    chunk: int, channels_last: bool, in_channels: int
+) -> None:
+    """A chunk over H (= 12 here) puts chunk // H images' masks in one pass, and a chunk
+    boundary can fall inside an image: every image still gets the channel loop's maps."""
+    spec = ModelSpec((20, 24, 16), channels=(4, 8, 12), strides=(2, 2, 2), latent_dim=5, in_channels=in_channels)
+    torch.manual_seed(2)
+    model = ClusteringModel(ConvAutoencoder(spec), torch.randn(3, spec.latent_dim) * 0.5).eval()
+    images = np.random.default_rng(2).random((5, in_channels, *spec.input_shape), dtype=np.float32)
+    seen = []
+    for i, maps, q in iter_clam(model, images, chunk_size=chunk, channels_last=channels_last):
+        seen.append(i)
+        x = torch.from_numpy(images[i])
+        np.testing.assert_allclose(q, model.assign(x[None])[0].detach().double().numpy(), atol=1e-6)
+        for k in range(3):
+            assert np.abs(maps[k] - _loop_clam(model, x, k).numpy()).max() <= 1e-5
+    assert seen == list(range(5))
+
+
 def test_constant_channels_give_zero_maps_not_nan() -> None:
     spec = ModelSpec((16, 16), channels=(4, 6), strides=(2, 2), latent_dim=3)
     torch.manual_seed(0)

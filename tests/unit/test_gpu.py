@@ -69,6 +69,18 @@ def test_batched_clam_equals_channel_loop_on_cuda(spec: ModelSpec, chunk: int) -
                 assert float((maps[k] - _loop_clam(model, x, k)).abs().max()) <= 1e-5
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_clam_of_several_images_per_pass_equals_channel_loop_on_cuda(channels_last: bool) -> None:
+    spec = ModelSpec((24, 24), channels=(8, 16, 24), strides=(2, 1, 2), latent_dim=6)
+    model = _random_model(spec)
+    images = np.random.default_rng(1).random((5, 1, *spec.input_shape), dtype=np.float32)
+    with _full_fp32():
+        for i, maps, _ in iter_clam(model, images, 60, CUDA, channels_last=channels_last):
+            x = torch.from_numpy(images[i]).to(CUDA)
+            for k in range(3):
+                assert np.abs(maps[k] - _loop_clam(model, x, k).cpu().numpy()).max() <= 1e-5
+
+
 @pytest.mark.parametrize("spec,n", [(PAPER_2D, 4), (PAPER_3D, 1)], ids=["2d", "3d"])
 def test_bf16_maps_within_0_03_of_fp32(spec: ModelSpec, n: int) -> None:
     model = _random_model(spec)

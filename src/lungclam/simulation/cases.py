@@ -61,13 +61,18 @@ class StudySettings:
     gamma: float = 0.1
     n_init: int = 20
     clam_images: int = 100
-    chunk_size: int = 32
+    chunk_size: int | str = "auto"  # masked inputs per pass; auto: lungclam.clam.auto_chunk_size
     noise_scale: float = 1.0
     kernel_scale: str | float = "median"
     mask_to_lungs: bool = True
     hu_window: tuple[float, float] = (-1024.0, 200.0)
     model: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+
+    @property
+    def clam_chunk(self) -> int | None:
+        """``chunk_size`` as :func:`lungclam.clam.iter_clam` takes it (None: auto)."""
+        return None if self.chunk_size == "auto" else int(self.chunk_size)
 
     @classmethod
     def from_config(cls, section: dict[str, Any], seed: int) -> "StudySettings":
@@ -270,7 +275,7 @@ def _clam_scores(
     """
     idx = _clam_subset(truth, settings.clam_images, settings.seed)
     maps = np.zeros((len(idx), *x.shape[2:]), dtype=np.float32)
-    for i, all_maps, q in iter_clam(fit.model, x[idx], settings.chunk_size, device):
+    for i, all_maps, q in iter_clam(fit.model, x[idx], settings.clam_chunk, device):
         maps[i] = assigned_maps(all_maps, q)
     if lungs is not None:
         maps = restrict_to_mask(maps, lungs)
