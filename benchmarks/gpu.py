@@ -21,7 +21,8 @@ It prints one table, a row per measurement:
   (CLAM needs H masked passes an image); ``x floor`` is the ratio;
 - ``simulation``: one case of the simulation study (intensity, true K = 3, the study's
   2D CAE) at the CPU config (``config/simulation.yaml``) and at the paper's epochs
-  (``config/paper.yaml``), cut to the pretraining, one clustering phase at K = true K and
+  (``config/paper.yaml``) as maxima, cut to the pretraining (stopping by itself, as the
+  study's), one clustering phase at K = true K and
   the CLAMs (seconds each, ms per Adam step, accuracy), with a whole-case estimate of
   pretraining + one clustering phase per fitted K + CLAMs;
 - ``reproducibility``: two deterministic fp32 pretraining runs from one seed; the largest
@@ -68,7 +69,7 @@ from lungclam.simulation.data import (  # noqa: E402
     make_scenario,
     simulate,
 )
-from lungclam.train import embed_images, pretrain  # noqa: E402
+from lungclam.train import EarlyStopping, embed_images, pretrain  # noqa: E402
 
 SEED = 0
 K = 3
@@ -87,10 +88,10 @@ class Sizes:
     batch: int = 4
     clam_3d: int = 16
     clam_2d: int = 128
-    clam_chunks_3d: tuple[int, ...] = (32, 64, 128, 256)  # masked inputs per pass
-    clam_chunks_2d: tuple[int, ...] = (128, 256, 512)
-    floor_batches_3d: tuple[int, ...] = (16, 32, 64)
-    floor_batches_2d: tuple[int, ...] = (64, 128, 256)
+    clam_chunks_3d: tuple[int, ...] = (128, 256, 512)  # masked inputs per pass
+    clam_chunks_2d: tuple[int, ...] = (512, 2048, 4096)
+    floor_batches_3d: tuple[int, ...] = (32, 64, 128, 256)
+    floor_batches_2d: tuple[int, ...] = (256, 1024, 4096)
     floor_calls: int = 3
     rounds: int = 3
     simulation: dict | None = None  # overrides of the study's settings (None: the configs')
@@ -350,8 +351,9 @@ def bench_clam(table: Table, sizes: Sizes, device: torch.device) -> None:
 
                 rate = _rate(run, device, sizes.rounds)
                 if chunk is None:
-                    layout = ", channels-last" if auto_channels_last(device) else ""
-                    label = f"auto (the pipeline's: chunk {auto_chunk_size(spec.ndim, device)}{layout})"
+                    layout = ", channels-last" if auto_channels_last(device, spec.ndim, amp) else ""
+                    auto = auto_chunk_size(spec.ndim, device, math.prod(spec.input_shape))
+                    label = f"auto (the pipeline's: chunk {auto}{layout})"
                 else:
                     label = f"chunk {chunk}{', channels-last' if channels_last else ''}"
                 table.add(
@@ -421,6 +423,10 @@ def _study_settings(overlay: str | None, overrides: dict | None) -> StudySetting
     )
 
 
+def _kept_epoch(history) -> int:
+    return int(history.loc[history["best"], "epoch"].iloc[0])
+
+
 def bench_simulation(table: Table, sizes: Sizes, device: torch.device, base: BaseSlice, base_note: str) -> None:
     """One simulation case (intensity, true K = 3), cut to the pretraining, one clustering
     phase at K = true K and the CLAMs, at the CPU config and at the paper's epochs."""
@@ -435,7 +441,14 @@ def bench_simulation(table: Table, sizes: Sizes, device: torch.device, base: Bas
         _reset_peak(device)
         started = time.perf_counter()
         history = pretrain(
-            model, x, settings.pretrain_epochs, settings.batch_size, settings.learning_rate, settings.seed, device
+            model,
+            x,
+            settings.pretrain_epochs,
+            settings.batch_size,
+            settings.learning_rate,
+            settings.seed,
+            device,
+            stopping=EarlyStopping(settings.validation_fraction, settings.patience, settings.min_delta),
         )
         pretrain_s = time.perf_counter() - started
         steps = len(history) * math.ceil(len(x) / settings.batch_size)
@@ -468,7 +481,7 @@ def bench_simulation(table: Table, sizes: Sizes, device: torch.device, base: Bas
         setting = f"{label}, {settings.n_images} images"
         table.add(
             "simulation",
-            f"{setting}: pretraining, {len(history)} epochs",
+            f"{setting}: pretraining, {len(history)} epochs (kept {_kept_epoch(history)})",
             pretrain_s,
             "s",
             peak=peak,

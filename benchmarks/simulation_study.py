@@ -117,10 +117,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--base", help="a base slice written by --save-base (default: the built-in phantom's)")
     parser.add_argument("--save-base", help="write the built-in base slice to this .npz and stop")
     parser.add_argument("--cases", help="comma-separated scenario:K, e.g. intensity:4,size:4 (default: all)")
+    parser.add_argument("--seed", type=int, help="the study's seed (default: the config's)")
     parser.add_argument("--quick", action="store_true", help="tiny images and models: a smoke test")
     parser.add_argument("--out", type=Path, help="results directory for the tables")
     args = parser.parse_args(argv)
     section, seed = study_config(args.overlay, args.quick)
+    seed = seed if args.seed is None else args.seed
     if args.save_base:
         from lungclam.simulation.data import builtin_base, save_base
 
@@ -136,8 +138,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     jobs = [(s, k, section, seed, args.base, args.device, threads) for s, k in cases]
     print(
         f"simulation study: {len(cases)} cases, {workers} side by side ({threads} CPU threads each), "
-        f"device {args.device}, overlay {args.overlay or 'none'}, pretraining max {section['pretrain_epochs']} "
-        f"epochs, clustering max {section['cluster_max_epochs']}",
+        f"seed {seed}, device {args.device}, overlay {args.overlay or 'none'}, "
+        f"pretraining max {section['pretrain_epochs']} epochs, clustering max {section['cluster_max_epochs']}",
         flush=True,
     )
     started = time.perf_counter()

@@ -109,7 +109,9 @@ def _masked_inputs(
     shape = (n,) + (1,) * (masks.ndim - 1)
     # (m - lo) / inf is 0 for the channels that give no mask, without a host sync to ask
     masks.sub_(lo.view(shape)).div_(torch.where(valid, span, torch.full_like(span, torch.inf)).view(shape))
-    in_place = images.shape[1] == 1 and images.dtype == masks.dtype
+    # One input channel: the product lands in the mask buffer. Under bf16 autocast that
+    # rounds it to bf16 once, as the first convolution would have done to an fp32 product.
+    in_place = images.shape[1] == 1
     out = masks if in_place else masks.new_empty((n, *images.shape[1:]), dtype=torch.result_type(images, masks))
     for image in range(rows.start // n_channels, (rows.stop - 1) // n_channels + 1):
         a = max(image * n_channels, rows.start) - rows.start
@@ -165,24 +167,51 @@ def clam_image(
     return maps[0], q[0]
 
 
-def auto_chunk_size(ndim: int, device: torch.device) -> int:
+# Bytes of GPU memory a masked 3D input takes through the encoder, per voxel: measured
+# 27 MiB per masked 88^3 input at chunk 256 (benchmarks/gpu.py, fp32), with headroom.
+_CUDA_BYTES_PER_MASKED_VOXEL = 48
+
+
+def auto_chunk_size(ndim: int, device: torch.device, voxels: int | None = None) -> int:
     """Masked inputs per forward pass that measured fastest (benchmarks/clam_speed.py on
-    the CPU, benchmarks/gpu.py on CUDA).
+    the CPU, benchmarks/gpu.py on an H200).
 
     On a 2-core CPU the paper's 2D encoder peaks at batches of 32, while its 3D encoder
     (88^3) runs fastest one volume at a time: bigger batches fall out of the cache. GPUs
-    want large batches: on CUDA a pass holds the masks of two 2D images (H = 128).
+    want large batches: on CUDA a pass holds the masks of 16 2D images or two 3D volumes
+    (H = 128), fewer when a quarter of the free GPU memory would not hold them (``voxels``
+    per input).
     """
-    if device.type == "cuda":
-        return 256 if ndim == 2 else 128
-    return 32 if ndim == 2 else 1
+    if device.type != "cuda":
+        return 32 if ndim == 2 else 1
+    preferred = 2048 if ndim == 2 else 256
+    if voxels:
+        free, _ = torch.cuda.mem_get_info(device)
+        preferred = min(preferred, max(1, free // 4 // (_CUDA_BYTES_PER_MASKED_VOXEL * voxels)))
+    return preferred
 
 
-def auto_channels_last(device: torch.device) -> bool:
+def auto_channels_last(device: torch.device, ndim: int, mixed_precision: bool = False) -> bool:
     """Whether CLAM runs the model in channels-last memory format: on the CPU, where it
-    measured 12-50 % faster (benchmarks/clam_speed.py), not on CUDA, where cuDNN's 3D
-    convolutions of one input channel prefer the default layout (benchmarks/gpu.py)."""
-    return device.type != "cuda"
+    measured 12-50 % faster (benchmarks/clam_speed.py); on CUDA (an H200, benchmarks/gpu.py)
+    for 2D, and for 3D in bf16 only: cuDNN's fp32 3D convolutions ran 7-10 % faster in the
+    default layout."""
+    return device.type != "cuda" or ndim == 2 or mixed_precision
+
+
+def _to_host(maps: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event | None]:
+    """Start copying ``maps`` (float32) and ``q`` (float64) to the host. On CUDA the copy
+    goes to pinned memory without waiting, and the returned event marks its end, so the
+    next batch's passes can be queued before this one is read."""
+    if maps.device.type != "cuda":
+        return maps.float(), q.double(), None
+    maps_host = torch.empty(maps.shape, dtype=torch.float32, pin_memory=True)
+    q_host = torch.empty(q.shape, dtype=torch.float64, pin_memory=True)
+    maps_host.copy_(maps, non_blocking=True)
+    q_host.copy_(q, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return maps_host, q_host, done
 
 
 def iter_clam(
@@ -200,27 +229,50 @@ def iter_clam(
     when it exceeds the encoder's ``H`` channels, ``chunk_size // H`` images share a pass.
     ``channels_last`` (``None``: :func:`auto_channels_last`) runs the model in channels-last
     memory format. ``mixed_precision`` runs the forward passes in bf16 on CUDA (ignored on
-    the CPU).
+    the CPU). On CUDA each batch's maps are read back while the next batch runs.
     """
     device = device or torch.device("cpu")
     ndim = images.ndim - 2
-    chunk_size = chunk_size or auto_chunk_size(ndim, device)
+    chunk_size = chunk_size or auto_chunk_size(ndim, device, int(np.prod(images.shape[2:])))
     if channels_last is None:
-        channels_last = auto_channels_last(device)
+        channels_last = auto_channels_last(device, ndim, mixed_precision and device.type == "cuda")
     layout = torch.channels_last if ndim == 2 else torch.channels_last_3d
     model.to(device).eval()
     model.to(memory_format=layout if channels_last else torch.contiguous_format)
     group = max(1, chunk_size // model.autoencoder.spec.channels[-1])
     n = len(images)
+    pending: tuple[int, torch.Tensor, torch.Tensor, torch.cuda.Event | None] | None = None
     for first in range(0, n, group):
-        x = torch.from_numpy(np.ascontiguousarray(images[first : first + group])).to(device)
+        batch = torch.from_numpy(np.ascontiguousarray(images[first : first + group]))
+        if device.type == "cuda":
+            batch = batch.pin_memory()
         with autocast(device, mixed_precision):
-            maps, q = clam_batch(model, x, chunk_size)
-        maps, q = maps.float().cpu().numpy(), q.double().cpu().numpy()
-        for j in range(len(x)):
-            if progress:
-                progress(f"CLAM {first + j + 1}/{n}")
-            yield first + j, maps[j], q[j]
+            maps, q = clam_batch(model, batch.to(device, non_blocking=True), chunk_size)
+        if pending is not None:  # CUDA: the previous batch, read while this one runs
+            yield from _emit(*pending, n, progress)
+        pending = (first, *_to_host(maps, q))
+        if device.type != "cuda":
+            yield from _emit(*pending, n, progress)
+            pending = None
+    if pending is not None:
+        yield from _emit(*pending, n, progress)
+
+
+def _emit(
+    first: int,
+    maps: torch.Tensor,
+    q: torch.Tensor,
+    done: torch.cuda.Event | None,
+    n: int,
+    progress: Progress | None,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    if done is not None:
+        done.synchronize()
+    maps_np, q_np = maps.numpy(), q.numpy()
+    for j in range(len(maps_np)):
+        if progress:
+            progress(f"CLAM {first + j + 1}/{n}")
+        yield first + j, maps_np[j], q_np[j]
 
 
 def assigned_maps(maps_all: np.ndarray, q: np.ndarray) -> np.ndarray:

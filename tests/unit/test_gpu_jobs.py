@@ -1,5 +1,6 @@
 """GPU jobs that share a machine: a local run takes the GPU jobs one at a time where a GPU
-is visible, and a machine without one (CI) runs them as before, whatever model.gpus asks."""
+is visible, and a machine without one (CI) runs them as before, whatever model.gpus asks.
+The simulation's cases, small and faster side by side on one GPU, take no slot."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import yaml
 from lungclam.runtime import visible_gpus
 from tests.conftest import PROJECT_ROOT
 
-GPU_RULES = ("train", "cluster", "clam", "simulation_case")
+GPU_RULES = ("train", "cluster", "clam")
 
 
 def test_visible_gpus_counts_device_files_narrowed_by_cuda_visible_devices(tmp_path: Path) -> None:
@@ -76,6 +77,7 @@ def test_local_dry_run_asks_a_gpu_slot_only_where_a_gpu_is_visible(tmp_path: Pat
     for rule in GPU_RULES:
         assert resources[rule]["gpu"] == "1" and resources[rule]["local_gpu"] == expected, (rule, resources[rule])
     assert "local_gpu" not in resources["choose_k"]
+    assert resources["simulation_case"]["gpu"] == "1" and "local_gpu" not in resources["simulation_case"]
     # device: cpu never waits for the GPU
     resources = _dry_run_resources(tmp_path, {"device": "cpu"}, "all")
     assert resources["train"]["local_gpu"] == "0"
