@@ -12,9 +12,11 @@ embedding (issue: longer pretraining destroyed the clusters).
 
 A setting is NAME:key=value,... with keys epochs, fraction (held-out share), patience,
 min_delta, batch, lr, and cepochs (run the clustering phase at K = true K for at most
-that many epochs and report its accuracy, its stop reason and its reconstruction MSE over the
-pretrained one), with gamma, clr (its learning rate), guard (0: no ClusterGuard) and growth
-(the guard's reconstruction limit) changing the clustering phase, and for simulation cases
+that many epochs and report its accuracy, the share of images it moved off their k-means
+start and the start's accuracy, its stop reason and its reconstruction MSE over the
+pretrained one), with gamma, clr (its learning rate), guard (0: no ClusterGuard), growth
+(the guard's reconstruction limit) and moved (its limit on the share moved off the start)
+changing the clustering phase, and for simulation cases
 kscale (the Student t scale as a multiple of the within-cluster spread, in place of
 simulation.kernel_scale).
 
@@ -62,11 +64,17 @@ def pretrain_key(values: dict[str, float]) -> str:
 
 def cluster_options(values: dict[str, float], gamma: float, learning_rate: float) -> dict:
     """fit_clusters keywords from a setting's clustering keys: gamma, clr (learning rate),
-    guard (0: none), growth (the guard's reconstruction limit; 0: none)."""
+    guard (0: none), growth (the guard's reconstruction limit; 0: none), moved (the guard's
+    limit on the share of images off their k-means start cluster; 0: none)."""
     from lungclam.dec import ClusterGuard
 
     growth = values.get("growth", ClusterGuard().max_reconstruction_growth)
-    guard = ClusterGuard(max_reconstruction_growth=growth or None) if values.get("guard", 1) else None
+    moved = values.get("moved", ClusterGuard().max_moved)
+    guard = (
+        ClusterGuard(max_reconstruction_growth=growth or None, max_moved=moved or None)
+        if values.get("guard", 1)
+        else None
+    )
     return {"gamma": values.get("gamma", gamma), "learning_rate": values.get("clr", learning_rate), "guard": guard}
 
 
@@ -216,6 +224,8 @@ def cluster_at_true_k(model, images, truth, values, *, gamma, learning_rate, **f
         "dec_ari": adjusted_rand_score(truth, fit.labels),
         "sizes": ",".join(map(str, cluster_sizes(fit.labels, true_k))),
         "cluster_epochs": len(fit.history),
+        "moved": float((fit.labels != fit.start_labels).mean()),
+        "start_accuracy": best_match_accuracy(truth, fit.start_labels)[0],
         "stop": fit.stop_reason.split(":")[0]
         + (" (" + fit.stop_reason.split(" ")[1] + ")" if ":" in fit.stop_reason else ""),
         "recon_ratio": after / before,

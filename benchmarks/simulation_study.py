@@ -91,6 +91,8 @@ def _run_one(job: tuple) -> dict:
         "accuracy": float(at_true["accuracy"]),
         "ari": float(at_true["ari"]),
         "sizes": at_true["cluster_sizes"],
+        "moved": float(at_true["moved"]),
+        "stop": str(at_true["stop_reason"]).split(":")[0],
         **{c: int(result.k_choice[c].iloc[0]) for c in result.k_choice.columns if c.startswith("k_")},
         "s": seconds,
     }
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             print(
                 f"[{time.perf_counter() - started:6.0f} s] {row['scenario']} K={row['true_k']}: "
                 f"{row['epochs']} epochs (kept {row['kept']}), accuracy {row['accuracy']:.3f}, "
-                f"sizes {row['sizes']}, {row['s']:.0f} s",
+                f"sizes {row['sizes']}, moved {row['moved']:.3f} ({row['stop']}), {row['s']:.0f} s",
                 flush=True,
             )
     wall = time.perf_counter() - started

@@ -136,29 +136,42 @@ class ClusterGuard:
     KL term's known degenerate solution: the encoder drifts until every image sits at one
     centroid). ``max_reconstruction_growth``: stop when the reconstruction MSE of all images
     exceeds this multiple of the pretrained encoder's (the embedding no longer describes the
-    images it clusters); ``None`` disables it. Either way the weights and centroids of the
-    last target refresh that stayed within the limits are restored.
+    images it clusters); ``None`` disables it. ``max_moved``: stop when more than this share
+    of the images have left the cluster k-means gave them at the start; ``None`` disables
+    it. The phase is meant to refine the k-means start (Xie et al. 2016, DEC; Guo et al.
+    2017, IDEC), and its KL term can instead pull whole groups across a boundary: in the
+    simulation's intensity cases it took starts of 0.96-0.98 accuracy to 0.67-0.90 with
+    seeds 1 and 2. Either way the weights and centroids of the last target refresh that
+    stayed within the limits are restored.
     """
 
     keep_clusters: bool = True
     max_reconstruction_growth: float | None = 1.5
+    max_moved: float | None = 0.05
 
     @classmethod
     def from_config(cls, cluster: dict) -> "ClusterGuard":
         """From the ``cluster`` config section (keys ``keep_clusters``, ``max_reconstruction_growth``)."""
         default = cls()
         growth = cluster.get("max_reconstruction_growth", default.max_reconstruction_growth)
+        moved = cluster.get("max_moved", default.max_moved)
         return cls(
             keep_clusters=bool(cluster.get("keep_clusters", default.keep_clusters)),
             max_reconstruction_growth=None if growth is None else float(growth),
+            max_moved=None if moved is None else float(moved),
         )
 
-    def violation(self, counts: np.ndarray, start_counts: np.ndarray, error: float, start_error: float) -> str:
-        """Why a refresh with cluster sizes ``counts (K,)`` and reconstruction MSE ``error`` is
-        outside the limits (``""`` when it is not), against the start's sizes and MSE."""
+    def violation(
+        self, counts: np.ndarray, start_counts: np.ndarray, error: float, start_error: float, moved: float = 0.0
+    ) -> str:
+        """Why a refresh with cluster sizes ``counts (K,)``, reconstruction MSE ``error`` and
+        ``moved`` (the share of images off their start cluster) is outside the limits (``""``
+        when it is not), against the start's sizes and MSE."""
         emptied = np.flatnonzero((counts == 0) & (start_counts > 0))
         if self.keep_clusters and emptied.size:
             return f"cluster(s) {', '.join(str(k + 1) for k in emptied)} lost all their images"
+        if self.max_moved is not None and moved > self.max_moved:
+            return f"{moved:.3f} of the images left their k-means start cluster (limit {self.max_moved:g})"
         growth = self.max_reconstruction_growth
         if growth is not None and start_error > 0 and error > growth * start_error:
             return (
@@ -182,6 +195,7 @@ class ClusterFit:
     history: pd.DataFrame
     converged: bool
     stop_reason: str = "max_epochs"
+    start_labels: np.ndarray | None = None  # (N,) the k-means start's labels
 
 
 @torch.no_grad()
@@ -232,8 +246,9 @@ def fit_clusters(
     an update, fewer than ``tol`` (a fraction) of the labels changed since the previous
     one, or after ``max_epochs``, or when ``guard`` (None: no guard) sees the clustering
     collapse or the reconstruction degrade, in which case the previous update's weights
-    are restored. Loss rows: ``epoch, reconstruction, kl, loss, label_change, seconds``
-    (training-batch means). ``scale`` divides the embedding before the kernel; ``None``
+    are restored. Loss rows: ``epoch, reconstruction, kl, loss, label_change, moved,
+    seconds`` (training-batch means; ``moved``: the share of labels off the k-means start
+    at the last refresh). ``scale`` divides the embedding before the kernel; ``None``
     uses :func:`embedding_scale` of the pretrained embeddings, 1.0 gives the plain eq. 4.
     """
     device = device or torch.device("cpu")
@@ -250,9 +265,10 @@ def fit_clusters(
     with_error = guard is not None and guard.max_reconstruction_growth is not None
     q, start_error = _refresh_pass(model, data, 16, device, with_error)
     labels, target = q.argmax(1), target_distribution(q).float().to(data.device)
+    start_labels = labels
     start_counts = torch.bincount(labels, minlength=n_clusters).cpu().numpy()
     good = _snapshot(model) if guard else None
-    rows, step, change, stop_reason = [], 0, float("nan"), "max_epochs"
+    rows, step, change, moved, stop_reason = [], 0, float("nan"), 0.0, "max_epochs"
     for epoch in range(1, max_epochs + 1):
         model.train()
         start, sums, seen = time.perf_counter(), epoch_sum(device, 2), 0
@@ -261,9 +277,14 @@ def fit_clusters(
                 q, error = _refresh_pass(model, data, 16, device, with_error)
                 new = q.argmax(1)
                 change = float((new != labels).double().mean())
+                moved_now = float((new != start_labels).double().mean())
                 why = (
                     guard.violation(
-                        torch.bincount(new, minlength=n_clusters).cpu().numpy(), start_counts, error, start_error
+                        torch.bincount(new, minlength=n_clusters).cpu().numpy(),
+                        start_counts,
+                        error,
+                        start_error,
+                        moved_now,
                     )
                     if guard
                     else ""
@@ -272,7 +293,7 @@ def fit_clusters(
                     model.load_state_dict(good)
                     stop_reason = f"guard: {why}"
                     break
-                labels, target = new, target_distribution(q).float().to(data.device)
+                labels, target, moved = new, target_distribution(q).float().to(data.device), moved_now
                 if change < tol:
                     stop_reason = "converged"
                     break
@@ -300,6 +321,7 @@ def fit_clusters(
                     "kl": sums[1] / seen,
                     "loss": (sums[0] + gamma * sums[1]) / seen,
                     "label_change": change,
+                    "moved": moved,
                     "seconds": time.perf_counter() - start,
                 }
             )
@@ -325,6 +347,7 @@ def fit_clusters(
         history=pd.DataFrame(rows),
         converged=stop_reason == "converged",
         stop_reason=stop_reason,
+        start_labels=start_labels.cpu().numpy(),
     )
 
 

@@ -137,6 +137,10 @@ def test_guard_violation_rules() -> None:
         keep_clusters=False, max_reconstruction_growth=None
     )
     assert ClusterGuard.from_config({}) == ClusterGuard()
+    moved = ClusterGuard(max_moved=0.05)
+    assert moved.violation(start, start, 0.008, 0.008, 0.05) == ""
+    assert "0.067 of the images left their k-means start" in moved.violation(start, start, 0.008, 0.008, 2 / 30)
+    assert ClusterGuard.from_config({"max_moved": 0.1}).max_moved == 0.1
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +192,16 @@ def test_guard_stops_before_the_reconstruction_degrades(pretrained_two_groups) -
     guarded, guarded_error = _aggressive_fit(model, images, 0.05, 10.0, "default")
     assert "reconstruction MSE rose" in guarded.stop_reason
     assert guarded_error <= 1.5 * before
+
+
+def test_guard_stops_before_too_many_images_leave_their_start_cluster(pretrained_two_groups) -> None:
+    model, images, _ = pretrained_two_groups
+    # the collapsing fit above moves half the images off their k-means start
+    unguarded, _ = _aggressive_fit(model, images, 0.1, 1.0, None)
+    assert (unguarded.labels != unguarded.start_labels).mean() > 0.2
+    guard = ClusterGuard(keep_clusters=False, max_reconstruction_growth=None, max_moved=0.1)
+    guarded, _ = _aggressive_fit(model, images, 0.1, 1.0, guard)
+    assert "left their k-means start cluster" in guarded.stop_reason
+    assert (guarded.labels != guarded.start_labels).mean() <= 0.1
+    assert guarded.history["moved"].max() <= 0.1
+    assert np.bincount(guarded.labels, minlength=2).min() > 0

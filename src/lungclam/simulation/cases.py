@@ -224,6 +224,8 @@ def run_case(
                 "cluster_sizes": ",".join(map(str, cluster_sizes(fit.labels, k))),
                 "epochs": len(fit.history),
                 "converged": fit.converged,
+                "stop_reason": fit.stop_reason,
+                "moved": float((fit.labels != fit.start_labels).mean()),
                 "silhouette_before": sil_before[k],
                 "silhouette_after": sil_after[k],
                 "seconds": time.perf_counter() - started,
