@@ -97,13 +97,17 @@ def _masked_inputs(
     ``r % H`` of image ``r // H``; ``acts (n, 1, *s)`` holds the chunk's channels and
     ``constant (n,)`` marks those whose mask is zero. The same numbers as ``minmax``
     followed by a product (to the bit on valid channels), but the upsampled masks are
-    rescaled and multiplied in place, min and max come from one pass, and each image
+    rescaled and multiplied in place, min and max come from one pass (on CUDA), and each image
     multiplies its own rows by broadcasting: fewer trips through memory, which is what
     bounds this step on a GPU.
     """
     n = len(acts)
     masks = upsample(acts, tuple(images.shape[2:]))  # a fresh tensor: safe to change in place
-    lo, hi = torch.aminmax(masks.view(n, -1), dim=1)
+    if masks.is_cuda:  # one pass for both
+        lo, hi = torch.aminmax(masks.view(n, -1), dim=1)
+    else:  # torch's CPU aminmax over a flattened row is ~20x slower than amin and amax
+        dims = tuple(range(1, masks.ndim))
+        lo, hi = masks.amin(dim=dims), masks.amax(dim=dims)
     span = hi - lo
     valid = (span > 0) & ~constant
     shape = (n,) + (1,) * (masks.ndim - 1)
