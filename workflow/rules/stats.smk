@@ -10,17 +10,17 @@ rule stats:
         demographics=report(
             "results/stats/demographics.tsv",
             caption="../report/demographics.rst",
-            category="Statistics",
+            category="Clinical associations",
         ),
         associations=report(
             "results/stats/associations.tsv",
             caption="../report/associations.rst",
-            category="Statistics",
+            category="Clinical associations",
         ),
         variance=report(
             "results/stats/variance_explained.tsv",
             caption="../report/variance_explained.rst",
-            category="Statistics",
+            category="Clinical associations",
         ),
     log:
         "results/logs/stats.log",
