@@ -79,7 +79,11 @@ rule figure_forest:
     input:
         "results/stats/associations.tsv",
     output:
-        report("results/figures/associations_forest.png", caption="../report/fig_forest.rst", category="Clinical associations"),
+        report(
+            "results/figures/associations_forest.png",
+            caption="../report/fig_forest.rst",
+            category="Clinical associations",
+        ),
     log:
         "results/logs/figures/forest.log",
     conda:
