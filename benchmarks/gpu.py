@@ -54,22 +54,28 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from simulation_study import QUICK_SIMULATION  # noqa: E402
 
 from lungclam.clam import auto_channels_last, auto_chunk_size, iter_clam  # noqa: E402
 from lungclam.dec import ClusteringModel, fit_clusters  # noqa: E402
 from lungclam.device import autocast, seed_everything  # noqa: E402
-from lungclam.intensity import normalize_hu  # noqa: E402
 from lungclam.model import ConvAutoencoder, ModelSpec, resolve_device  # noqa: E402
-from lungclam.simulation.cases import StudySettings, _clam_subset, _kernel_scale, _spec  # noqa: E402
+from lungclam.simulation.cases import (  # noqa: E402
+    StudySettings,
+    _clam_subset,
+    _kernel_scale,
+    pretrain_case,
+    simulate_case,
+)
 from lungclam.simulation.data import (  # noqa: E402
     BACKGROUND_HU,
     BaseSlice,
     best_match_accuracy,
     load_base,
-    make_scenario,
-    simulate,
 )
-from lungclam.train import EarlyStopping, embed_images, pretrain  # noqa: E402
+from lungclam.train import embed_images, kept_epoch, pretrain  # noqa: E402
 
 SEED = 0
 K = 3
@@ -111,16 +117,7 @@ QUICK = Sizes(
     floor_batches_2d=(8, 16),
     floor_calls=1,
     rounds=1,
-    simulation={
-        "n_images": 24,
-        "pretrain_epochs": 2,
-        "cluster_max_epochs": 2,
-        "clam_images": 3,
-        "batch_size": 8,
-        "update_interval": 3,
-        "n_init": 2,
-        "model": {"channels": [4, 8, 16], "strides": [2, 1, 2], "kernel": 4, "latent_dim": 6},
-    },
+    simulation=QUICK_SIMULATION,
 )
 
 
@@ -423,33 +420,16 @@ def _study_settings(overlay: str | None, overrides: dict | None) -> StudySetting
     )
 
 
-def _kept_epoch(history) -> int:
-    return int(history.loc[history["best"], "epoch"].iloc[0])
-
-
 def bench_simulation(table: Table, sizes: Sizes, device: torch.device, base: BaseSlice, base_note: str) -> None:
     """One simulation case (intensity, true K = 3), cut to the pretraining, one clustering
     phase at K = true K and the CLAMs, at the CPU config and at the paper's epochs."""
     for label, overlay in (("CPU config", None), ("paper epochs", "paper.yaml")):
         settings = _study_settings(overlay, sizes.simulation)
-        hu, truth, _ = simulate(
-            make_scenario("intensity", K, base), base, settings.n_images, settings.seed, settings.noise_scale
-        )
-        x = normalize_hu(hu, *settings.hu_window)[:, None]
-        _set_determinism(device, True)
-        model = ConvAutoencoder(_spec(settings, base.shape))
+        _, truth, _, x = simulate_case("intensity", K, base, settings)
+        _set_determinism(device, True)  # the pipeline's cuDNN settings; pretrain_case seeds again
         _reset_peak(device)
         started = time.perf_counter()
-        history = pretrain(
-            model,
-            x,
-            settings.pretrain_epochs,
-            settings.batch_size,
-            settings.learning_rate,
-            settings.seed,
-            device,
-            stopping=EarlyStopping(settings.validation_fraction, settings.patience, settings.min_delta),
-        )
+        model, history = pretrain_case(x, base.shape, settings, device)
         pretrain_s = time.perf_counter() - started
         steps = len(history) * math.ceil(len(x) / settings.batch_size)
         started = time.perf_counter()
@@ -481,7 +461,7 @@ def bench_simulation(table: Table, sizes: Sizes, device: torch.device, base: Bas
         setting = f"{label}, {settings.n_images} images"
         table.add(
             "simulation",
-            f"{setting}: pretraining, {len(history)} epochs (kept {_kept_epoch(history)})",
+            f"{setting}: pretraining, {len(history)} epochs (kept {kept_epoch(history)})",
             pretrain_s,
             "s",
             peak=peak,

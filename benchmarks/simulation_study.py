@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT / "src"))
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-QUICK = {
+# Tiny images, model and epochs: a smoke test of the scripts (also gpu.py --quick's case).
+QUICK_SIMULATION = {
     "n_images": 24,
-    "fitted_ks": [2, 3, 4],
     "pretrain_epochs": 2,
     "cluster_max_epochs": 2,
     "clam_images": 3,
@@ -47,6 +47,7 @@ QUICK = {
     "n_init": 2,
     "model": {"channels": [4, 8, 16], "strides": [2, 1, 2], "kernel": 4, "latent_dim": 6},
 }
+QUICK = {**QUICK_SIMULATION, "fitted_ks": [2, 3, 4]}
 
 
 def study_config(overlay: str | None, quick: bool) -> tuple[dict, int]:
@@ -73,6 +74,7 @@ def _run_one(job: tuple) -> dict:
     from lungclam.model import resolve_device
     from lungclam.simulation.cases import StudySettings, run_case
     from lungclam.simulation.data import builtin_base, load_base
+    from lungclam.train import kept_epoch
 
     settings = StudySettings.from_config(
         {k: v for k, v in section.items() if k not in ("scenarios", "true_ks", "threads", "base")}, seed
@@ -87,7 +89,7 @@ def _run_one(job: tuple) -> dict:
         "scenario": scenario,
         "true_k": true_k,
         "epochs": len(loss),
-        "kept": int(loss.loc[loss["best"], "epoch"].iloc[0]) if "best" in loss and loss["best"].any() else len(loss),
+        "kept": kept_epoch(loss),
         "accuracy": float(at_true["accuracy"]),
         "ari": float(at_true["ari"]),
         "sizes": at_true["cluster_sizes"],

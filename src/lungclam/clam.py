@@ -239,7 +239,7 @@ def iter_clam(
     ndim = images.ndim - 2
     chunk_size = chunk_size or auto_chunk_size(ndim, device, int(np.prod(images.shape[2:])))
     if channels_last is None:
-        channels_last = auto_channels_last(device, ndim, mixed_precision and device.type == "cuda")
+        channels_last = auto_channels_last(device, ndim, mixed_precision)
     layout = torch.channels_last if ndim == 2 else torch.channels_last_3d
     model.to(device).eval()
     model.to(memory_format=layout if channels_last else torch.contiguous_format)

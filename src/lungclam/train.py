@@ -65,6 +65,11 @@ class EarlyStopping:
         )
 
 
+def kept_epoch(history: pd.DataFrame) -> int:
+    """The epoch whose weights :func:`pretrain` kept (its ``best`` row)."""
+    return int(history.loc[history["best"].astype(bool), "epoch"].iloc[0])
+
+
 def stopped_before_maximum(history: pd.DataFrame, patience: int) -> bool | None:
     """Whether pretraining reached a plateau: its best held-out epoch lies at least
     ``patience`` epochs before the last epoch run, so the stopping rule acted (or would
@@ -75,8 +80,7 @@ def stopped_before_maximum(history: pd.DataFrame, patience: int) -> bool | None:
     """
     if "val_loss" not in history or not history["val_loss"].notna().any():
         return None
-    best = int(history.loc[history["best"].astype(bool), "epoch"].iloc[0])
-    return int(history["epoch"].iloc[-1]) - best >= patience
+    return int(history["epoch"].iloc[-1]) - kept_epoch(history) >= patience
 
 
 @torch.inference_mode()

@@ -157,6 +157,43 @@ def _clam_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picks))
 
 
+def simulate_case(
+    scenario: str, true_k: int, base: BaseSlice, settings: StudySettings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The case's images: ``hu (N, rows, cols)``, true labels ``(N,)``, abnormality masks
+    ``(N, rows, cols)`` and the model inputs ``x (N, 1, rows, cols)`` in ``[0, 1]``."""
+    hu, truth, masks = simulate(
+        make_scenario(scenario, true_k, base), base, settings.n_images, settings.seed, settings.noise_scale
+    )
+    return hu, truth, masks, normalize_hu(hu, *settings.hu_window)[:, None]
+
+
+def pretrain_case(
+    x: np.ndarray,
+    shape: tuple[int, int],
+    settings: StudySettings,
+    device: torch.device,
+    progress: Progress | None = None,
+) -> tuple[ConvAutoencoder, pd.DataFrame]:
+    """Seed, build the study's 2D CAE for images of ``shape`` and pretrain it on ``x`` with
+    the study's stopping rule; returns the model (best epoch's weights) and its loss table."""
+    seed_everything(settings.seed, device)
+    model = ConvAutoencoder(_spec(settings, shape))
+    stopping = EarlyStopping(settings.validation_fraction, settings.patience, settings.min_delta)
+    loss = pretrain(
+        model,
+        x,
+        settings.pretrain_epochs,
+        settings.batch_size,
+        settings.learning_rate,
+        settings.seed,
+        device,
+        progress=progress,
+        stopping=stopping,
+    )
+    return model, loss
+
+
 def run_case(
     scenario: str,
     true_k: int,
@@ -168,24 +205,9 @@ def run_case(
     """Simulate, pretrain, cluster for each fitted K, score, and compute CLAMs at K = true K."""
     device = device or torch.device("cpu")
     say = progress or (lambda _msg: None)
-    case = make_scenario(scenario, true_k, base)
-    hu, truth, masks = simulate(case, base, settings.n_images, settings.seed, settings.noise_scale)
-    x = normalize_hu(hu, *settings.hu_window)[:, None]
-    seed_everything(settings.seed, device)
-    model = ConvAutoencoder(_spec(settings, base.shape))
+    hu, truth, masks, x = simulate_case(scenario, true_k, base, settings)
     say(f"{scenario} K={true_k}: pretraining on {len(x)} images for {settings.pretrain_epochs} epochs")
-    stopping = EarlyStopping(settings.validation_fraction, settings.patience, settings.min_delta)
-    loss = pretrain(
-        model,
-        x,
-        settings.pretrain_epochs,
-        settings.batch_size,
-        settings.learning_rate,
-        settings.seed,
-        device,
-        progress=lambda msg: say(f"{scenario} K={true_k}: {msg}"),
-        stopping=stopping,
-    )
+    model, loss = pretrain_case(x, base.shape, settings, device, lambda msg: say(f"{scenario} K={true_k}: {msg}"))
     before = embed_images(model, x, device=device)
     # one k-means per K of the pretrained embedding serves the silhouette and the kernel scale
     kmeans_before = {k: kmeans(before, k, settings.seed, settings.n_init) for k in settings.fitted_ks}
