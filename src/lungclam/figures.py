@@ -671,6 +671,15 @@ def _mark_chosen_k(ax: Axes, choices: pd.DataFrame | None, methods: Sequence[str
         )
 
 
+def _shade_skipped(axes: Sequence[Axes], ks: Sequence[int], min_share: float | None) -> None:
+    """Grey bands at ``ks``, the Ks whose smallest k-means cluster is below ``min_share`` of
+    the subjects and which the reproducibility rules skip (:func:`lungclam.kselect.choose`)."""
+    label = f"skipped: a cluster < {min_share:.0%} of subjects" if min_share else "skipped: a cluster too small"
+    for ax in axes:
+        for i, k in enumerate(ks):
+            ax.axvspan(k - 0.4, k + 0.4, color="0.88", zorder=0, label=label if i == 0 else None)
+
+
 def k_selection_figure(
     table: pd.DataFrame,
     path: str | Path,
@@ -692,10 +701,14 @@ def k_selection_figure(
             the threshold its choice used (:data:`lungclam.kselect.THRESHOLDS` merged with
             the config's), drawn as a dotted line; a criterion missing here gets none.
             ``most_stable``'s tolerance is drawn that far below the largest stability.
+            ``min_cluster_share``: the Ks whose ``smallest_cluster`` is below it, which
+            the reproducibility rules skip, are shaded grey.
 
     Panels: silhouettes, the gap statistic (+/- gap_sd), stability and prediction strength
     (+/- sd), and PAC.
     """
+    from lungclam.kselect import large_enough, skipped_ks  # sklearn: only where this figure is drawn
+
     limits = dict(thresholds or {})
     fig = new_figure(16, 4, constrained=False)
     sil, gap, stab, pac_ax = fig.subplots(1, 4)
@@ -726,9 +739,13 @@ def k_selection_figure(
     for criterion, colour in (("stability", "tab:purple"), ("prediction_strength", "tab:brown")):
         if criterion in limits:
             stab.axhline(limits[criterion], color=colour, linestyle=":", linewidth=1)
-    if "most_stable" in limits and data["stability"].notna().any():  # a tolerance below the best
+    share = limits.get("min_cluster_share")
+    if share:
+        _shade_skipped((stab, pac_ax), skipped_ks(data, {"min_cluster_share": share}), share)
+    considered = large_enough(data, limits.get("min_cluster_share", 0.0))
+    if "most_stable" in limits and considered["stability"].notna().any():  # a tolerance below the best
         stab.axhline(
-            float(data["stability"].max()) - limits["most_stable"], color="tab:pink", linestyle=":", linewidth=1
+            float(considered["stability"].max()) - limits["most_stable"], color="tab:pink", linestyle=":", linewidth=1
         )
     stab.set(
         xlabel="number of clusters K",
@@ -753,14 +770,17 @@ def k_selection_figure(
     _mark_chosen_k(pac_ax, choices, ("pac",), ("tab:red",))
     for ax in (sil, stab):
         ax.legend(fontsize=8)
+    if pac_ax.get_legend_handles_labels()[0]:
+        pac_ax.legend(fontsize=8)
     for ax in (sil, gap, stab, pac_ax):
         ax.set_xticks(data["k"].to_numpy())
     title = "Choosing the number of clusters"
     if choices is not None and choices["default"].any():
         row = choices.loc[choices["default"]].iloc[0]
         agree = int((choices["k"] == row["k"]).sum())
+        runner = f"runner-up K = {row['runner_up']}" if int(row["runner_up"]) > 0 else "no runner-up"
         title += (
-            f": K = {row['k']} by {row['method']} (runner-up K = {row['runner_up']}, margin "
+            f": K = {row['k']} by {row['method']} ({runner}, margin "
             f"{row['margin']:.3g}); {agree} of {len(choices)} criteria agree"
         )
     fig.suptitle(title)
@@ -814,10 +834,12 @@ def stability_figure(
     threshold: float,
     path: str | Path,
     pretraining_plateaued: bool | None = None,
+    min_cluster_share: float | None = None,
 ) -> None:
     """Stability per K (mean pairwise ARI of subsample clusterings, +/- sd; the fitted K
-    marked) and each subject's confidence by cluster (dots, jittered), titled with
-    :func:`stability_verdict`."""
+    marked; the Ks that ``stability``'s ``skipped`` column marks, shaded grey, labelled
+    with ``min_cluster_share``) and each subject's confidence by cluster (dots, jittered),
+    titled with :func:`stability_verdict`."""
     _, verdict = stability_verdict(stability, clusters, threshold, pretraining_plateaued)
     k_fit = len([c for c in clusters.columns if c.startswith("q_")])
     fig = new_figure(11.0, 4.0)
@@ -826,6 +848,8 @@ def stability_figure(
     left.errorbar(data["k"], data["stability"], yerr=data["stability_sd"], fmt="o-", capsize=3, color="tab:purple")
     left.axhline(threshold, color="tab:purple", linestyle=":", linewidth=1, label=f"threshold {threshold:.2f}")
     left.axvline(k_fit, color="tab:red", linestyle="--", label=f"fitted K = {k_fit}")
+    if "skipped" in data.columns:
+        _shade_skipped((left,), data.loc[data["skipped"].astype(bool), "k"].tolist(), min_cluster_share)
     left.set(
         xlabel="number of clusters K",
         ylabel="mean pairwise ARI of subsample clusterings",

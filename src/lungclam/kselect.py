@@ -51,11 +51,16 @@ TABLE_COLUMNS = (
     "prediction_strength",
     "prediction_strength_sd",
     "pac",
+    "smallest_cluster",
 )
 RESAMPLING_COLUMNS = ("stability", "stability_sd", "prediction_strength", "prediction_strength_sd", "pac")
+#: Rules that only consider a K whose smallest k-means cluster holds at least
+#: ``thresholds["min_cluster_share"]`` of the subjects (see :func:`choose`).
+SIZE_CHECKED_METHODS = (*RESAMPLING_METHODS, *DERIVED_METHODS)
 #: Defaults of the rules that turn a resampling criterion into a K (see :func:`choose`);
-#: ``most_stable`` is a tolerance below the largest stability, not a level.
-THRESHOLDS = {"stability": 0.9, "prediction_strength": 0.8, "pac": 0.05, "most_stable": 0.03}
+#: ``most_stable`` is a tolerance below the largest stability, not a level;
+#: ``min_cluster_share`` is the smallest cluster (share of the subjects) a K may have.
+THRESHOLDS = {"stability": 0.9, "prediction_strength": 0.8, "pac": 0.05, "most_stable": 0.03, "min_cluster_share": 0.1}
 _TIE = 1e-9
 _BISECTION_STEPS = 100
 
@@ -466,7 +471,14 @@ def _row_for_k(
         "prediction_strength": stable.prediction_strength,
         "prediction_strength_sd": stable.prediction_strength_sd,
         "pac": stable.pac,
+        "smallest_cluster": smallest_cluster_share(labels, k),
     }
+
+
+def smallest_cluster_share(labels: np.ndarray, k: int) -> float:
+    """Share of the samples in the smallest of ``k`` clusters of ``labels`` (n,) in [0, k)
+    (0.0 when a cluster is empty)."""
+    return float(np.bincount(np.asarray(labels), minlength=k).min() / len(labels))
 
 
 def _resampling_row(x: np.ndarray, k: int, seed: int, resampling: Resampling) -> StabilityRow:
@@ -478,18 +490,22 @@ def _resampling_row(x: np.ndarray, k: int, seed: int, resampling: Resampling) ->
 
 @_single_threaded
 def resampling_table(
-    features: np.ndarray, ks: Sequence[int], seed: int = 0, resampling: Resampling = Resampling()
+    features: np.ndarray, ks: Sequence[int], seed: int = 0, resampling: Resampling = Resampling(), n_init: int = 20
 ) -> pd.DataFrame:
     """Only the resampling columns of :func:`select_k` (k, stability, stability_sd,
-    prediction_strength, prediction_strength_sd, pac) for ``ks``, on ``features`` (n, p) as
-    given; NaN for a k outside [2, n - 1]. Cheaper than :func:`select_k` on large n, where
-    sparse k-means' permutations dominate."""
+    prediction_strength, prediction_strength_sd, pac) and smallest_cluster for ``ks``, on
+    ``features`` (n, p) as given; NaN for a k outside [2, n - 1]. Cheaper than
+    :func:`select_k` on large n, where sparse k-means' permutations dominate."""
     x = _as_matrix(features, "features")
     rows = []
     for k in sorted({int(k) for k in ks}):
-        row = _resampling_row(x, k, seed, resampling) if 2 <= k < x.shape[0] else None
-        rows.append(vars(row) if row is not None else {"k": k} | dict.fromkeys(RESAMPLING_COLUMNS, np.nan))
-    return pd.DataFrame(rows, columns=["k", *RESAMPLING_COLUMNS])
+        if not 2 <= k < x.shape[0]:
+            rows.append({"k": k} | dict.fromkeys((*RESAMPLING_COLUMNS, "smallest_cluster"), np.nan))
+            continue
+        labels = _fit_kmeans(x, k, seed, n_init, None).labels_
+        row = vars(_resampling_row(x, k, seed, resampling))
+        rows.append(row | {"smallest_cluster": smallest_cluster_share(labels, k)})
+    return pd.DataFrame(rows, columns=["k", *RESAMPLING_COLUMNS, "smallest_cluster"])
 
 
 def _row_for_k_single_threaded(args: tuple) -> dict[str, float]:
@@ -562,6 +578,8 @@ def select_k(
       subsamples, each labelling every sample by its nearest centroid), prediction_strength
       and prediction_strength_sd, pac (see :mod:`lungclam.stability`; sizes from
       ``resampling``).
+    - smallest_cluster (share of the samples in the smallest cluster of the k-means above;
+      the resampling rules skip a k below ``min_cluster_share``, see :func:`choose`).
 
     A k below 2 has NaN silhouettes, sparse and resampling columns (the gap is still given
     for k = 1); a k >= n, or above the number of distinct samples, gives a NaN row.
@@ -664,11 +682,23 @@ def choose(table: pd.DataFrame, method: str, thresholds: dict[str, float] | None
       Senbabaoglu et al. take the smallest PAC; on well-separated data every K up to the
       true one has PAC near 0, so the smallest is a tie, broken here towards the finest K.
 
-    NaN rows are ignored. ValueError for an unknown method or a column that is all NaN.
+    The resampling rules (stability, most_stable, prediction_strength, pac) consider only
+    the Ks whose smallest k-means cluster (the table's ``smallest_cluster``, when it has
+    one) holds at least ``thresholds["min_cluster_share"]`` of the samples (default 0.1;
+    0 turns it off): a few outlying subjects form a cluster that every subsample finds
+    again, so it reproduces as well as a true subtype (phantom seed 2: K = 5 with clusters
+    of 2 subjects at stability 0.989, README "Choosing K"), but a cluster of two
+    subjects is an outlier group, not a subtype. If no K is large enough, all are.
+
+    NaN rows are ignored. ValueError for an unknown method or a column that is missing or
+    all NaN.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
     limits = THRESHOLDS | (thresholds or {})
+    column = DERIVED_METHODS.get(method, method)
+    if column not in table.columns:
+        raise ValueError(f"the table has no {column} column")
     if method == "gap":
         k = gap_choice(table)
         rows = table.dropna(subset=["gap", "gap_sd"]).set_index("k")
@@ -676,10 +706,11 @@ def choose(table: pd.DataFrame, method: str, thresholds: dict[str, float] | None
             margin = float(rows.loc[k, "gap"] - rows.loc[k + 1, "gap"] + rows.loc[k + 1, "gap_sd"])
             return KChoice(method, k, k + 1, margin)
         return KChoice(method, k, -1, float("nan"))
-    column = DERIVED_METHODS.get(method, method)
     ordered = table.dropna(subset=[column]).sort_values("k", kind="stable")
     if ordered.empty:
         raise ValueError(f"column {column} is NaN for every k")
+    if method in SIZE_CHECKED_METHODS:
+        ordered = large_enough(ordered, limits["min_cluster_share"])
     ks, values = ordered["k"].to_numpy(), ordered[column].to_numpy(dtype=float)
     if method == "most_stable":
         return _threshold_choice(method, ks, values, float(values.max()) - limits["most_stable"] - _TIE)
@@ -688,6 +719,15 @@ def choose(table: pd.DataFrame, method: str, thresholds: dict[str, float] | None
     if method == "pac":  # small is good: flip the sign to reuse the threshold rule
         return _threshold_choice(method, ks, -values, -limits["pac"])
     return _threshold_choice(method, ks, values, limits[method])
+
+
+def large_enough(table: pd.DataFrame, min_share: float) -> pd.DataFrame:
+    """The rows of ``table`` whose ``smallest_cluster`` is at least ``min_share``; all rows
+    if the table has no such column (written before it existed) or no row qualifies."""
+    if "smallest_cluster" not in table.columns:
+        return table
+    keep = table["smallest_cluster"] >= min_share - _TIE
+    return table[keep] if keep.any() else table
 
 
 def chosen_k(table: pd.DataFrame, method: str = "silhouette_kmeans", thresholds: dict[str, float] | None = None) -> int:
@@ -699,11 +739,22 @@ def chosen_k(table: pd.DataFrame, method: str = "silhouette_kmeans", thresholds:
 FALLBACK_METHOD = "silhouette_kmeans"
 
 
+def skipped_ks(table: pd.DataFrame, thresholds: dict[str, float] | None = None) -> list[int]:
+    """The Ks of ``table`` that the resampling rules skip because their smallest k-means
+    cluster is below ``min_cluster_share`` (none if :func:`large_enough` keeps them all)."""
+    share = (THRESHOLDS | (thresholds or {}))["min_cluster_share"]
+    defined = table.dropna(subset=["smallest_cluster"]) if "smallest_cluster" in table.columns else table.iloc[:0]
+    kept = set(large_enough(defined, share)["k"])
+    return sorted(int(k) for k in defined["k"] if k not in kept)
+
+
 def choices_table(table: pd.DataFrame, default: str, thresholds: dict[str, float] | None = None) -> pd.DataFrame:
     """One row per criterion that the table supports: ``method, k, runner_up, margin,
-    default``. ``default`` is True on the row of the method ``n_clusters: auto`` follows:
-    ``default`` itself, or :data:`FALLBACK_METHOD` when ``default`` is undefined for every K
-    (a resampling criterion on a cohort too small to split)."""
+    default, skipped_k``. ``default`` is True on the row of the method ``n_clusters: auto``
+    follows: ``default`` itself, or :data:`FALLBACK_METHOD` when ``default`` is undefined
+    for every K (a resampling criterion on a cohort too small to split). ``skipped_k``
+    lists (comma-separated) the Ks a size-checked rule did not consider (:func:`skipped_ks`)."""
+    skipped = ",".join(str(k) for k in skipped_ks(table, thresholds))
     rows = []
     for method in METHODS:
         try:
@@ -717,9 +768,10 @@ def choices_table(table: pd.DataFrame, default: str, thresholds: dict[str, float
                 "runner_up": choice.runner_up,
                 "margin": choice.margin,
                 "default": method == default,
+                "skipped_k": skipped if method in SIZE_CHECKED_METHODS else "",
             }
         )
-    out = pd.DataFrame(rows, columns=["method", "k", "runner_up", "margin", "default"])
+    out = pd.DataFrame(rows, columns=["method", "k", "runner_up", "margin", "default", "skipped_k"])
     if not out["default"].any():
         out["default"] = out["method"] == FALLBACK_METHOD
     if not out["default"].any():

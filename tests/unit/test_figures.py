@@ -156,6 +156,7 @@ def _k_selection_table() -> pd.DataFrame:
             "prediction_strength": [0.90, 0.85, 0.50, 0.40],
             "prediction_strength_sd": 0.05,
             "pac": [0.0, 0.01, 0.20, 0.30],
+            "smallest_cluster": [0.5, 0.33, 0.2, 0.05],
         }
     )
 
@@ -175,6 +176,9 @@ def test_k_selection_figure_draws_the_choices_and_thresholds(tmp_path):
     assert drawn.shape == plain.shape == unmarked.shape
     assert not np.array_equal(drawn, plain)  # the thresholds' lines
     assert not np.array_equal(plain, unmarked)  # the choices' lines and title
+    unshaded = tmp_path / "unshaded.png"  # K = 5's 5 % cluster is shaded only with a minimum share
+    F.k_selection_figure(table, unshaded, choices=choices, thresholds=THRESHOLDS | {"min_cluster_share": 0.0})
+    assert not np.array_equal(drawn, imread(unshaded))
 
 
 def _associations() -> pd.DataFrame:
@@ -263,3 +267,18 @@ def test_stability_verdict_needs_stability_and_confidence_and_flags_unfinished_p
     assert not F.stability_verdict(stability, clusters, 0.97)[0]  # stability at K = 3 below the threshold
     shaky = clusters.assign(confidence=[1.0] * 8 + [0.5, 0.5])  # 80 % confident, below nine in ten
     assert not F.stability_verdict(stability, shaky, 0.9)[0]
+
+
+def test_stability_figure_shades_the_skipped_ks(tmp_path) -> None:
+    stability = pd.DataFrame(
+        {"k": [2, 3, 4], "stability": [0.80, 0.95, 0.99], "stability_sd": 0.02, "skipped": [False, False, True]}
+    )
+    clusters = pd.DataFrame(
+        {"subject": list("abcdef"), "cluster": [1, 2, 3] * 2, "confidence": 1.0, "q_1": 0.4, "q_2": 0.3, "q_3": 0.3}
+    )
+    shaded, plain = tmp_path / "shaded.png", tmp_path / "plain.png"
+    F.stability_figure(stability, clusters, 0.9, shaded, min_cluster_share=0.1)
+    F.stability_figure(stability.assign(skipped=False), clusters, 0.9, plain, min_cluster_share=0.1)
+    _assert_png(shaded)
+    assert imread(shaded).shape == imread(plain).shape
+    assert not np.array_equal(imread(shaded), imread(plain))

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungclam.kselect import Resampling, choices_table, choose, select_k
+from lungclam.kselect import Resampling, choices_table, choose, resampling_table, select_k, skipped_ks
 from lungclam.stability import (
     align_labels,
     confidence,
@@ -140,6 +140,29 @@ def test_most_stable_rule_takes_the_finest_k_within_the_tolerance_of_the_best() 
     assert choose(_table(stability=[0.938, 0.953, 0.915, 0.917]), "stability").k == 5
     # the best K is taken however low the stability (the verdict, not the rule, says shaky)
     assert choose(_table(stability=[0.5, 0.7, 0.6, 0.2]), "most_stable").k == 3
+
+
+def test_reproducibility_rules_skip_a_k_that_isolates_a_few_outliers() -> None:
+    # three blobs of 12 and a pair of outliers: K = 4 gives the pair its own cluster,
+    # which every subsample finds again (stability 1.0), but it holds 2 of 38 subjects
+    x, _ = blobs(3, per=12)
+    pair = np.zeros((2, x.shape[1]))
+    pair[:, 5] = [9.0, 9.5]
+    x = np.vstack([x, pair])
+    table = resampling_table(x, range(2, 7), seed=0, resampling=SMALL, n_init=5)
+    shares = table.set_index("k")["smallest_cluster"]
+    assert shares[3] == pytest.approx(12 / 38) and shares[4] == pytest.approx(2 / 38)
+    for method in ("stability", "most_stable", "prediction_strength", "pac"):
+        assert choose(table, method).k == 3, method
+        assert choose(table, method, {"min_cluster_share": 0.0}).k == 4, method
+    # if no K is large enough, every K is considered
+    assert choose(table, "most_stable", {"min_cluster_share": 0.5}).k == 4
+    # k_criteria.tsv names the skipped Ks on the size-checked rules only (the silhouettes
+    # and the gap are the papers' rules)
+    assert skipped_ks(table) == [4, 5, 6]
+    choices = choices_table(table, "most_stable").set_index("method")
+    assert (choices.loc[["stability", "most_stable", "prediction_strength", "pac"], "skipped_k"] == "4,5,6").all()
+    assert choices.loc["most_stable", "default"] and choices.loc["most_stable", "k"] == 3
 
 
 def test_pac_rule_and_silhouette_margin() -> None:

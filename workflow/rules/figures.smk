@@ -70,6 +70,7 @@ rule figure_stability:
     threads: 1
     params:
         threshold=config["choose_k"]["thresholds"]["stability"],
+        min_cluster_share=config["choose_k"]["thresholds"].get("min_cluster_share"),
         patience=config["train"]["patience"],
     script:
         "../scripts/figure_stability.py"

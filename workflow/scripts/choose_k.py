@@ -13,7 +13,7 @@ smk = snakemake  # noqa: F821
 
 def main() -> None:
     from lungclam.figures import k_selection_figure
-    from lungclam.kselect import THRESHOLDS, choices_table, resampling_from_config, select_k
+    from lungclam.kselect import THRESHOLDS, choices_table, resampling_from_config, select_k, skipped_ks
 
     log = logging.getLogger("lungclam.choose_k")
     c = smk.params.settings
@@ -36,6 +36,15 @@ def main() -> None:
         workers=smk.threads,
     )
     choices = choices_table(table, c["method"], c["thresholds"])
+    skipped = skipped_ks(table, c["thresholds"])
+    if skipped:
+        log.info(
+            "K = %s skipped by the reproducibility rules: their smallest k-means cluster holds less than %.0f%% "
+            "of the %d subjects",
+            ", ".join(map(str, skipped)),
+            100 * (THRESHOLDS | c["thresholds"])["min_cluster_share"],
+            len(features),
+        )
     for row in choices.itertuples():
         log.info(
             "K by %s: %d (runner-up %d, margin %.3g)%s",
@@ -57,7 +66,9 @@ def main() -> None:
     table["chosen"] = table["k"] == best
     write_table(table, smk.output.table, float_format="%.6g")
     write_table(choices, smk.output.choices, float_format="%.6g")
-    stability = table[["k", "stability", "stability_sd"]].assign(n_replicas=c["n_replicas"], chosen=table["chosen"])
+    stability = table[["k", "stability", "stability_sd", "smallest_cluster"]].assign(
+        n_replicas=c["n_replicas"], chosen=table["chosen"], skipped=table["k"].isin(skipped)
+    )
     write_table(stability, smk.output.stability, float_format="%.6g")
     k_selection_figure(table, smk.output.plot, choices=choices, thresholds=THRESHOLDS | c["thresholds"])
 
