@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
-from lungclam.downsample import downsample_to_grid, grid_mask, lung_coverage, lung_grid
+from lungclam.downsample import downsample_to_grid, fill_outside_lungs, grid_mask, lung_coverage, lung_grid
 from lungclam.resample import crop_to_mask, grid_like, resample_ct, resample_labels
 
 
@@ -75,3 +76,33 @@ def test_lung_grid_is_centred_and_downsample_masks_outside() -> None:
     assert out.GetPixelID() == sitk.sitkFloat32
     assert np.all(arr[m == 0] == -1024)
     assert arr[m > 0].max() > 50  # the ball's core survives the anti-alias smoothing
+
+
+def test_fill_outside_lungs_removes_the_chest_wall_rim_from_the_model_input() -> None:
+    # a "lung" ball of -850 HU inside soft tissue (+40 HU); the template mask is a larger
+    # ball, as after a registration that leaves a rim of chest wall inside it
+    size, spacing = (40, 40, 40), (1.0, 1.0, 1.0)
+    z, y, x = np.indices(size[::-1]).astype(float)
+    r = np.sqrt((x - 20) ** 2 + (y - 20) ** 2 + (z - 20) ** 2)
+    lung = r <= 12
+    array = np.where(lung, -850.0, 40.0).astype(np.float32)
+    array[lung & (x > 26)] = -600.0  # an abnormal region at the lung's edge must survive
+    image = sitk.GetImageFromArray(array)
+    lungs = sitk.GetImageFromArray(lung.astype(np.uint8))
+    template_mask = sitk.GetImageFromArray((r <= 15).astype(np.uint8))
+    for im in (image, lungs, template_mask):
+        im.SetSpacing(spacing)
+    filled = sitk.GetArrayFromImage(fill_outside_lungs(image, lungs))
+    np.testing.assert_array_equal(filled[lung], array[lung])
+    assert np.all(filled[~lung] == np.median(array[lung]))
+    reference = lung_grid(template_mask, 2.0, (16, 16, 16))
+    mask = grid_mask(template_mask, reference)
+    inside = sitk.GetArrayFromImage(mask) > 0
+    kept = sitk.GetArrayFromImage(downsample_to_grid(image, mask, reference, -1024))[inside]
+    clean = sitk.GetArrayFromImage(downsample_to_grid(image, mask, reference, -1024, lungs=lungs))[inside]
+    assert kept.max() > -100  # the rim of soft tissue is in the input without the subject's mask
+    assert clean.max() < -550 and clean.max() > -700  # with it: lung and the abnormal region only
+    with pytest.raises(ValueError, match="empty"):
+        fill_outside_lungs(image, lungs * 0)
+    with pytest.raises(ValueError, match="grid"):
+        fill_outside_lungs(image, sitk.GetImageFromArray(np.ones((4, 4, 4), np.uint8)))

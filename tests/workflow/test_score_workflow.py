@@ -25,7 +25,7 @@ OTHER_SETTINGS = {
     "seed": 3,
     "resample": {"spacing_mm": 4.0},
     "register": {"reg_iterations": [5, 0, 0], "margin_mm": 6.0},
-    "downsample": {"background_hu": -1000},
+    "downsample": {"background_hu": -1000, "fill_outside_lungs": False},
     "model": {"hu_window": [-1000, 100]},
     "clam": {"mask_to_lungs": False, "chunk_size": 3},
     "outcomes": ["crp"],

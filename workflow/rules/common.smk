@@ -155,6 +155,19 @@ def registration_settings():
     return {key: value for key, value in config["register"].items() if key != "threads"}
 
 
+def subject_lungs(folder, settings):
+    """An input function: the subject's registered lung mask under ``folder`` when the
+    ``downsample`` settings (``settings(wildcards)``) fill what lies outside it, else none,
+    so a run without the option does not depend on the mask."""
+
+    def lungs(wildcards):
+        if settings(wildcards).get("fill_outside_lungs", False):
+            return f"{folder}/{wildcards.subject}.nii.gz"
+        return []
+
+    return lungs
+
+
 def template_subjects():
     """The seeded sample of subjects the template is built from (fixed at parse time)."""
     from lungclam.sampling import sample_subjects  # not lungclam.template: that imports ANTs

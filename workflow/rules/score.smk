@@ -87,6 +87,7 @@ use rule downsample as score_downsample with:
     input:
         registered="results/score/registered/{subject}.nii.gz",
         mask=study_file("grid_mask"),
+        lungs=subject_lungs("results/score/registered/lungmask", study_setting("downsample")),
     output:
         "results/score/downsampled/{subject}.nii.gz",
     log:

@@ -80,6 +80,7 @@ rule downsample:
     input:
         registered="results/registered/{subject}.nii.gz",
         mask="results/template/grid_mask.nii.gz",
+        lungs=subject_lungs("results/registered/lungmask", lambda wildcards: config["downsample"]),
     output:
         "results/downsampled/{subject}.nii.gz",
     log:

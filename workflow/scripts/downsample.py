@@ -1,4 +1,5 @@
-"""Snakemake glue: a registered scan on the coarse model grid, outside-lung set constant."""
+"""Snakemake glue: a registered scan on the coarse model grid, outside-lung set constant
+(and, with ``fill_outside_lungs``, outside the subject's own lungs set to its median lung HU)."""
 
 from lungclam.downsample import downsample_to_grid
 from lungclam.imageio import read_image, write_image
@@ -9,7 +10,11 @@ smk = snakemake  # noqa: F821
 
 def main() -> None:
     mask = read_image(smk.input.mask)
-    image = downsample_to_grid(read_image(smk.input.registered), mask, mask, smk.params.settings["background_hu"])
+    # Studies bundled before fill_outside_lungs existed keep their inputs as they were.
+    lungs = read_image(smk.input.lungs) if smk.params.settings.get("fill_outside_lungs", False) else None
+    image = downsample_to_grid(
+        read_image(smk.input.registered), mask, mask, smk.params.settings["background_hu"], lungs=lungs
+    )
     write_image(image, smk.output[0])
 
 
