@@ -29,6 +29,9 @@ It prints one table, a row per measurement:
   weight difference and whether the logged losses agree (0 and yes: bit-identical);
 - ``peak MiB``: ``torch.cuda.max_memory_allocated`` over each row's work (CUDA only).
 
+``--profile-clam PATH`` also writes torch.profiler's operator table (sorted by self device
+time on CUDA, self CPU time on the CPU) of the pipeline's 3D CLAM call to PATH.
+
 Models have random weights for the CLAM rows (speed does not depend on training) and
 images are random in [0, 1], except in the simulation rows. Only torch, numpy, pandas,
 scipy, scikit-learn and pyyaml are needed besides lungclam's model modules, so it runs on
@@ -488,6 +491,43 @@ def bench_simulation(table: Table, sizes: Sizes, device: torch.device, base: Bas
         )
 
 
+def _profile_sort_key(device: torch.device) -> str:
+    """The operator table's sort column: self device time on CUDA (named so since torch
+    2.4; ``self_cuda_time_total`` before), self CPU time on the CPU."""
+    if device.type != "cuda":
+        return "self_cpu_time_total"
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    return "self_device_time_total" if (major, minor) >= (2, 4) else "self_cuda_time_total"
+
+
+def profile_clam(sizes: Sizes, device: torch.device, path: Path, rows: int = 30) -> None:
+    """torch.profiler's operator table for the pipeline's 3D CLAM call (auto chunk and
+    memory format) in each precision, written to ``path``: where the time above the
+    encoder's floor goes (issue 16's next step). One warm-up call first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    spec = _spec_3d(sizes)
+    model = _clustering_model(spec, device)
+    images = _volumes(sizes.clam_3d, spec.input_shape)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sections = []
+    for precision, amp in _precisions(device):
+        if amp and device.type != "cuda":
+            continue
+        sum(1 for _ in iter_clam(model, images[:2], None, device, amp))
+        _sync(device)
+        with profile(activities=activities) as prof:
+            sum(1 for _ in iter_clam(model, images, None, device, amp))
+            _sync(device)
+        table = prof.key_averages().table(sort_by=_profile_sort_key(device), row_limit=rows)
+        sections.append(
+            f"# iter_clam, 3D {'x'.join(map(str, spec.input_shape))}, {len(images)} volumes, {precision}\n{table}"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n\n".join(sections) + "\n")
+    print(f"CLAM profile written to {path}")
+
+
 def main(argv: list[str] | None = None) -> Table:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto (CUDA when visible), cpu or cuda[:N]")
@@ -495,6 +535,13 @@ def main(argv: list[str] | None = None) -> Table:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument(
         "--base", help="the simulation's base slice, an .npz of benchmarks/simulation_study.py --save-base"
+    )
+    parser.add_argument(
+        "--profile-clam",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write torch.profiler's operator table of the 3D CLAM call to PATH",
     )
     parser.add_argument(
         "--skip",
@@ -522,6 +569,8 @@ def main(argv: list[str] | None = None) -> Table:
         bench_simulation(table, sizes, device, *_base(args.base))
     if "reproducibility" not in args.skip:
         bench_reproducibility(table, sizes, device)
+    if args.profile_clam is not None:
+        profile_clam(sizes, device, args.profile_clam)
     print(f"total {time.perf_counter() - started:.0f} s")
     return table
 

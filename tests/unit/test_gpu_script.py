@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,7 @@ from tests.conftest import PROJECT_ROOT
 ABSENT = ("SimpleITK", "ants", "pydicom", "matplotlib", "snakemake")
 RUN = (
     f"import runpy, sys\nfor name in {ABSENT!r}:\n    sys.modules[name] = None\n"
-    "sys.argv = ['gpu.py', '--device', 'cpu', '--quick', '--threads', '1']\n"
+    "sys.argv = ['gpu.py', '--device', 'cpu', '--quick', '--threads', '1', '--profile-clam', sys.argv[1]]\n"
     "runpy.run_path('benchmarks/gpu.py', run_name='__main__')\n"
 )
 
@@ -25,8 +26,15 @@ def _number(cell: str) -> float | None:
 
 
 @pytest.fixture(scope="module")
-def rows() -> list[dict]:
-    done = subprocess.run([sys.executable, "-c", RUN], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+def profile(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("gpu") / "clam_profile.txt"
+
+
+@pytest.fixture(scope="module")
+def rows(profile: Path) -> list[dict]:
+    done = subprocess.run(
+        [sys.executable, "-c", RUN, str(profile)], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
@@ -85,3 +93,9 @@ def test_simulation_estimate_adds_up_its_measured_parts(rows) -> None:
 def test_deterministic_cpu_pretraining_is_bit_identical(rows) -> None:
     (row,) = _find(rows, "reproducibility")
     assert row["value"] == 0.0
+
+
+def test_clam_profile_names_the_operators(rows, profile: Path) -> None:
+    text = profile.read_text()
+    assert text.startswith("# iter_clam, 3D") and "fp32" in text and "bf16" not in text  # bf16: CUDA only
+    assert "Self CPU" in text and "aten::" in text and "convolution" in text
