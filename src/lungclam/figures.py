@@ -685,6 +685,7 @@ def k_selection_figure(
     path: str | Path,
     choices: pd.DataFrame | None = None,
     thresholds: Mapping[str, float] | None = None,
+    skipped: Sequence[int] = (),
 ) -> None:
     """The criteria for the number of clusters K, one panel per kind of criterion.
 
@@ -701,14 +702,14 @@ def k_selection_figure(
             the threshold its choice used (:data:`lungclam.kselect.THRESHOLDS` merged with
             the config's), drawn as a dotted line; a criterion missing here gets none.
             ``most_stable``'s tolerance is drawn that far below the largest stability.
-            ``min_cluster_share``: the Ks whose ``smallest_cluster`` is below it, which
-            the reproducibility rules skip, are shaded grey.
+            ``min_cluster_share`` labels the grey bands of ``skipped``.
+        skipped: the Ks the reproducibility rules skipped for a too small cluster
+            (:func:`lungclam.kselect.skipped_ks`), shaded grey; ``most_stable``'s
+            tolerance is drawn below the largest stability of the other Ks.
 
     Panels: silhouettes, the gap statistic (+/- gap_sd), stability and prediction strength
     (+/- sd), and PAC.
     """
-    from lungclam.kselect import large_enough, skipped_ks  # sklearn: only where this figure is drawn
-
     limits = dict(thresholds or {})
     fig = new_figure(16, 4, constrained=False)
     sil, gap, stab, pac_ax = fig.subplots(1, 4)
@@ -739,10 +740,8 @@ def k_selection_figure(
     for criterion, colour in (("stability", "tab:purple"), ("prediction_strength", "tab:brown")):
         if criterion in limits:
             stab.axhline(limits[criterion], color=colour, linestyle=":", linewidth=1)
-    share = limits.get("min_cluster_share")
-    if share:
-        _shade_skipped((stab, pac_ax), skipped_ks(data, {"min_cluster_share": share}), share)
-    considered = large_enough(data, limits.get("min_cluster_share", 0.0))
+    _shade_skipped((stab, pac_ax), list(skipped), limits.get("min_cluster_share"))
+    considered = data.loc[~data["k"].isin(list(skipped))]
     if "most_stable" in limits and considered["stability"].notna().any():  # a tolerance below the best
         stab.axhline(
             float(considered["stability"].max()) - limits["most_stable"], color="tab:pink", linestyle=":", linewidth=1

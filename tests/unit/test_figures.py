@@ -10,7 +10,7 @@ import pytest
 from matplotlib.image import imread
 
 from lungclam import figures as F
-from lungclam.kselect import THRESHOLDS, choices_table
+from lungclam.kselect import THRESHOLDS, choices_table, skipped_ks
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SHAPE = (20, 24, 28)  # (z, y, x)
@@ -165,7 +165,7 @@ def test_k_selection_figure_draws_the_choices_and_thresholds(tmp_path):
     table = _k_selection_table()
     choices = choices_table(table, "stability")
     out = tmp_path / "figures" / "nested" / "k_selection.png"
-    F.k_selection_figure(table, out, choices=choices, thresholds=THRESHOLDS)
+    F.k_selection_figure(table, out, choices=choices, thresholds=THRESHOLDS, skipped=skipped_ks(table))
     _assert_png(out)
     bare = tmp_path / "bare.png"  # no choices, no thresholds: no dashed or dotted lines
     F.k_selection_figure(table, bare)
@@ -176,8 +176,9 @@ def test_k_selection_figure_draws_the_choices_and_thresholds(tmp_path):
     assert drawn.shape == plain.shape == unmarked.shape
     assert not np.array_equal(drawn, plain)  # the thresholds' lines
     assert not np.array_equal(plain, unmarked)  # the choices' lines and title
-    unshaded = tmp_path / "unshaded.png"  # K = 5's 5 % cluster is shaded only with a minimum share
-    F.k_selection_figure(table, unshaded, choices=choices, thresholds=THRESHOLDS | {"min_cluster_share": 0.0})
+    assert skipped_ks(table) == [5]  # its smallest cluster holds 5 % of the subjects
+    unshaded = tmp_path / "unshaded.png"
+    F.k_selection_figure(table, unshaded, choices=choices, thresholds=THRESHOLDS)
     assert not np.array_equal(drawn, imread(unshaded))
 
 

@@ -70,7 +70,9 @@ def main() -> None:
         n_replicas=c["n_replicas"], chosen=table["chosen"], skipped=table["k"].isin(skipped)
     )
     write_table(stability, smk.output.stability, float_format="%.6g")
-    k_selection_figure(table, smk.output.plot, choices=choices, thresholds=THRESHOLDS | c["thresholds"])
+    k_selection_figure(
+        table, smk.output.plot, choices=choices, thresholds=THRESHOLDS | c["thresholds"], skipped=skipped
+    )
 
 
 run_job("choose_k", main, smk.log[0], smk.threads)
