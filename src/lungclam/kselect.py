@@ -710,7 +710,7 @@ def choose(table: pd.DataFrame, method: str, thresholds: dict[str, float] | None
     if ordered.empty:
         raise ValueError(f"column {column} is NaN for every k")
     if method in SIZE_CHECKED_METHODS:
-        ordered = large_enough(ordered, limits["min_cluster_share"])
+        ordered = _large_enough(ordered, limits["min_cluster_share"])
     ks, values = ordered["k"].to_numpy(), ordered[column].to_numpy(dtype=float)
     if method == "most_stable":
         return _threshold_choice(method, ks, values, float(values.max()) - limits["most_stable"] - _TIE)
@@ -721,7 +721,7 @@ def choose(table: pd.DataFrame, method: str, thresholds: dict[str, float] | None
     return _threshold_choice(method, ks, values, limits[method])
 
 
-def large_enough(table: pd.DataFrame, min_share: float) -> pd.DataFrame:
+def _large_enough(table: pd.DataFrame, min_share: float) -> pd.DataFrame:
     """The rows of ``table`` whose ``smallest_cluster`` is at least ``min_share``; all rows
     if the table has no such column (written before it existed) or no row qualifies."""
     if "smallest_cluster" not in table.columns:
@@ -741,10 +741,11 @@ FALLBACK_METHOD = "silhouette_kmeans"
 
 def skipped_ks(table: pd.DataFrame, thresholds: dict[str, float] | None = None) -> list[int]:
     """The Ks of ``table`` that the resampling rules skip because their smallest k-means
-    cluster is below ``min_cluster_share`` (none if :func:`large_enough` keeps them all)."""
-    share = (THRESHOLDS | (thresholds or {}))["min_cluster_share"]
-    defined = table.dropna(subset=["smallest_cluster"]) if "smallest_cluster" in table.columns else table.iloc[:0]
-    kept = set(large_enough(defined, share)["k"])
+    cluster is below ``min_cluster_share`` (none if :func:`_large_enough` keeps them all)."""
+    if "smallest_cluster" not in table.columns:
+        return []
+    defined = table.dropna(subset=["smallest_cluster"])
+    kept = set(_large_enough(defined, (THRESHOLDS | (thresholds or {}))["min_cluster_share"])["k"])
     return sorted(int(k) for k in defined["k"] if k not in kept)
 
 

@@ -35,14 +35,15 @@ def main() -> None:
         resampling=resampling_from_config(c),
         workers=smk.threads,
     )
-    choices = choices_table(table, c["method"], c["thresholds"])
-    skipped = skipped_ks(table, c["thresholds"])
+    limits = THRESHOLDS | c["thresholds"]
+    choices = choices_table(table, c["method"], limits)
+    skipped = skipped_ks(table, limits)
     if skipped:
         log.info(
             "K = %s skipped by the reproducibility rules: their smallest k-means cluster holds less than %.0f%% "
             "of the %d subjects",
             ", ".join(map(str, skipped)),
-            100 * (THRESHOLDS | c["thresholds"])["min_cluster_share"],
+            100 * limits["min_cluster_share"],
             len(features),
         )
     for row in choices.itertuples():
@@ -70,9 +71,7 @@ def main() -> None:
         n_replicas=c["n_replicas"], chosen=table["chosen"], skipped=table["k"].isin(skipped)
     )
     write_table(stability, smk.output.stability, float_format="%.6g")
-    k_selection_figure(
-        table, smk.output.plot, choices=choices, thresholds=THRESHOLDS | c["thresholds"], skipped=skipped
-    )
+    k_selection_figure(table, smk.output.plot, choices=choices, thresholds=limits, skipped=skipped)
 
 
 run_job("choose_k", main, smk.log[0], smk.threads)
