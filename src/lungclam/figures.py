@@ -671,10 +671,15 @@ def _mark_chosen_k(ax: Axes, choices: pd.DataFrame | None, methods: Sequence[str
         )
 
 
-def _shade_skipped(axes: Sequence[Axes], ks: Sequence[int], min_share: float | None) -> None:
-    """Grey bands at ``ks``, the Ks whose smallest k-means cluster is below ``min_share`` of
-    the subjects and which the reproducibility rules skip (:func:`lungclam.kselect.choose`)."""
-    label = f"skipped: a cluster < {min_share:.0%} of subjects" if min_share else "skipped: a cluster too small"
+def _shade_skipped(
+    axes: Sequence[Axes], ks: Sequence[int], min_share: float | None, max_split_p: float | None = None
+) -> None:
+    """Grey bands at ``ks``, the Ks the reproducibility rules skip (:func:`lungclam.kselect.choose`):
+    their smallest k-means cluster is below ``min_share`` of the subjects, or their weakest
+    split's p-value is above ``max_split_p``."""
+    size = f"a cluster < {min_share:.0%} of subjects" if min_share else "a cluster too small"
+    split = f"a split p > {max_split_p:g}" if max_split_p is not None and max_split_p < 1 else ""
+    label = f"skipped: {size}" + (f"\nor {split}" if split else "")
     for ax in axes:
         for i, k in enumerate(ks):
             ax.axvspan(k - 0.4, k + 0.4, color="0.88", zorder=0, label=label if i == 0 else None)
@@ -702,8 +707,9 @@ def k_selection_figure(
             the threshold its choice used (:data:`lungclam.kselect.THRESHOLDS` merged with
             the config's), drawn as a dotted line; a criterion missing here gets none.
             ``most_stable``'s tolerance is drawn that far below the largest stability.
-            ``min_cluster_share`` labels the grey bands of ``skipped``.
-        skipped: the Ks the reproducibility rules skipped for a too small cluster
+            ``min_cluster_share`` and ``max_split_p`` label the grey bands of ``skipped``.
+        skipped: the Ks the reproducibility rules skipped for a too small cluster or a
+            split no stronger than one Gaussian group's
             (:func:`lungclam.kselect.skipped_ks`), shaded grey; ``most_stable``'s
             tolerance is drawn below the largest stability of the other Ks.
 
@@ -740,7 +746,7 @@ def k_selection_figure(
     for criterion, colour in (("stability", "tab:purple"), ("prediction_strength", "tab:brown")):
         if criterion in limits:
             stab.axhline(limits[criterion], color=colour, linestyle=":", linewidth=1)
-    _shade_skipped((stab, pac_ax), list(skipped), limits.get("min_cluster_share"))
+    _shade_skipped((stab, pac_ax), list(skipped), limits.get("min_cluster_share"), limits.get("max_split_p"))
     considered = data.loc[~data["k"].isin(list(skipped))]
     if "most_stable" in limits and considered["stability"].notna().any():  # a tolerance below the best
         stab.axhline(
@@ -834,10 +840,11 @@ def stability_figure(
     path: str | Path,
     pretraining_plateaued: bool | None = None,
     min_cluster_share: float | None = None,
+    max_split_p: float | None = None,
 ) -> None:
     """Stability per K (mean pairwise ARI of subsample clusterings, +/- sd; the fitted K
     marked; the Ks that ``stability``'s ``skipped`` column marks, shaded grey, labelled
-    with ``min_cluster_share``) and each subject's confidence by cluster (dots, jittered),
+    with ``min_cluster_share`` and ``max_split_p``) and each subject's confidence by cluster (dots, jittered),
     titled with :func:`stability_verdict`."""
     _, verdict = stability_verdict(stability, clusters, threshold, pretraining_plateaued)
     k_fit = len([c for c in clusters.columns if c.startswith("q_")])
@@ -848,7 +855,8 @@ def stability_figure(
     left.axhline(threshold, color="tab:purple", linestyle=":", linewidth=1, label=f"threshold {threshold:.2f}")
     left.axvline(k_fit, color="tab:red", linestyle="--", label=f"fitted K = {k_fit}")
     if "skipped" in data.columns:
-        _shade_skipped((left,), data.loc[data["skipped"].astype(bool), "k"].tolist(), min_cluster_share)
+        skipped = data.loc[data["skipped"].astype(bool), "k"].tolist()
+        _shade_skipped((left,), skipped, min_cluster_share, max_split_p)
     left.set(
         xlabel="number of clusters K",
         ylabel="mean pairwise ARI of subsample clusterings",

@@ -31,6 +31,7 @@ from lungclam.kmeans import check_k as _check_k
 from lungclam.kmeans import fit_kmeans as _fit_kmeans
 from lungclam.kmeans import single_threaded as _single_threaded
 from lungclam.runtime import forked_pool
+from lungclam.splittest import weakest_split_p
 from lungclam.stability import StabilityRow, stability_criteria, subsample_indices
 
 SILHOUETTE_METHODS = ("silhouette_kmeans", "silhouette_sparse_kmeans")
@@ -52,15 +53,27 @@ TABLE_COLUMNS = (
     "prediction_strength_sd",
     "pac",
     "smallest_cluster",
+    "split_p",
 )
 RESAMPLING_COLUMNS = ("stability", "stability_sd", "prediction_strength", "prediction_strength_sd", "pac")
+#: The columns that decide whether the resampling rules consider a K at all.
+_CHECK_COLUMNS = ("smallest_cluster", "split_p")
 #: Rules that only consider a K whose smallest k-means cluster holds at least
-#: ``thresholds["min_cluster_share"]`` of the subjects (see :func:`choose`).
+#: ``thresholds["min_cluster_share"]`` of the subjects and whose weakest split has a
+#: p-value of at most ``thresholds["max_split_p"]`` (see :func:`choose`).
 SIZE_CHECKED_METHODS = (*RESAMPLING_METHODS, *DERIVED_METHODS)
 #: Defaults of the rules that turn a resampling criterion into a K (see :func:`choose`);
 #: ``most_stable`` is a tolerance below the largest stability, not a level;
-#: ``min_cluster_share`` is the smallest cluster (share of the subjects) a K may have.
-THRESHOLDS = {"stability": 0.9, "prediction_strength": 0.8, "pac": 0.05, "most_stable": 0.03, "min_cluster_share": 0.1}
+#: ``min_cluster_share`` is the smallest cluster (share of the subjects) a K may have;
+#: ``max_split_p`` the largest p-value its weakest split may have (1.0: no split test).
+THRESHOLDS = {
+    "stability": 0.9,
+    "prediction_strength": 0.8,
+    "pac": 0.05,
+    "most_stable": 0.03,
+    "min_cluster_share": 0.1,
+    "max_split_p": 0.05,
+}
 _TIE = 1e-9
 _BISECTION_STEPS = 100
 
@@ -471,14 +484,19 @@ def _row_for_k(
         "prediction_strength": stable.prediction_strength,
         "prediction_strength_sd": stable.prediction_strength_sd,
         "pac": stable.pac,
-        "smallest_cluster": smallest_cluster_share(labels, k),
-    }
+    } | _check_values(x, labels, k, seed)
 
 
 def smallest_cluster_share(labels: np.ndarray, k: int) -> float:
     """Share of the samples in the smallest of ``k`` clusters of ``labels`` (n,) in [0, k)
     (0.0 when a cluster is empty)."""
     return float(np.bincount(np.asarray(labels), minlength=k).min() / len(labels))
+
+
+def _check_values(x: np.ndarray, labels: np.ndarray, k: int, seed: int) -> dict[str, float]:
+    """The columns that decide whether the resampling rules consider ``k`` (see
+    :func:`_admissible`), for the k-means ``labels`` (n,) of ``x`` (n, p)."""
+    return {"smallest_cluster": smallest_cluster_share(labels, k), "split_p": weakest_split_p(x, labels, k, seed=seed)}
 
 
 def _resampling_row(x: np.ndarray, k: int, seed: int, resampling: Resampling) -> StabilityRow:
@@ -493,19 +511,19 @@ def resampling_table(
     features: np.ndarray, ks: Sequence[int], seed: int = 0, resampling: Resampling = Resampling(), n_init: int = 20
 ) -> pd.DataFrame:
     """Only the resampling columns of :func:`select_k` (k, stability, stability_sd,
-    prediction_strength, prediction_strength_sd, pac) and smallest_cluster for ``ks``, on
+    prediction_strength, prediction_strength_sd, pac), smallest_cluster and split_p for ``ks``, on
     ``features`` (n, p) as given; NaN for a k outside [2, n - 1]. Cheaper than
     :func:`select_k` on large n, where sparse k-means' permutations dominate."""
     x = _as_matrix(features, "features")
     rows = []
     for k in sorted({int(k) for k in ks}):
         if not 2 <= k < x.shape[0]:
-            rows.append({"k": k} | dict.fromkeys((*RESAMPLING_COLUMNS, "smallest_cluster"), np.nan))
+            rows.append({"k": k} | dict.fromkeys((*RESAMPLING_COLUMNS, *_CHECK_COLUMNS), np.nan))
             continue
         labels = _fit_kmeans(x, k, seed, n_init, None).labels_
         row = vars(_resampling_row(x, k, seed, resampling))
-        rows.append(row | {"smallest_cluster": smallest_cluster_share(labels, k)})
-    return pd.DataFrame(rows, columns=["k", *RESAMPLING_COLUMNS, "smallest_cluster"])
+        rows.append(row | _check_values(x, labels, k, seed))
+    return pd.DataFrame(rows, columns=["k", *RESAMPLING_COLUMNS, *_CHECK_COLUMNS])
 
 
 def _row_for_k_single_threaded(args: tuple) -> dict[str, float]:
@@ -579,7 +597,10 @@ def select_k(
       and prediction_strength_sd, pac (see :mod:`lungclam.stability`; sizes from
       ``resampling``).
     - smallest_cluster (share of the samples in the smallest cluster of the k-means above;
-      the resampling rules skip a k below ``min_cluster_share``, see :func:`choose`).
+      the resampling rules skip a k below ``min_cluster_share``, see :func:`choose`);
+    - split_p (the largest p-value of :func:`lungclam.splittest.weakest_split_p` over
+      that k-means' neighbouring cluster pairs: small when every split is more than one
+      Gaussian group shows; the resampling rules skip a k above ``max_split_p``).
 
     A k below 2 has NaN silhouettes, sparse and resampling columns (the gap is still given
     for k = 1); a k >= n, or above the number of distinct samples, gives a NaN row.
@@ -689,6 +710,11 @@ def choose(table: pd.DataFrame, method: str, thresholds: dict[str, float] | None
     again, so it reproduces as well as a true subtype (phantom seed 2: K = 5 with clusters
     of 2 subjects at stability 0.989, README "Choosing K"), but a cluster of two
     subjects is an outlier group, not a subtype. If no K is large enough, all are.
+    Of those, they consider only the Ks whose ``split_p`` (the weakest neighbouring
+    split, :mod:`lungclam.splittest`) is at most ``thresholds["max_split_p"]`` (default
+    0.05; 1.0 turns it off): a cut through one group at a gap in its severities
+    reproduces at stability 1.0 too, but its two halves are no more apart than one
+    Gaussian group's. If no K passes, the size check alone decides.
 
     NaN rows are ignored. ValueError for an unknown method or a column that is missing or
     all NaN.
@@ -710,7 +736,7 @@ def choose(table: pd.DataFrame, method: str, thresholds: dict[str, float] | None
     if ordered.empty:
         raise ValueError(f"column {column} is NaN for every k")
     if method in SIZE_CHECKED_METHODS:
-        ordered = _large_enough(ordered, limits["min_cluster_share"])
+        ordered = _admissible(ordered, limits)
     ks, values = ordered["k"].to_numpy(), ordered[column].to_numpy(dtype=float)
     if method == "most_stable":
         return _threshold_choice(method, ks, values, float(values.max()) - limits["most_stable"] - _TIE)
@@ -721,13 +747,20 @@ def choose(table: pd.DataFrame, method: str, thresholds: dict[str, float] | None
     return _threshold_choice(method, ks, values, limits[method])
 
 
-def _large_enough(table: pd.DataFrame, min_share: float) -> pd.DataFrame:
-    """The rows of ``table`` whose ``smallest_cluster`` is at least ``min_share``; all rows
-    if the table has no such column (written before it existed) or no row qualifies."""
-    if "smallest_cluster" not in table.columns:
-        return table
-    keep = table["smallest_cluster"] >= min_share - _TIE
-    return table[keep] if keep.any() else table
+def _admissible(table: pd.DataFrame, limits: dict[str, float]) -> pd.DataFrame:
+    """The rows of ``table`` whose ``smallest_cluster`` is at least
+    ``limits["min_cluster_share"]``, and of those the rows whose ``split_p`` is at most
+    ``limits["max_split_p"]``. Each check keeps every row it is given when the table has
+    no such column (written before it existed) or no row passes."""
+    checks = (
+        ("smallest_cluster", lambda v: v >= limits["min_cluster_share"] - _TIE),
+        ("split_p", lambda v: v <= limits["max_split_p"] + _TIE),
+    )
+    for column, passes in checks:
+        if column in table.columns:
+            keep = passes(table[column])
+            table = table[keep] if keep.any() else table
+    return table
 
 
 def chosen_k(table: pd.DataFrame, method: str = "silhouette_kmeans", thresholds: dict[str, float] | None = None) -> int:
@@ -740,12 +773,14 @@ FALLBACK_METHOD = "silhouette_kmeans"
 
 
 def skipped_ks(table: pd.DataFrame, thresholds: dict[str, float] | None = None) -> list[int]:
-    """The Ks of ``table`` that the resampling rules skip because their smallest k-means
-    cluster is below ``min_cluster_share`` (none if :func:`_large_enough` keeps them all)."""
-    if "smallest_cluster" not in table.columns:
+    """The Ks of ``table`` that the resampling rules skip: their smallest k-means cluster
+    is below ``min_cluster_share`` or their weakest split's p-value above ``max_split_p``
+    (none if :func:`_admissible` keeps them all)."""
+    present = [c for c in _CHECK_COLUMNS if c in table.columns]
+    if not present:
         return []
-    defined = table.dropna(subset=["smallest_cluster"])
-    kept = set(_large_enough(defined, (THRESHOLDS | (thresholds or {}))["min_cluster_share"])["k"])
+    defined = table.dropna(subset=present)
+    kept = set(_admissible(defined, THRESHOLDS | (thresholds or {}))["k"])
     return sorted(int(k) for k in defined["k"] if k not in kept)
 
 

@@ -184,10 +184,12 @@ def test_select_k_table_choice_and_reproducibility() -> None:
         "prediction_strength_sd",
         "pac",
         "smallest_cluster",
+        "split_p",
     ]
     assert list(table.columns) == expected
     assert table["k"].tolist() == [2, 3, 4, 5]
     assert table.set_index("k")["smallest_cluster"][4] == pytest.approx(0.25)  # four blobs of 15
+    assert table.set_index("k")["split_p"][4] <= 0.05  # every neighbouring pair of blobs is a real split
     assert len(messages) == 4 and messages[1].startswith("k=3:")
     assert table["silhouette_sparse_kmeans"].between(-1, 1).all()
     assert ((table["n_features_used"] >= 1) & (table["n_features_used"] <= 6)).all()

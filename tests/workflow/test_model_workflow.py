@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
+from lungclam.kselect import skipped_ks
 from lungclam.model import load_checkpoint
 from lungclam.score import score_volumes
 from lungclam.study import load_bundle
@@ -44,9 +45,10 @@ def test_model_stages_write_their_tables(demo_run: Path) -> None:
     stability = pd.read_csv(demo_run / "model" / "stability.tsv", sep="\t")
     assert stability["k"].tolist() == [2, 3] and stability["stability"].between(-1, 1).all()
     assert stability.loc[stability["chosen"], "k"].tolist() == [k]
-    # tiny.yaml keeps the default min_cluster_share (0.1): a K is skipped only below it
+    # tiny.yaml keeps the default min_cluster_share (0.1) and max_split_p (0.05)
     assert ksel["smallest_cluster"].between(0.25, 0.5).all()  # 4 subjects: 1 or 2 in the smallest cluster
-    assert (stability["skipped"] == (stability["smallest_cluster"] < 0.1)).all()
+    assert ksel["split_p"].between(0, 1).all()
+    assert stability.loc[stability["skipped"], "k"].tolist() == skipped_ks(ksel)
     clusters = pd.read_csv(demo_run / "clusters.tsv", sep="\t")
     assert clusters["subject"].tolist() == subjects
     # confidence: a share of the 30 subsample clusterings, so a multiple of 1/30 in [0, 1]

@@ -71,6 +71,7 @@ rule figure_stability:
     params:
         threshold=config["choose_k"]["thresholds"]["stability"],
         min_cluster_share=config["choose_k"]["thresholds"].get("min_cluster_share"),
+        max_split_p=config["choose_k"]["thresholds"].get("max_split_p"),
         patience=config["train"]["patience"],
     script:
         "../scripts/figure_stability.py"

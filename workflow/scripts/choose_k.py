@@ -41,10 +41,11 @@ def main() -> None:
     if skipped:
         log.info(
             "K = %s skipped by the reproducibility rules: their smallest k-means cluster holds less than %.0f%% "
-            "of the %d subjects",
+            "of the %d subjects, or their weakest split has p > %g (k_selection.tsv: smallest_cluster, split_p)",
             ", ".join(map(str, skipped)),
             100 * limits["min_cluster_share"],
             len(features),
+            limits["max_split_p"],
         )
     for row in choices.itertuples():
         log.info(
@@ -67,7 +68,7 @@ def main() -> None:
     table["chosen"] = table["k"] == best
     write_table(table, smk.output.table, float_format="%.6g")
     write_table(choices, smk.output.choices, float_format="%.6g")
-    stability = table[["k", "stability", "stability_sd", "smallest_cluster"]].assign(
+    stability = table[["k", "stability", "stability_sd", "smallest_cluster", "split_p"]].assign(
         n_replicas=c["n_replicas"], chosen=table["chosen"], skipped=table["k"].isin(skipped)
     )
     write_table(stability, smk.output.stability, float_format="%.6g")

@@ -14,7 +14,10 @@ def main() -> None:
     stability = pd.read_csv(smk.input.stability, sep="\t")
     clusters = pd.read_csv(smk.input.clusters, sep="\t")
     plateaued = stopped_before_maximum(pd.read_csv(smk.input.pretraining, sep="\t"), smk.params.patience)
-    stability_figure(stability, clusters, smk.params.threshold, smk.output[0], plateaued, smk.params.min_cluster_share)
+    params = smk.params
+    stability_figure(
+        stability, clusters, params.threshold, smk.output[0], plateaued, params.min_cluster_share, params.max_split_p
+    )
 
 
 run_job("figure_stability", main, smk.log[0], smk.threads)

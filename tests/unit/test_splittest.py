@@ -1,0 +1,105 @@
+"""The split test (lungclam.splittest) and the resampling rules' use of it: hand-made data
+where a split is real (separated blobs) or is a cut through one group (a Gaussian, a
+continuum with a gap no wider than its noise). Runs in a few seconds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lungclam.kselect import Resampling, choices_table, choose, resampling_table, skipped_ks
+from lungclam.splittest import neighbour_pairs, split_p_value, two_means_index, weakest_split_p
+
+SMALL = Resampling(n_replicas=12, fraction=0.8, n_splits=4, n_init=3)
+
+
+def two_blobs(separation: float, per: int = 40, p: int = 10, seed: int = 0) -> np.ndarray:
+    """Two unit-sd Gaussian blobs of ``per`` points in ``p`` dimensions, ``separation``
+    apart on the first axis: (2 * per, p)."""
+    x = np.random.default_rng(seed).normal(size=(2 * per, p))
+    x[:per, 0] += separation
+    return x
+
+
+def test_two_means_index_by_hand() -> None:
+    # two tight pairs far apart: the split leaves almost nothing within
+    x = np.array([[0.0, 0.0], [0.0, 0.1], [10.0, 0.0], [10.0, 0.1]])
+    assert two_means_index(x) == pytest.approx(0.01 / (0.01 + 100), rel=1e-6)
+    # an even 1-D grid: halves leave a quarter of the variance (n^2 - 4) / (4 (n^2 - 1))
+    grid = np.linspace(0, 1, 200)[:, None]
+    assert two_means_index(grid) == pytest.approx((200**2 - 4) / (4 * (200**2 - 1)), rel=1e-6)
+    assert two_means_index(np.ones((5, 3))) == 1.0  # nothing to split
+
+
+def test_separated_blobs_split_and_one_gaussian_does_not() -> None:
+    assert split_p_value(two_blobs(8.0), 100, 0) == pytest.approx(1 / 101)
+    for seed in range(5):
+        one = np.random.default_rng(seed).normal(size=(40, 5))
+        assert split_p_value(one, 100, seed) > 0.3, seed
+    assert split_p_value(np.zeros((2, 3))) == 1.0  # too few samples to test
+
+
+def test_split_p_value_is_seeded() -> None:
+    x = two_blobs(3.0)
+    assert split_p_value(x, 50, 7) == split_p_value(x, 50, 7)
+
+
+def test_neighbour_pairs_are_the_nearest_centroids() -> None:
+    centres = np.array([[0.0], [1.0], [5.0], [5.5]])
+    assert neighbour_pairs(centres) == [(0, 1), (2, 3)]
+    assert neighbour_pairs(np.array([[0.0], [1.0], [3.0]])) == [(0, 1), (1, 2)]
+    assert neighbour_pairs(np.zeros((1, 2))) == []
+
+
+def test_weakest_split_finds_a_cut_through_one_blob() -> None:
+    x = np.vstack([two_blobs(10.0, per=20, p=6), np.random.default_rng(1).normal(size=(20, 6)) + 20.0])
+    truth = np.repeat([0, 1, 2], 20)
+    assert weakest_split_p(x, truth, 3) == pytest.approx(1 / 101)
+    # cut the third blob in two along its first axis: that pair is no more apart than
+    # one Gaussian group
+    cut = truth.copy()
+    third = np.flatnonzero(truth == 2)
+    cut[third[x[third, 0] > np.median(x[third, 0])]] = 3
+    assert weakest_split_p(x, cut, 4) > 0.05
+    assert np.isnan(weakest_split_p(x, np.zeros(60, dtype=int), 1))
+
+
+def blobs_and_continuum(seed: int = 6) -> np.ndarray:
+    """Two unit-sd blobs of 12 (6 dimensions, 8 apart) and a continuum of 16 points along
+    the fourth axis from -6 to 6 with a gap of 2 in the middle, unit-sd noise on every
+    axis: the gap is real in the sample, so k-means at K = 4 cuts the continuum there in
+    every subsample, but the halves are no more apart than one Gaussian group's."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((40, 6))
+    x[12:24, 1] = 8.0
+    x[:12, 0] = 8.0
+    x[24:, 2] = 8.0
+    x[24:, 3] = np.r_[np.linspace(-6, -1, 8), np.linspace(1, 6, 8)]
+    return x + rng.normal(size=x.shape)
+
+
+def test_reproducibility_rules_skip_a_cut_through_a_continuum() -> None:
+    table = resampling_table(blobs_and_continuum(), range(2, 6), seed=6, resampling=SMALL, n_init=5)
+    rows = table.set_index("k")
+    assert rows.loc[3, "split_p"] <= 0.05 < rows.loc[4, "split_p"]
+    assert rows.loc[4, "stability"] >= 0.99  # the cut reproduces as well as the truth
+    for method in ("most_stable", "prediction_strength"):
+        assert choose(table, method).k == 3, method
+        assert choose(table, method, {"max_split_p": 1.0}).k == 4, method
+    assert skipped_ks(table) == [4, 5]
+    assert skipped_ks(table, {"max_split_p": 1.0}) == []
+    choices = choices_table(table, "most_stable").set_index("method")
+    assert choices.loc["most_stable", "skipped_k"] == "4,5"
+
+
+def test_split_check_falls_back_when_no_k_passes_and_ignores_old_tables() -> None:
+    base = {"k": [2, 3, 4], "stability": [0.99, 0.97, 1.0], "smallest_cluster": [0.3, 0.2, 0.15]}
+    # no K passes the split test: the size check alone decides
+    assert choose(pd.DataFrame(base | {"split_p": [0.2, 0.3, 0.4]}), "most_stable").k == 4
+    assert skipped_ks(pd.DataFrame(base | {"split_p": [0.2, 0.3, 0.4]})) == []
+    # the size check comes first: K = 4's cluster is too small, K = 3 is a weak split
+    table = pd.DataFrame(base | {"smallest_cluster": [0.3, 0.2, 0.05], "split_p": [0.01, 0.3, 0.01]})
+    assert choose(table, "most_stable").k == 2 and skipped_ks(table) == [3, 4]
+    # a table written before the column existed: as before
+    assert choose(pd.DataFrame(base), "most_stable").k == 4
