@@ -53,7 +53,9 @@ def fill_outside_lungs(image: sitk.Image, lungs: sitk.Image) -> sitk.Image:
     -850) into the model's input, a rim whose size follows body habitus. On demo-like
     cohorts that rim was the embedding's largest source of variation within a pattern
     (README, "Choosing K"). Filling it with the subject's typical lung value removes the
-    edge it would leave, where the background constant would leave a smaller one.
+    edge it would leave, where the background constant would leave a smaller one. It also
+    fills disease that the lung mask left out: a threshold mask (-300 HU) excludes dense
+    consolidation or fibrosis at the lung edge, which is why the option is off by default.
     ValueError for an empty lung mask.
     """
     array = sitk.GetArrayFromImage(sitk.Cast(image, sitk.sitkFloat32))

@@ -47,6 +47,13 @@ def main() -> None:
             len(features),
             limits["max_split_p"],
         )
+    if not (table["split_p"] <= limits["max_split_p"]).any():
+        log.warning(
+            "no K splits these subjects more clearly than one Gaussian group would (split_p > %g at every K): "
+            "the embedding may hold no distinct clusters; read k_selection.png and the stability figure before "
+            "trusting any K",
+            limits["max_split_p"],
+        )
     for row in choices.itertuples():
         log.info(
             "K by %s: %d (runner-up %d, margin %.3g)%s",
