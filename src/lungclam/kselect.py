@@ -61,7 +61,7 @@ _CHECK_COLUMNS = ("smallest_cluster", "split_p")
 #: Rules that only consider a K whose smallest k-means cluster holds at least
 #: ``thresholds["min_cluster_share"]`` of the subjects and whose weakest split has a
 #: p-value of at most ``thresholds["max_split_p"]`` (see :func:`choose`).
-SIZE_CHECKED_METHODS = (*RESAMPLING_METHODS, *DERIVED_METHODS)
+CHECKED_METHODS = (*RESAMPLING_METHODS, *DERIVED_METHODS)
 #: Defaults of the rules that turn a resampling criterion into a K (see :func:`choose`);
 #: ``most_stable`` is a tolerance below the largest stability, not a level;
 #: ``min_cluster_share`` is the smallest cluster (share of the subjects) a K may have;
@@ -735,7 +735,7 @@ def choose(table: pd.DataFrame, method: str, thresholds: dict[str, float] | None
     ordered = table.dropna(subset=[column]).sort_values("k", kind="stable")
     if ordered.empty:
         raise ValueError(f"column {column} is NaN for every k")
-    if method in SIZE_CHECKED_METHODS:
+    if method in CHECKED_METHODS:
         ordered = _admissible(ordered, limits)
     ks, values = ordered["k"].to_numpy(), ordered[column].to_numpy(dtype=float)
     if method == "most_stable":
@@ -789,7 +789,8 @@ def choices_table(table: pd.DataFrame, default: str, thresholds: dict[str, float
     default, skipped_k``. ``default`` is True on the row of the method ``n_clusters: auto``
     follows: ``default`` itself, or :data:`FALLBACK_METHOD` when ``default`` is undefined
     for every K (a resampling criterion on a cohort too small to split). ``skipped_k``
-    lists (comma-separated) the Ks a size-checked rule did not consider (:func:`skipped_ks`)."""
+    lists (comma-separated) the Ks that the checked rules (:data:`CHECKED_METHODS`) did not
+    consider (:func:`skipped_ks`)."""
     skipped = ",".join(str(k) for k in skipped_ks(table, thresholds))
     rows = []
     for method in METHODS:
@@ -804,7 +805,7 @@ def choices_table(table: pd.DataFrame, default: str, thresholds: dict[str, float
                 "runner_up": choice.runner_up,
                 "margin": choice.margin,
                 "default": method == default,
-                "skipped_k": skipped if method in SIZE_CHECKED_METHODS else "",
+                "skipped_k": skipped if method in CHECKED_METHODS else "",
             }
         )
     out = pd.DataFrame(rows, columns=["method", "k", "runner_up", "margin", "default", "skipped_k"])
