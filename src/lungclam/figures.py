@@ -51,6 +51,7 @@ __all__ = [
     "contact_sheet",
     "forest_figure",
     "k_selection_figure",
+    "k_selection_title",
     "loss_figure",
     "mean_maps_figure",
     "pca_figure",
@@ -714,7 +715,7 @@ def k_selection_figure(
             tolerance is drawn below the largest stability of the other Ks.
 
     Panels: silhouettes, the gap statistic (+/- gap_sd), stability and prediction strength
-    (+/- sd), and PAC.
+    (+/- sd), and PAC. Title: :func:`k_selection_title`.
     """
     limits = dict(thresholds or {})
     fig = new_figure(16, 4, constrained=False)
@@ -779,6 +780,19 @@ def k_selection_figure(
         pac_ax.legend(fontsize=8)
     for ax in (sil, gap, stab, pac_ax):
         ax.set_xticks(data["k"].to_numpy())
+    fig.suptitle(k_selection_title(data, choices, limits))
+    fig.tight_layout()
+    save(fig, path)
+
+
+def k_selection_title(
+    table: pd.DataFrame, choices: pd.DataFrame | None = None, thresholds: Mapping[str, float] | None = None
+) -> str:
+    """The k_selection figure's title: the K that ``n_clusters: auto`` follows, by which
+    criterion, its runner-up and margin, and how many criteria agree (from ``choices``); a
+    second line when no K's ``split_p`` in ``table`` is at most ``thresholds["max_split_p"]``
+    (the embedding may hold no distinct clusters)."""
+    limits = dict(thresholds or {})
     title = "Choosing the number of clusters"
     if choices is not None and choices["default"].any():
         row = choices.loc[choices["default"]].iloc[0]
@@ -788,9 +802,10 @@ def k_selection_figure(
             f": K = {row['k']} by {row['method']} ({runner}, margin "
             f"{row['margin']:.3g}); {agree} of {len(choices)} criteria agree"
         )
-    fig.suptitle(title)
-    fig.tight_layout()
-    save(fig, path)
+    if "split_p" in table.columns and "max_split_p" in limits and not (table["split_p"] <= limits["max_split_p"]).any():
+        weakest = f"split p > {limits['max_split_p']:g}"
+        title += f"\nno K splits the subjects more clearly than one Gaussian group ({weakest} at every K)"
+    return title
 
 
 # ------------------------------------------------------------------- cluster stability

@@ -182,6 +182,18 @@ def test_k_selection_figure_draws_the_choices_and_thresholds(tmp_path):
     assert not np.array_equal(drawn, imread(unshaded))
 
 
+def test_k_selection_title_says_when_no_k_passes_the_split_test():
+    table = _k_selection_table()
+    choices = choices_table(table, "most_stable")
+    plain = F.k_selection_title(table, choices, THRESHOLDS)
+    assert plain.startswith("Choosing the number of clusters: K = ") and "\n" not in plain
+    weak = table.assign(split_p=0.4)  # no K's weakest split beats one Gaussian group
+    assert "no K splits the subjects" in F.k_selection_title(weak, choices, THRESHOLDS)
+    one_real = weak.assign(split_p=[0.01, 0.4, 0.4, 0.4])
+    assert "\n" not in F.k_selection_title(one_real, choices, THRESHOLDS)
+    assert "\n" not in F.k_selection_title(weak, choices, THRESHOLDS | {"max_split_p": 1.0})
+
+
 def _associations() -> pd.DataFrame:
     return pd.DataFrame(
         {
