@@ -19,6 +19,8 @@ Arrays are samples x features (n, p); every random draw follows the seed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 #: Monte Carlo references per pair: the smallest p-value is 1 / (n_references + 1).
@@ -35,7 +37,8 @@ def two_means_index(x: np.ndarray) -> float:
     one-dimensional gap would give) and follows Lloyd's iterations to convergence; the
     same deterministic start on observed and reference data keeps the two comparable.
     """
-    centred = np.asarray(x, dtype=float) - np.asarray(x, dtype=float).mean(axis=0)
+    data = np.asarray(x, dtype=float)
+    centred = data - data.mean(axis=0)
     total = float((centred**2).sum())
     if centred.shape[0] < 2 or total <= 0:
         return 1.0
@@ -76,6 +79,12 @@ def split_p_value(x: np.ndarray, n_references: int = N_REFERENCES, rng: np.rando
     references = (two_means_index(generator.standard_normal((n, sd.size)) * sd) for _ in range(n_references))
     as_split = sum(index <= observed for index in references)
     return float((1 + as_split) / (1 + n_references))
+
+
+def no_split_is_real(split_p: Sequence[float], max_split_p: float) -> bool:
+    """True when no K's weakest-split p-value (``split_p``, one per K, NaN allowed) is at
+    most ``max_split_p``: no K splits the samples more clearly than one Gaussian group."""
+    return not bool((np.asarray(split_p, dtype=float) <= max_split_p).any())
 
 
 def neighbour_pairs(centres: np.ndarray) -> list[tuple[int, int]]:

@@ -14,6 +14,7 @@ smk = snakemake  # noqa: F821
 def main() -> None:
     from lungclam.figures import k_selection_figure
     from lungclam.kselect import THRESHOLDS, choices_table, resampling_from_config, select_k, skipped_ks
+    from lungclam.splittest import no_split_is_real
 
     log = logging.getLogger("lungclam.choose_k")
     c = smk.params.settings
@@ -47,7 +48,7 @@ def main() -> None:
             len(features),
             limits["max_split_p"],
         )
-    if not (table["split_p"] <= limits["max_split_p"]).any():
+    if no_split_is_real(table["split_p"], limits["max_split_p"]):
         log.warning(
             "no K splits these subjects more clearly than one Gaussian group would (split_p > %g at every K): "
             "the embedding may hold no distinct clusters; read k_selection.png and the stability figure before "
