@@ -308,8 +308,9 @@ def _window(value: Any) -> bool:
 # The settings of the study's config.yaml that scoring reads (dotted key -> valid value):
 # they shape a scored subject's imaging (resampling, registration to the template,
 # downsampling onto the model grid) and its model input and CLAM, so they come from the
-# bundle, never from the current config. register.syn_spacing_mm and register.threads
-# are optional (the register stage's defaults: spacing_mm, and 1 thread).
+# bundle, never from the current config. The optional ones take the stage's defaults when
+# absent (register.syn_spacing_mm: spacing_mm; register.threads: 1; no fill outside the
+# lungs, and with it no depth limit), as in bundles from before they existed.
 SCORING_KEYS: dict[str, Callable[[Any], bool]] = {
     "seed": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
     "resample.spacing_mm": _positive,
@@ -325,6 +326,8 @@ SCORING_KEYS: dict[str, Callable[[Any], bool]] = {
 OPTIONAL_SCORING_KEYS: dict[str, Callable[[Any], bool]] = {
     "register.syn_spacing_mm": lambda v: v is None or _positive(v),
     "register.threads": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+    "downsample.fill_outside_lungs": lambda v: isinstance(v, bool),
+    "downsample.fill_depth_mm": lambda v: v is None or (_number(v) and v >= 0),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from lungclam.downsample import downsample_to_grid, fill_outside_lungs, grid_mask, lung_coverage, lung_grid
 from lungclam.resample import crop_to_mask, grid_like, resample_ct, resample_labels
@@ -106,3 +107,32 @@ def test_fill_outside_lungs_removes_the_chest_wall_rim_from_the_model_input() ->
         fill_outside_lungs(image, lungs * 0)
     with pytest.raises(ValueError, match="grid"):
         fill_outside_lungs(image, sitk.GetImageFromArray(np.ones((4, 4, 4), np.uint8)))
+
+
+def test_a_shallow_fill_takes_the_rim_and_keeps_dense_disease_that_the_lung_mask_left_out() -> None:
+    # a lung ball whose mask leaves out a dense block (+40 HU consolidation, 8 voxels deep)
+    # at its edge, as a -300 HU threshold would; spacing 2 mm on x, so depths are in mm
+    size, spacing = (40, 40, 40), (2.0, 1.0, 1.0)  # x, y, z
+    z, y, x = np.indices(size[::-1]).astype(float)
+    r = np.sqrt(((x - 20) * 2) ** 2 + (y - 20) ** 2 + (z - 20) ** 2)
+    lung = r <= 14
+    consolidation = lung & (y > 26)
+    lungs_mask = lung & ~consolidation
+    array = np.where(lung, -850.0, 40.0).astype(np.float32)
+    array[consolidation] = 40.0
+    image = sitk.GetImageFromArray(array)
+    lungs = sitk.GetImageFromArray(lungs_mask.astype(np.uint8))
+    for im in (image, lungs):
+        im.SetSpacing(spacing)
+    distance = ndimage.distance_transform_edt(~lungs_mask, sampling=spacing[::-1])
+    filled = sitk.GetArrayFromImage(fill_outside_lungs(image, lungs, depth_mm=2.0))
+    median = np.median(array[lungs_mask])
+    np.testing.assert_array_equal(filled[lungs_mask], array[lungs_mask])
+    assert np.all(filled[~lungs_mask & (distance <= 2.0)] == median)  # the shell, 1 voxel on x and 2 on y, z
+    assert np.all(filled[distance > 2.0] == array[distance > 2.0])
+    deep = consolidation & (y > 28)
+    assert deep.sum() > 100 and np.all(filled[deep] == 40.0)  # the block's bulk survives
+    everything = sitk.GetArrayFromImage(fill_outside_lungs(image, lungs))
+    assert np.all(everything[deep] == median)  # what the unlimited fill would lose
+    with pytest.raises(ValueError, match="depth"):
+        fill_outside_lungs(image, lungs, depth_mm=-1.0)

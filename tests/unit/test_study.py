@@ -196,6 +196,8 @@ def test_a_study_config_lacking_a_scoring_setting_is_refused(
         ("clam", "chunk_size", "big"),
         ("register", "syn_spacing_mm", -1.0),
         ("register", "threads", 0),
+        ("downsample", "fill_outside_lungs", "yes"),
+        ("downsample", "fill_depth_mm", -3.0),
     ],
 )
 def test_a_study_setting_scoring_cannot_use_is_refused(

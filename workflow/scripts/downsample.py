@@ -12,10 +12,16 @@ smk = snakemake  # noqa: F821
 def main() -> None:
     mask = read_image(smk.input.mask)
     # Studies bundled before fill_outside_lungs existed keep their inputs as they were.
-    lungs = read_image(smk.input.lungs) if smk.params.settings.get("fill_outside_lungs", False) else None
+    settings = smk.params.settings
+    lungs = read_image(smk.input.lungs) if settings.get("fill_outside_lungs", False) else None
     try:
         image = downsample_to_grid(
-            read_image(smk.input.registered), mask, mask, smk.params.settings["background_hu"], lungs=lungs
+            read_image(smk.input.registered),
+            mask,
+            mask,
+            settings["background_hu"],
+            lungs=lungs,
+            fill_depth_mm=settings.get("fill_depth_mm"),
         )
     except ValueError as exc:  # an empty or mismatched registered lung mask
         raise SubjectError(
