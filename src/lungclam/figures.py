@@ -711,7 +711,7 @@ def k_selection_figure(
             ``most_stable``'s tolerance is drawn that far below the largest stability.
             ``min_cluster_share`` and ``max_split_p`` label the grey bands of ``skipped``.
         skipped: the Ks the reproducibility rules skipped for a too small cluster or a
-            split no stronger than one Gaussian group's
+            split no stronger than one group's (``choose_k.split_null``)
             (:func:`lungclam.kselect.skipped_ks`), shaded grey; ``most_stable``'s
             tolerance is drawn below the largest stability of the other Ks.
 
@@ -805,7 +805,7 @@ def k_selection_title(
         )
     most = limits.get("max_split_p")
     if "split_p" in table.columns and most is not None and no_split_is_real(table["split_p"], most):
-        title += f"\nno K splits the subjects more clearly than one Gaussian group (split p > {most:g} at every K)"
+        title += f"\nno K splits the subjects more clearly than one group would (split p > {most:g} at every K)"
     return title
 
 

@@ -80,17 +80,19 @@ _BISECTION_STEPS = 100
 
 @dataclass(frozen=True)
 class Resampling:
-    """Sizes of the resampling criteria (:mod:`lungclam.stability`).
+    """Sizes of the resampling criteria (:mod:`lungclam.stability`), and the split test's null.
 
     n_replicas: subsamples for the stability and PAC; fraction: share of the samples in
     each; n_splits: random halvings for the prediction strength (each used both ways);
-    n_init: k-means restarts per replica.
+    n_init: k-means restarts per replica; split_null: the null group of the split test
+    (``split_p``, :mod:`lungclam.splittest`), "gaussian" or "uniform".
     """
 
     n_replicas: int = 30
     fraction: float = 0.8
     n_splits: int = 10
     n_init: int = 10
+    split_null: str = "gaussian"
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -484,7 +486,7 @@ def _row_for_k(
         "prediction_strength": stable.prediction_strength,
         "prediction_strength_sd": stable.prediction_strength_sd,
         "pac": stable.pac,
-    } | _check_values(x, labels, k, seed)
+    } | _check_values(x, labels, k, seed, resampling.split_null)
 
 
 def smallest_cluster_share(labels: np.ndarray, k: int) -> float:
@@ -493,10 +495,13 @@ def smallest_cluster_share(labels: np.ndarray, k: int) -> float:
     return float(np.bincount(np.asarray(labels), minlength=k).min() / len(labels))
 
 
-def _check_values(x: np.ndarray, labels: np.ndarray, k: int, seed: int) -> dict[str, float]:
+def _check_values(x: np.ndarray, labels: np.ndarray, k: int, seed: int, split_null: str) -> dict[str, float]:
     """The columns that decide whether the resampling rules consider ``k`` (see
     :func:`_admissible`), for the k-means ``labels`` (n,) of ``x`` (n, p)."""
-    return {"smallest_cluster": smallest_cluster_share(labels, k), "split_p": weakest_split_p(x, labels, k, seed=seed)}
+    return {
+        "smallest_cluster": smallest_cluster_share(labels, k),
+        "split_p": weakest_split_p(x, labels, k, seed=seed, null=split_null),
+    }
 
 
 def _resampling_row(x: np.ndarray, k: int, seed: int, resampling: Resampling) -> StabilityRow:
@@ -522,7 +527,7 @@ def resampling_table(
             continue
         labels = _fit_kmeans(x, k, seed, n_init, None).labels_
         row = vars(_resampling_row(x, k, seed, resampling))
-        rows.append(row | _check_values(x, labels, k, seed))
+        rows.append(row | _check_values(x, labels, k, seed, resampling.split_null))
     return pd.DataFrame(rows, columns=["k", *RESAMPLING_COLUMNS, *_CHECK_COLUMNS])
 
 
@@ -600,7 +605,7 @@ def select_k(
       the resampling rules skip a k below ``min_cluster_share``, see :func:`choose`);
     - split_p (the largest p-value of :func:`lungclam.splittest.weakest_split_p` over
       that k-means' neighbouring cluster pairs: small when every split is more than one
-      Gaussian group shows; the resampling rules skip a k above ``max_split_p``).
+      group shows, ``resampling.split_null``; the resampling rules skip a k above ``max_split_p``).
 
     A k below 2 has NaN silhouettes, sparse and resampling columns (the gap is still given
     for k = 1); a k >= n, or above the number of distinct samples, gives a NaN row.
@@ -714,7 +719,8 @@ def choose(table: pd.DataFrame, method: str, thresholds: dict[str, float] | None
     split, :mod:`lungclam.splittest`) is at most ``thresholds["max_split_p"]`` (default
     0.05; 1.0 turns it off): a cut through one group at a gap in its severities
     reproduces at stability 1.0 too, but its two halves are no more apart than one
-    Gaussian group's. If no K passes, the size check alone decides.
+    Gaussian group's (or, with ``split_null: uniform``, than the halves of a group spread
+    evenly along the split). If no K passes, the size check alone decides.
 
     NaN rows are ignored. ValueError for an unknown method or a column that is missing or
     all NaN.
@@ -824,6 +830,7 @@ def resampling_from_config(section: dict[str, Any]) -> Resampling:
         fraction=float(section.get("subsample_fraction", default.fraction)),
         n_splits=int(section.get("n_splits", default.n_splits)),
         n_init=int(section.get("resampling_n_init", default.n_init)),
+        split_null=str(section.get("split_null", default.split_null)),
     )
 
 

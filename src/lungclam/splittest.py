@@ -1,4 +1,4 @@
-"""Is a split of two neighbouring clusters more than one Gaussian group would show?
+"""Is a split of two neighbouring clusters more than one group would show?
 
 A K that cuts one group at a gap in a continuous quantity (the severity of a pattern, say)
 reproduces in every subsample as well as a true subtype does, so the resampling criteria
@@ -7,11 +7,23 @@ SigClust (Liu, Hayes, Nobel & Marron 2008, "Statistical significance of clusteri
 high-dimension, low-sample-size data", JASA 103:1281-1293): the statistic is the 2-means
 cluster index of the union of two clusters (within-cluster sum of squares of its best
 2-means split over its total sum of squares; small means well split), and its null
-distribution comes from samples of one Gaussian with the union's own covariance
-eigenvalues. Unlike SigClust the eigenvalues are taken as they are, without its
-background-noise floor: with n < p the reference then concentrates more variance in its
-leading directions than the union does, so the test errs towards calling a split
-insignificant. "Neighbouring" means each cluster and the one whose centroid is nearest;
+distribution comes from samples of one group with the union's own covariance eigenvalues.
+Unlike SigClust the eigenvalues are taken as they are, without its background-noise
+floor: with n < p the reference then concentrates more variance in its leading directions
+than the union does, so the test errs towards calling a split insignificant.
+
+Two nulls (``null``): "gaussian", SigClust's, where every axis is Gaussian; and "uniform",
+where the leading axis is uniform (the others stay Gaussian). A Gaussian is not the hardest
+one-mode group to split: any group spread evenly along one axis (the severity of a pattern
+drawn from a range, say) has a smaller 2-means index, so with enough samples it is called
+two clusters against a Gaussian although it has no gap. Among one-mode (unimodal)
+symmetric distributions the uniform has the smallest index: a unimodal X is U * Y with U
+uniform on (0, 1) and independent of Y (Khinchine), so (E|X|)^2 / E[X^2] = 3/4 (E|Y|)^2 /
+E[Y^2] <= 3/4, and the one-dimensional index 1 - (E|X|)^2 / E[X^2] is at least 1/4, the
+uniform's. Against the uniform, a split counts only where the union has two modes along
+it, as in Hartigan & Hartigan's dip test ("The dip test of unimodality", Ann Stat 13:70-84,
+1985), which takes the uniform as its least favourable unimodal null too. It has less power
+on clusters that overlap. "Neighbouring" means each cluster and the one whose centroid is nearest;
 farther pairs are split more clearly, so the weakest split is among the neighbours.
 
 Arrays are samples x features (n, p); every random draw follows the seed.
@@ -25,6 +37,8 @@ import numpy as np
 
 #: Monte Carlo references per pair: the smallest p-value is 1 / (n_references + 1).
 N_REFERENCES = 100
+#: The null groups :func:`split_p_value` can compare a split with (module docstring).
+NULLS = ("gaussian", "uniform")
 _MAX_LLOYD_STEPS = 100
 
 
@@ -59,14 +73,34 @@ def two_means_index(x: np.ndarray) -> float:
     return within / total
 
 
-def split_p_value(x: np.ndarray, n_references: int = N_REFERENCES, rng: np.random.Generator | int = 0) -> float:
-    """Monte Carlo p-value that ``x`` (n, p) is one Gaussian group rather than two clusters.
+def _check_null(null: str) -> str:
+    if null not in NULLS:
+        raise ValueError(f"unknown split-test null {null!r}; valid: {', '.join(NULLS)}")
+    return null
 
-    The references are ``n_references`` samples of n points from a centred Gaussian whose
-    axes have the variances of ``x``'s principal components (the first min(n - 1, p)); the
-    p-value is (1 + references whose :func:`two_means_index` is at most ``x``'s) /
-    (1 + n_references). 1.0 for fewer than 3 samples (nothing to test).
+
+def _reference(generator: np.random.Generator, n: int, sd: np.ndarray, null: str) -> np.ndarray:
+    """n points (n, len(sd)) of one centred group with axis standard deviations ``sd``
+    (descending): Gaussian on every axis, or with ``null="uniform"`` uniform on the first."""
+    points = generator.standard_normal((n, sd.size)) * sd
+    if null == "uniform":
+        points[:, 0] = generator.uniform(-np.sqrt(3.0), np.sqrt(3.0), n) * sd[0]
+    return points
+
+
+def split_p_value(
+    x: np.ndarray, n_references: int = N_REFERENCES, rng: np.random.Generator | int = 0, null: str = "gaussian"
+) -> float:
+    """Monte Carlo p-value that ``x`` (n, p) is one group rather than two clusters.
+
+    The references are ``n_references`` samples of n points from a centred group whose
+    axes have the variances of ``x``'s principal components (the first min(n - 1, p)),
+    Gaussian, or with ``null="uniform"`` uniform along the leading one (module docstring);
+    the p-value is (1 + references whose :func:`two_means_index` is at most ``x``'s) /
+    (1 + n_references). 1.0 for fewer than 3 samples (nothing to test). ValueError for an
+    unknown ``null``.
     """
+    _check_null(null)
     data = np.asarray(x, dtype=float)
     n = data.shape[0]
     if n < 3:
@@ -76,7 +110,7 @@ def split_p_value(x: np.ndarray, n_references: int = N_REFERENCES, rng: np.rando
     singular = np.linalg.svd(centred, compute_uv=False)
     sd = singular[: n - 1] / np.sqrt(n)
     observed = two_means_index(centred)
-    references = (two_means_index(generator.standard_normal((n, sd.size)) * sd) for _ in range(n_references))
+    references = (two_means_index(_reference(generator, n, sd, null)) for _ in range(n_references))
     as_split = sum(index <= observed for index in references)
     return float((1 + as_split) / (1 + n_references))
 
@@ -99,11 +133,18 @@ def neighbour_pairs(centres: np.ndarray) -> list[tuple[int, int]]:
 
 
 def weakest_split_p(
-    x: np.ndarray, labels: np.ndarray, k: int, n_references: int = N_REFERENCES, seed: int = 0
+    x: np.ndarray,
+    labels: np.ndarray,
+    k: int,
+    n_references: int = N_REFERENCES,
+    seed: int = 0,
+    null: str = "gaussian",
 ) -> float:
-    """The largest :func:`split_p_value` over the neighbouring pairs of the ``k`` clusters
-    of ``labels`` (n,) in [0, k) on ``x`` (n, p): small when every split is real. NaN for
-    fewer than 2 non-empty clusters. Every pair's references follow ``seed`` and the pair."""
+    """The largest :func:`split_p_value` (against ``null``) over the neighbouring pairs of
+    the ``k`` clusters of ``labels`` (n,) in [0, k) on ``x`` (n, p): small when every split
+    is real. NaN for fewer than 2 non-empty clusters. Every pair's references follow
+    ``seed`` and the pair."""
+    _check_null(null)
     data = np.asarray(x, dtype=float)
     labels = np.asarray(labels)
     present = [c for c in range(k) if (labels == c).any()]
@@ -115,6 +156,7 @@ def weakest_split_p(
             data[(labels == present[i]) | (labels == present[j])],
             n_references,
             np.random.default_rng([seed, present[i], present[j]]),
+            null,
         )
         for i, j in neighbour_pairs(centres)
     ]

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungclam.kselect import Resampling, choices_table, choose, resampling_table, skipped_ks
+from lungclam.kselect import Resampling, choices_table, choose, resampling_from_config, resampling_table, skipped_ks
 from lungclam.splittest import neighbour_pairs, split_p_value, two_means_index, weakest_split_p
 
 SMALL = Resampling(n_replicas=12, fraction=0.8, n_splits=4, n_init=3)
@@ -38,6 +38,43 @@ def test_separated_blobs_split_and_one_gaussian_does_not() -> None:
         one = np.random.default_rng(seed).normal(size=(40, 5))
         assert split_p_value(one, 100, seed) > 0.3, seed
     assert split_p_value(np.zeros((2, 3))) == 1.0  # too few samples to test
+
+
+def flat_spread(seed: int, gap: float = 0.0, n: int = 300) -> np.ndarray:
+    """``n`` points spread evenly over [0, 1] on the first axis (the severity of one
+    pattern, say), with a gap of ``gap`` opened at 0.5, and a little noise on three more."""
+    g = np.random.default_rng(seed)
+    x = np.column_stack([g.uniform(0, 1, n), 0.05 * g.normal(size=(n, 3))])
+    x[x[:, 0] > 0.5, 0] += gap
+    return x
+
+
+def test_the_uniform_null_needs_a_gap_where_the_gaussian_splits_an_even_spread() -> None:
+    for seed in range(5):
+        flat = flat_spread(seed)
+        # an even spread has a smaller 2-means index than any Gaussian sample of its size
+        assert split_p_value(flat, 100, seed) == pytest.approx(1 / 101), seed
+        assert split_p_value(flat, 100, seed, null="uniform") > 0.2, seed
+        gap = flat_spread(seed, gap=0.3)
+        assert split_p_value(gap, 100, seed, null="uniform") == pytest.approx(1 / 101), seed
+        one = np.random.default_rng(seed).normal(size=(40, 5))
+        assert split_p_value(one, 100, seed, null="uniform") > 0.5, seed
+    assert split_p_value(two_blobs(8.0), 100, 0, null="uniform") == pytest.approx(1 / 101)
+    with pytest.raises(ValueError, match="unknown split-test null 'flat'"):
+        split_p_value(flat_spread(0), null="flat")
+
+
+def test_the_split_null_reaches_the_table_from_the_config() -> None:
+    x = np.vstack([flat_spread(0, n=60), flat_spread(1, n=60) + [3.0, 0, 0, 0]])  # two even spreads
+    by_null = {}
+    for null in ("gaussian", "uniform"):
+        resampling = resampling_from_config({"split_null": null, "n_replicas": 12, "n_splits": 4})
+        assert resampling.split_null == null
+        by_null[null] = resampling_table(x, [2, 4], seed=0, resampling=resampling).set_index("k")["split_p"]
+    # K = 2 are the two spreads; K = 4 cuts each of them in half, a cut only the Gaussian takes
+    assert by_null["gaussian"][2] == by_null["uniform"][2] == pytest.approx(1 / 101)
+    assert by_null["gaussian"][4] <= 0.05 < by_null["uniform"][4]
+    assert resampling_from_config({}).split_null == Resampling().split_null == "gaussian"
 
 
 def test_split_p_value_is_seeded() -> None:

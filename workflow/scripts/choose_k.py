@@ -25,6 +25,7 @@ def main() -> None:
             f"choosing K needs at least {c['k_min'] + 1} subjects (k_min {c['k_min']} clusters plus one); "
             f"this cohort has {len(features)}"
         )
+    resampling = resampling_from_config(c)
     table = select_k(
         features,
         ks,
@@ -33,7 +34,7 @@ def main() -> None:
         n_permutations=c["n_permutations"],
         n_references=c["n_references"],
         progress=log.info,
-        resampling=resampling_from_config(c),
+        resampling=resampling,
         workers=smk.threads,
     )
     limits = THRESHOLDS | c["thresholds"]
@@ -50,9 +51,10 @@ def main() -> None:
         )
     if no_split_is_real(table["split_p"], limits["max_split_p"]):
         log.warning(
-            "no K splits these subjects more clearly than one Gaussian group would (split_p > %g at every K): "
+            "no K splits these subjects more clearly than one %s group would (split_p > %g at every K): "
             "the embedding may hold no distinct clusters; read k_selection.png and the stability figure before "
             "trusting any K",
+            "Gaussian" if resampling.split_null == "gaussian" else "evenly spread",
             limits["max_split_p"],
         )
     for row in choices.itertuples():
