@@ -45,6 +45,7 @@ from lungclam.figure_panels import (
     sagittal_panel,
     save,
 )
+from lungclam.rimcheck import RIM_CAVEAT_SHARE
 from lungclam.splittest import no_split_is_real
 
 __all__ = [
@@ -817,7 +818,11 @@ SOLID_SHARE = 0.9
 
 
 def stability_verdict(
-    stability: pd.DataFrame, clusters: pd.DataFrame, threshold: float, pretraining_plateaued: bool | None = None
+    stability: pd.DataFrame,
+    clusters: pd.DataFrame,
+    threshold: float,
+    pretraining_plateaued: bool | None = None,
+    rim_explained: float | None = None,
 ) -> tuple[bool, str]:
     """Whether the clusters are solid, and one line saying why.
 
@@ -829,7 +834,10 @@ def stability_verdict(
     (:func:`lungclam.train.stopped_before_maximum`: pretraining ended at its epoch maximum
     while its held-out error was still improving) the line carries that caveat. It does not
     make the clusters shaky by itself: a slowly improving embedding often already holds
-    the final clusters.
+    the final clusters. ``rim_explained``, the share of the variance of the subjects' rim
+    shares that the clusters explain (:mod:`lungclam.rimcheck`), adds a caveat at
+    :data:`lungclam.rimcheck.RIM_CAVEAT_SHARE` or more: the clusters may follow how much
+    chest wall registration left inside the template lungs.
     """
     k = len([c for c in clusters.columns if c.startswith("q_")])  # the fitted K, empty clusters included
     row = stability.loc[stability["k"] == k]
@@ -843,6 +851,11 @@ def stability_verdict(
         if pretraining_plateaued is False
         else ""
     )
+    if rim_explained is not None and rim_explained >= RIM_CAVEAT_SHARE:
+        caveat += (
+            f"\ncaveat: the clusters explain {rim_explained:.0%} of the variance of the chest-wall rim "
+            "left by registration; see the QC pages"
+        )
     return solid, (
         f"{word}: stability at K = {k} is {value:.2f} (threshold {threshold:.2f}); "
         f"{share:.0%} of subjects have confidence >= 0.9{caveat}"
@@ -857,12 +870,13 @@ def stability_figure(
     pretraining_plateaued: bool | None = None,
     min_cluster_share: float | None = None,
     max_split_p: float | None = None,
+    rim_explained: float | None = None,
 ) -> None:
     """Stability per K (mean pairwise ARI of subsample clusterings, +/- sd; the fitted K
     marked; the Ks that ``stability``'s ``skipped`` column marks, shaded grey, labelled
     with ``min_cluster_share`` and ``max_split_p``) and each subject's confidence by cluster (dots, jittered),
-    titled with :func:`stability_verdict`."""
-    _, verdict = stability_verdict(stability, clusters, threshold, pretraining_plateaued)
+    titled with :func:`stability_verdict` (``rim_explained``: its rim caveat)."""
+    _, verdict = stability_verdict(stability, clusters, threshold, pretraining_plateaued, rim_explained)
     k_fit = len([c for c in clusters.columns if c.startswith("q_")])
     fig = new_figure(11.0, 4.0)
     left, right = fig.subplots(1, 2)

@@ -57,6 +57,9 @@ rule figure_stability:
         stability="results/model/stability.tsv",
         clusters="results/clusters.tsv",
         pretraining="results/model/pretrain_loss.tsv",
+        # the registration rim check (lungclam.rimcheck)
+        template_mask="results/template/template_mask.nii.gz",
+        lungs=expand("results/registered/lungmask/{subject}.nii.gz", subject=SUBJECTS),
     output:
         report(
             "results/figures/stability.png",
