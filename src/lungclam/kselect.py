@@ -92,7 +92,7 @@ class Resampling:
     fraction: float = 0.8
     n_splits: int = 10
     n_init: int = 10
-    split_null: str = "gaussian"
+    split_null: str = "uniform"
 
 
 # ---------------------------------------------------------------------------- helpers
