@@ -718,9 +718,9 @@ def choose(table: pd.DataFrame, method: str, thresholds: dict[str, float] | None
     Of those, they consider only the Ks whose ``split_p`` (the weakest neighbouring
     split, :mod:`lungclam.splittest`) is at most ``thresholds["max_split_p"]`` (default
     0.05; 1.0 turns it off): a cut through one group at a gap in its severities
-    reproduces at stability 1.0 too, but its two halves are no more apart than one
-    Gaussian group's (or, with ``split_null: uniform``, than the halves of a group spread
-    evenly along the split). If no K passes, the size check alone decides.
+    reproduces at stability 1.0 too, but its two halves are no more apart than those of
+    one group spread evenly along the split (``split_null: uniform``, the default) or of
+    one Gaussian group (``gaussian``). If no K passes, the size check alone decides.
 
     NaN rows are ignored. ValueError for an unknown method or a column that is missing or
     all NaN.

@@ -73,10 +73,9 @@ def two_means_index(x: np.ndarray) -> float:
     return within / total
 
 
-def _check_null(null: str) -> str:
+def _check_null(null: str) -> None:
     if null not in NULLS:
         raise ValueError(f"unknown split-test null {null!r}; valid: {', '.join(NULLS)}")
-    return null
 
 
 def _reference(generator: np.random.Generator, n: int, sd: np.ndarray, null: str) -> np.ndarray:
@@ -117,7 +116,7 @@ def split_p_value(
 
 def no_split_is_real(split_p: Sequence[float], max_split_p: float) -> bool:
     """True when no K's weakest-split p-value (``split_p``, one per K, NaN allowed) is at
-    most ``max_split_p``: no K splits the samples more clearly than one Gaussian group."""
+    most ``max_split_p``: no K splits the samples more clearly than the null group would."""
     return not bool((np.asarray(split_p, dtype=float) <= max_split_p).any())
 
 

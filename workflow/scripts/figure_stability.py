@@ -4,6 +4,7 @@ with the check whether the clusters follow the registration rim (lungclam.rimche
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lungclam.runtime import run_job
@@ -21,7 +22,7 @@ def rim_explained(clusters: pd.DataFrame) -> float:
     template = sitk.GetArrayFromImage(sitk.ReadImage(smk.input.template_mask))
     paths = {Path(path).name.removesuffix(".nii.gz"): path for path in smk.input.lungs}
     shares = [rim_share(sitk.GetArrayFromImage(sitk.ReadImage(paths[s])), template) for s in clusters["subject"]]
-    explained = explained_share(pd.Series(shares).to_numpy(), clusters["cluster"].to_numpy())
+    explained = explained_share(np.asarray(shares), clusters["cluster"].to_numpy())
     log.info(
         "rim share (template lung outside each subject's registered lungs): %.1f-%.1f%%; "
         "the clusters explain %.0f%% of its variance",
