@@ -19,6 +19,7 @@ Masked inputs go through the network in chunks of ``chunk_size`` under inference
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -51,23 +52,40 @@ def _is_constant(maps: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return maps.amax(dim=dims, keepdim=True) == maps.amin(dim=dims, keepdim=True)
 
 
-@functools.lru_cache(maxsize=32)
-def _linear_weights(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``(n_out, n_in)`` matrix of 1D linear interpolation with corners not aligned.
+def source_neighbours(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """1D linear interpolation from ``n_in`` to ``n_out`` samples, corners not aligned.
 
     Output sample ``i`` sits at input coordinate ``(i + 0.5) * n_in / n_out - 0.5``, clamped
-    to ``[0, n_in - 1]`` (PyTorch's convention for ``align_corners=False``), and takes the
-    two neighbouring inputs with weights ``1 - w`` and ``w``.
+    to ``[0, n_in - 1]`` (PyTorch's convention for ``align_corners=False``), and takes its
+    ``lower`` and ``upper`` input neighbours with weights ``1 - w`` and ``w``. Returns
+    ``(lower, upper, w)``, each ``(n_out,)``: int64, int64, float64.
     """
     src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp_min(0.0)
     lower = src.floor().long().clamp_max(n_in - 1)
     upper = (lower + 1).clamp_max(n_in - 1)
-    w = src - lower
+    return lower, upper, src - lower
+
+
+@functools.lru_cache(maxsize=32)
+def _linear_weights(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``(n_out, n_in)`` matrix of 1D linear interpolation (:func:`source_neighbours`)."""
+    lower, upper, w = source_neighbours(n_in, n_out)
     rows = torch.arange(n_out)
     weights = torch.zeros(n_out, n_in, dtype=torch.float64)
     weights.index_put_((rows, lower), 1.0 - w, accumulate=True)
     weights.index_put_((rows, upper), w, accumulate=True)
     return weights.to(dtype=dtype, device=device)
+
+
+def separable(maps: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+    """``maps (N, C, *s)`` times one ``(m_i, s_i)`` matrix per spatial axis: ``(N, C, *m)``."""
+    n, c, *spatial = maps.shape
+    out = maps.contiguous()
+    out = torch.matmul(out, weights[-1].T)  # last axis: (..., s_x) -> (..., m_x)
+    out = torch.matmul(weights[-2], out)  # second last: (..., s_y, m_x) -> (..., m_y, m_x)
+    if len(spatial) == 3:  # first axis over the flattened (Y, X) plane
+        out = torch.matmul(weights[0], out.reshape(n * c, spatial[0], -1))
+    return out.reshape(n, c, *(len(w) for w in weights))
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
@@ -78,14 +96,12 @@ def upsample(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     axis, since (bi/tri)linear interpolation is separable: about five times faster on the
     CPU for a 3D CLAM's masks, where upsampling was most of the cost beyond the encoder.
     """
-    n, c, *spatial = maps.shape
-    weights = [_linear_weights(i, o, maps.dtype, maps.device) for i, o in zip(spatial, size)]
-    out = maps.contiguous()
-    out = torch.matmul(out, weights[-1].T)  # last axis: (..., s_x) -> (..., size_x)
-    out = torch.matmul(weights[-2], out)  # second last: (..., s_y, X) -> (..., size_y, X)
-    if len(spatial) == 3:  # first axis over the flattened (Y, X) plane
-        out = torch.matmul(weights[0], out.reshape(n * c, spatial[0], -1))
-    return out.reshape(n, c, *size)
+    spatial = maps.shape[2:]
+    return separable(maps, [_linear_weights(i, o, maps.dtype, maps.device) for i, o in zip(spatial, size)])
+
+
+# Whether lungclam.clam_cuda's kernel may still be tried (False after it failed once).
+_fused_masks = {"usable": True}
 
 
 def _masked_inputs(
@@ -101,6 +117,20 @@ def _masked_inputs(
     multiplies its own rows by broadcasting: fewer trips through memory, which is what
     bounds this step on a GPU.
     """
+    if acts.is_cuda and _fused_masks["usable"]:
+        from lungclam import clam_cuda  # imports this module: not at the top
+
+        if clam_cuda.enabled():
+            try:
+                return clam_cuda.masked_inputs(images, rows, acts, constant, n_channels)
+            except Exception as error:  # Triton's compiler and launcher can fail in many ways
+                _fused_masks["usable"] = False
+                warnings.warn(
+                    f"CLAM: the fused CUDA kernel for masked inputs failed ({type(error).__name__}: {error}); "
+                    "using PyTorch operators instead (slower, same maps)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
     n = len(acts)
     masks = upsample(acts, tuple(images.shape[2:]))  # a fresh tensor: safe to change in place
     if masks.is_cuda:  # one pass for both

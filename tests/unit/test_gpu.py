@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from lungclam.clam import clam_image, iter_clam
+from lungclam import clam, clam_cuda
+from lungclam.clam import _is_constant, clam_image, iter_clam
 from lungclam.dec import ClusteringModel
 from lungclam.device import seed_everything
 from lungclam.model import ConvAutoencoder, ModelSpec, resolve_device
@@ -88,6 +89,55 @@ def test_bf16_maps_within_0_03_of_fp32(spec: ModelSpec, n: int) -> None:
     fp32 = np.stack([maps for _, maps, _ in iter_clam(model, images, device=CUDA)])
     bf16 = np.stack([maps for _, maps, _ in iter_clam(model, images, device=CUDA, mixed_precision=True)])
     assert np.abs(bf16 - fp32).max() <= 0.03
+
+
+needs_fused_masks = pytest.mark.skipif(
+    not clam_cuda.enabled(), reason="Triton not importable here (or LUNGCLAM_FUSED_MASKS=0): no fused kernel to test"
+)
+
+
+@needs_fused_masks
+@pytest.mark.parametrize(
+    "small,big,in_channels",
+    [((11, 11, 11), (88, 88, 88), 1), ((16, 16), (64, 64), 1), ((5, 6, 7), (20, 18, 35), 2)],
+    ids=["paper-3d", "paper-2d", "uneven-2ch"],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_fused_masked_inputs_equal_the_operators_on_cuda(
+    small: tuple[int, ...], big: tuple[int, ...], in_channels: int, dtype: torch.dtype, monkeypatch
+) -> None:
+    generator = torch.Generator(device=CUDA).manual_seed(0)
+    acts = torch.randn(8, 1, *small, device=CUDA, generator=generator).to(dtype)
+    acts[4] = 0.5  # a constant channel gives a zero mask
+    images = torch.rand(2, in_channels, *big, device=CUDA, generator=generator)
+    constant = _is_constant(acts, tuple(range(2, acts.ndim))).flatten()
+    rows = range(3, 7)  # across the two images' channels (H = 4)
+    fused = clam_cuda.masked_inputs(images, rows, acts[3:7], constant[3:7], 4)
+    monkeypatch.setitem(clam._fused_masks, "usable", False)
+    with _full_fp32():
+        reference = clam._masked_inputs(images, rows, acts[3:7].float(), constant[3:7], 4)
+    assert fused.dtype == dtype and fused.shape == reference.shape
+    assert float(fused[1].abs().max()) == 0.0  # the constant channel
+    # fp32: rounding only; bf16: the result rounded to 8 bits (values in [0, 1])
+    assert float((fused.float() - reference).abs().max()) <= (1e-6 if dtype == torch.float32 else 4e-3)
+
+
+@needs_fused_masks
+def test_clam_falls_back_to_the_operators_when_the_fused_kernel_fails(monkeypatch) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("no C compiler")
+
+    monkeypatch.setattr(clam_cuda, "masked_inputs", broken)
+    monkeypatch.setitem(clam._fused_masks, "usable", True)
+    spec = ModelSpec((24, 24), channels=(8, 16, 24), strides=(2, 1, 2), latent_dim=6)
+    model = _random_model(spec)
+    x = torch.rand(1, *spec.input_shape, device=CUDA)
+    with _full_fp32():
+        with pytest.warns(RuntimeWarning, match="fused CUDA kernel"):
+            maps, _ = clam_image(model, x, chunk_size=5)
+        assert clam._fused_masks["usable"] is False
+        for k in range(3):
+            assert float((maps[k] - _loop_clam(model, x, k)).abs().max()) <= 1e-5
 
 
 def test_deterministic_pretraining_repeats_bit_for_bit_on_cuda() -> None:
