@@ -63,9 +63,20 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
+def _catches_import_error(node: ast.Try) -> bool:
+    names = []
+    for handler in node.handlers:
+        caught = handler.type
+        for item in caught.elts if isinstance(caught, ast.Tuple) else [caught]:
+            if isinstance(item, ast.Name):
+                names.append(item.id)
+    return bool({"ImportError", "ModuleNotFoundError"}.intersection(names))
+
+
 def imported_names(path: Path) -> set[str]:
     """Absolute dotted names that the module at ``path`` imports anywhere (functions
-    included), except under ``if TYPE_CHECKING:``, which never runs."""
+    included), except under ``if TYPE_CHECKING:``, which never runs, and in a ``try:`` that
+    catches ImportError, which the module survives without."""
     tree = ast.parse(path.read_text(), filename=str(path))
     package = "lungclam" if path.is_relative_to(LIBRARY) else ""
     names: set[str] = set()
@@ -73,6 +84,11 @@ def imported_names(path: Path) -> set[str]:
     def visit(node: ast.AST) -> None:
         if isinstance(node, ast.If) and _is_type_checking(node.test):
             for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Try) and _catches_import_error(node):
+            # An optional import (Triton in lungclam.clam_cuda): the code runs without it.
+            for child in [*node.handlers, *node.orelse, *node.finalbody]:
                 visit(child)
             return
         if isinstance(node, ast.Import):

@@ -99,3 +99,21 @@ def test_clam_profile_names_the_operators(rows, profile: Path) -> None:
     text = profile.read_text()
     assert text.startswith("# iter_clam, 3D") and "fp32" in text and "bf16" not in text  # bf16: CUDA only
     assert "Self CPU" in text and "aten::" in text and "convolution" in text
+
+
+def test_clam_parts_runs_on_the_cpu_with_both_mask_builders() -> None:
+    """benchmarks/clam_parts.py (CLAM's phases on a GPU) also runs on a bare image's CPU:
+    both builders' rows, the same maps (the CPU runs the operators either way)."""
+    run = RUN.replace("gpu.py", "clam_parts.py").replace(
+        "'--threads', '1', '--profile-clam', sys.argv[1]", "'--only', '2d'"
+    )
+    done = subprocess.run([sys.executable, "-c", run], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")] for line in done.stdout.splitlines() if line.startswith("| 2D")
+    ]
+    ends = {r[1]: (float(r[2]), float(r[3]), float(r[4])) for r in rows if r[1].startswith("iter_clam")}
+    assert set(ends) == {"iter_clam, fused kernel", "iter_clam, PyTorch operators"}
+    assert all(rate > 0 and ratio > 0 and diff == 0.0 for rate, ratio, diff in ends.values())
+    phases = [float(r[2]) for r in rows if "ms per item" in r[1]]
+    assert len(phases) == 10 and all(ms > 0 for ms in phases)
