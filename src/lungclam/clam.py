@@ -274,7 +274,10 @@ def iter_clam(
     when it exceeds the encoder's ``H`` channels, ``chunk_size // H`` images share a pass.
     ``channels_last`` (``None``: :func:`auto_channels_last`) runs the model in channels-last
     memory format. ``mixed_precision`` runs the forward passes in bf16 on CUDA (ignored on
-    the CPU). On CUDA each batch's maps are read back while the next batch runs.
+    the CPU). On CUDA the unmasked images go through the encoder ``chunk_size // 16`` at a
+    time (at least one pass's worth), the masked inputs are built by
+    :mod:`lungclam.clam_cuda`'s kernel, and each batch's maps are read back while the next
+    batch runs.
     """
     device = device or torch.device("cpu")
     ndim = images.ndim - 2
