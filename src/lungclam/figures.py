@@ -823,6 +823,7 @@ def stability_verdict(
     threshold: float,
     pretraining_plateaued: bool | None = None,
     rim_explained: float | None = None,
+    max_split_p: float | None = None,
 ) -> tuple[bool, str]:
     """Whether the clusters are solid, and one line saying why.
 
@@ -837,11 +838,17 @@ def stability_verdict(
     the final clusters. ``rim_explained``, the share of the variance of the subjects' rim
     shares that the clusters explain (:mod:`lungclam.rimcheck`), adds a caveat at
     :data:`lungclam.rimcheck.RIM_CAVEAT_SHARE` or more: the clusters may follow how much
-    chest wall registration left inside the template lungs.
+    chest wall registration left inside the template lungs. ``max_split_p`` (the K rules'
+    threshold, :mod:`lungclam.splittest`) adds a caveat when the fitted K's ``split_p`` in
+    ``stability`` is above it: the weakest split of neighbouring clusters is no more than
+    one group shows, which happens when no K passed the test (the size check alone chose)
+    or when ``n_clusters`` was set by hand. Subsamples agree on such a cut as readily as on
+    a true one, so stability alone cannot flag it.
     """
     k = len([c for c in clusters.columns if c.startswith("q_")])  # the fitted K, empty clusters included
     row = stability.loc[stability["k"] == k]
     value = float(row["stability"].iloc[0]) if len(row) else float("nan")
+    split_p = float(row["split_p"].iloc[0]) if len(row) and "split_p" in row else float("nan")
     share = float((clusters["confidence"] >= 0.9).mean())
     solid = bool(np.isfinite(value) and value >= threshold and share >= SOLID_SHARE)
     word = "SOLID" if solid else "SHAKY"
@@ -855,6 +862,11 @@ def stability_verdict(
         caveat += (
             f"\ncaveat: the clusters explain {rim_explained:.0%} of the variance of the chest-wall rim "
             "left by registration; see the QC pages"
+        )
+    if max_split_p is not None and max_split_p < 1.0 and np.isfinite(split_p) and split_p > max_split_p + 1e-9:
+        caveat += (
+            f"\ncaveat: at K = {k} the weakest split of neighbouring clusters has p = {split_p:.2f} "
+            f"(above {max_split_p:.2f}): two clusters may be one group cut in two"
         )
     return solid, (
         f"{word}: stability at K = {k} is {value:.2f} (threshold {threshold:.2f}); "
@@ -875,8 +887,8 @@ def stability_figure(
     """Stability per K (mean pairwise ARI of subsample clusterings, +/- sd; the fitted K
     marked; the Ks that ``stability``'s ``skipped`` column marks, shaded grey, labelled
     with ``min_cluster_share`` and ``max_split_p``) and each subject's confidence by cluster (dots, jittered),
-    titled with :func:`stability_verdict` (``rim_explained``: its rim caveat)."""
-    _, verdict = stability_verdict(stability, clusters, threshold, pretraining_plateaued, rim_explained)
+    titled with :func:`stability_verdict` (``rim_explained`` and ``max_split_p``: its caveats)."""
+    _, verdict = stability_verdict(stability, clusters, threshold, pretraining_plateaued, rim_explained, max_split_p)
     k_fit = len([c for c in clusters.columns if c.startswith("q_")])
     fig = new_figure(11.0, 4.0)
     left, right = fig.subplots(1, 2)

@@ -295,3 +295,19 @@ def test_stability_figure_shades_the_skipped_ks(tmp_path) -> None:
     _assert_png(shaded)
     assert imread(shaded).shape == imread(plain).shape
     assert not np.array_equal(imread(shaded), imread(plain))
+
+
+def test_stability_verdict_flags_a_fitted_k_whose_weakest_split_is_not_significant() -> None:
+    stability = pd.DataFrame({"k": [2, 3], "stability": [0.80, 0.99], "stability_sd": 0.02, "split_p": [0.01, 0.09]})
+    clusters = pd.DataFrame(
+        {"subject": list("abcdef"), "cluster": [1, 2, 3] * 2, "confidence": 1.0, "q_1": 0.4, "q_2": 0.3, "q_3": 0.3}
+    )
+    solid, line = F.stability_verdict(stability, clusters, 0.9, max_split_p=0.05)
+    assert solid and "caveat: at K = 3 the weakest split of neighbouring clusters has p = 0.09" in line
+    assert "caveat" not in F.stability_verdict(stability, clusters, 0.9, max_split_p=0.1)[1]  # 0.09 passes
+    assert "caveat" not in F.stability_verdict(stability, clusters, 0.9, max_split_p=1.0)[1]  # the test is off
+    assert "caveat" not in F.stability_verdict(stability, clusters, 0.9)[1]  # no threshold given
+    two = clusters.assign(cluster=[1, 2] * 3).drop(columns="q_3")
+    assert "caveat" not in F.stability_verdict(stability, two, 0.9, max_split_p=0.05)[1]  # K = 2: p = 0.01
+    old = stability.drop(columns="split_p")  # a table written before the split test
+    assert "caveat" not in F.stability_verdict(old, clusters, 0.9, max_split_p=0.05)[1]
