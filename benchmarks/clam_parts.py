@@ -1,6 +1,6 @@
 """Where batched CLAM's time goes on one device, and what faster mask building would buy.
 
-Run on a GPU machine (about 2-3 minutes on an H200; ``--quick`` is a CPU smoke test)::
+Run on a GPU machine (under a minute on an H200; ``--quick`` is a CPU smoke test)::
 
     python benchmarks/clam_parts.py
     python benchmarks/clam_parts.py --device cpu --quick
