@@ -46,7 +46,7 @@ from lungclam.figure_panels import (
     save,
 )
 from lungclam.rimcheck import RIM_CAVEAT_SHARE
-from lungclam.splittest import no_split_is_real
+from lungclam.splittest import no_split_is_real, split_is_real
 
 __all__ = [
     "choose_examples",
@@ -863,7 +863,7 @@ def stability_verdict(
             f"\ncaveat: the clusters explain {rim_explained:.0%} of the variance of the chest-wall rim "
             "left by registration; see the QC pages"
         )
-    if max_split_p is not None and max_split_p < 1.0 and np.isfinite(split_p) and split_p > max_split_p + 1e-9:
+    if max_split_p is not None and np.isfinite(split_p) and not split_is_real(split_p, max_split_p):
         caveat += (
             f"\ncaveat: at K = {k} the weakest split of neighbouring clusters has p = {split_p:.2f} "
             f"(above {max_split_p:.2f}): two clusters may be one group cut in two"

@@ -31,7 +31,7 @@ from lungclam.kmeans import check_k as _check_k
 from lungclam.kmeans import fit_kmeans as _fit_kmeans
 from lungclam.kmeans import single_threaded as _single_threaded
 from lungclam.runtime import forked_pool
-from lungclam.splittest import weakest_split_p
+from lungclam.splittest import split_is_real, weakest_split_p
 from lungclam.stability import StabilityRow, stability_criteria, subsample_indices
 
 SILHOUETTE_METHODS = ("silhouette_kmeans", "silhouette_sparse_kmeans")
@@ -760,7 +760,7 @@ def _admissible(table: pd.DataFrame, limits: dict[str, float]) -> pd.DataFrame:
     no such column (written before it existed) or no row passes."""
     checks = (
         ("smallest_cluster", lambda v: v >= limits["min_cluster_share"] - _TIE),
-        ("split_p", lambda v: v <= limits["max_split_p"] + _TIE),
+        ("split_p", lambda v: split_is_real(v, limits["max_split_p"])),
     )
     for column, passes in checks:
         if column in table.columns:

@@ -114,10 +114,17 @@ def split_p_value(
     return float((1 + as_split) / (1 + n_references))
 
 
+def split_is_real(split_p: Sequence[float] | float, max_split_p: float) -> np.ndarray:
+    """Per K, whether its weakest-split p-value (``split_p``, NaN allowed: not real) is at
+    most ``max_split_p``, to a tolerance of 1e-9: the test the K rules apply
+    (:func:`lungclam.kselect.choose`) and the stability verdict repeats."""
+    return np.asarray(split_p, dtype=float) <= max_split_p + 1e-9
+
+
 def no_split_is_real(split_p: Sequence[float], max_split_p: float) -> bool:
     """True when no K's weakest-split p-value (``split_p``, one per K, NaN allowed) is at
     most ``max_split_p``: no K splits the samples more clearly than the null group would."""
-    return not bool((np.asarray(split_p, dtype=float) <= max_split_p).any())
+    return not bool(split_is_real(split_p, max_split_p).any())
 
 
 def neighbour_pairs(centres: np.ndarray) -> list[tuple[int, int]]:
