@@ -66,6 +66,12 @@ def upsampled_extremes(maps: torch.Tensor, size: tuple[int, ...]) -> tuple[torch
 
 
 if triton is not None:
+    # Linear interpolation along x within one row of a map (Triton inlines it).
+    @triton.jit
+    def _along_x(line, x0, x1, wx, inside):
+        left = tl.load(line + x0, mask=inside, other=0.0).to(tl.float32)
+        right = tl.load(line + x1, mask=inside, other=0.0).to(tl.float32)
+        return (1.0 - wx) * left + wx * right
 
     @triton.autotune(
         configs=[
@@ -117,22 +123,10 @@ if triton is not None:
         wy = sy - y0.to(tl.float32)
         wz = sz - z0.to(tl.float32)
         base = acts + row * (d * h * w)  # the chunk's maps are small: int32 offsets suffice
-        p00 = base + (z0 * h + y0) * w
-        p01 = base + (z0 * h + y1) * w
-        p10 = base + (z1 * h + y0) * w
-        p11 = base + (z1 * h + y1) * w
-        a00 = (1.0 - wx) * tl.load(p00 + x0, mask=inside, other=0.0).to(tl.float32) + wx * tl.load(
-            p00 + x1, mask=inside, other=0.0
-        ).to(tl.float32)
-        a01 = (1.0 - wx) * tl.load(p01 + x0, mask=inside, other=0.0).to(tl.float32) + wx * tl.load(
-            p01 + x1, mask=inside, other=0.0
-        ).to(tl.float32)
-        a10 = (1.0 - wx) * tl.load(p10 + x0, mask=inside, other=0.0).to(tl.float32) + wx * tl.load(
-            p10 + x1, mask=inside, other=0.0
-        ).to(tl.float32)
-        a11 = (1.0 - wx) * tl.load(p11 + x0, mask=inside, other=0.0).to(tl.float32) + wx * tl.load(
-            p11 + x1, mask=inside, other=0.0
-        ).to(tl.float32)
+        a00 = _along_x(base + (z0 * h + y0) * w, x0, x1, wx, inside)
+        a01 = _along_x(base + (z0 * h + y1) * w, x0, x1, wx, inside)
+        a10 = _along_x(base + (z1 * h + y0) * w, x0, x1, wx, inside)
+        a11 = _along_x(base + (z1 * h + y1) * w, x0, x1, wx, inside)
         value = (1.0 - wz) * ((1.0 - wy) * a00 + wy * a01) + wz * ((1.0 - wy) * a10 + wy * a11)
         mask = (value - tl.load(lo + row)) * tl.load(scale + row)
         image = (row_start + row) // n_channels
