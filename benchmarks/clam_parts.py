@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -48,29 +47,17 @@ from lungclam.device import autocast  # noqa: E402
 from lungclam.model import resolve_device  # noqa: E402
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _median_s(fn: Callable[[], object], device: torch.device, reps: int) -> float:
     fn()
-    _sync(device)
+    gpu._sync(device)
     times = []
     for _ in range(reps):
-        _sync(device)
+        gpu._sync(device)
         start = time.perf_counter()
         fn()
-        _sync(device)
+        gpu._sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def _prepare(model, device: torch.device, ndim: int, amp: bool):
-    layout = torch.channels_last if ndim == 2 else torch.channels_last_3d
-    cl = C.auto_channels_last(device, ndim, amp)
-    model.to(device).eval().to(memory_format=layout if cl else torch.contiguous_format)
-    return cl
 
 
 @torch.inference_mode()
@@ -78,7 +65,7 @@ def phases(model, images: np.ndarray, device: torch.device, amp: bool, reps: int
     """ms per image of each phase of one clam_batch call on ``images`` (one batch)."""
     ndim = images.ndim - 2
     chunk = C.auto_chunk_size(ndim, device, int(np.prod(images.shape[2:])))
-    _prepare(model, device, ndim, amp)
+    C.prepare_model(model, device, ndim, C.auto_channels_last(device, ndim, amp))
     n_channels = model.autoencoder.spec.channels[-1]
     group = max(1, chunk // n_channels)
     x = torch.from_numpy(np.ascontiguousarray(images[:group])).to(device)
@@ -110,9 +97,7 @@ def phases(model, images: np.ndarray, device: torch.device, amp: bool, reps: int
         alpha = torch.rand(group, n_channels, 3, device=device)
 
         def final() -> None:
-            weighted = torch.einsum("bhk,bh...->bk...", alpha.to(acts.dtype), acts)
-            maps = F.relu(C.upsample(weighted, spatial))
-            C.minmax(maps, dims, C._is_constant(F.relu(weighted), dims))
+            C.weighted_maps(alpha, acts, spatial)
 
         def whole() -> None:
             C.clam_batch(model, x, chunk)

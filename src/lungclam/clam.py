@@ -189,9 +189,16 @@ def clam_batch(
         masked = _masked_inputs(images, rows, channels[start : rows.stop], constant[start : rows.stop], n_channels)
         alphas.append(model.assign(masked))  # (chunk, K)
     alpha = torch.cat(alphas).reshape(n_images, n_channels, -1)  # (B, H, K)
+    return weighted_maps(alpha, acts, spatial), q
+
+
+def weighted_maps(alpha: torch.Tensor, acts: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
+    """Step 3 of the module docstring: ``minmax(ReLU(up(sum_h alpha_hk * A_h)))``, ``(B, K,
+    *spatial)``, from the channel weights ``alpha (B, H, K)`` and ``acts (B, H, *s)``."""
+    dims = tuple(range(2, 2 + len(spatial)))
     weighted = torch.einsum("bhk,bh...->bk...", alpha.to(acts.dtype), acts)  # (B, K, *s)
     maps = F.relu(upsample(weighted, spatial))
-    return minmax(maps, dims, _is_constant(F.relu(weighted), dims)), q
+    return minmax(maps, dims, _is_constant(F.relu(weighted), dims))
 
 
 def clam_image(
@@ -259,6 +266,14 @@ def _to_host(maps: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.T
 _UNMASKED_PER_CHUNK = 16
 
 
+def prepare_model(model: ClusteringModel, device: torch.device, ndim: int, channels_last: bool) -> None:
+    """Move ``model`` to ``device`` in eval mode, in channels-last (2D or 3D, per ``ndim``)
+    or contiguous memory format."""
+    layout = torch.channels_last if ndim == 2 else torch.channels_last_3d
+    model.to(device).eval()
+    model.to(memory_format=layout if channels_last else torch.contiguous_format)
+
+
 def iter_clam(
     model: ClusteringModel,
     images: np.ndarray,
@@ -284,9 +299,7 @@ def iter_clam(
     chunk_size = chunk_size or auto_chunk_size(ndim, device, int(np.prod(images.shape[2:])))
     if channels_last is None:
         channels_last = auto_channels_last(device, ndim, mixed_precision)
-    layout = torch.channels_last if ndim == 2 else torch.channels_last_3d
-    model.to(device).eval()
-    model.to(memory_format=layout if channels_last else torch.contiguous_format)
+    prepare_model(model, device, ndim, channels_last)
     group = max(1, chunk_size // model.autoencoder.spec.channels[-1])
     # On CUDA the unmasked pass (one an image) runs for many images at once: at a pass of
     # a few images it cost as much as all the mask building in 2D (H200).
