@@ -11,14 +11,15 @@ embedding (issue: longer pretraining destroyed the clusters).
         --setting fixed30:epochs=30 --setting stop200:epochs=200,fraction=0.1,patience=10
 
 A setting is NAME:key=value,... with keys epochs, fraction (held-out share), patience,
-min_delta, batch, lr, and cepochs (run the clustering phase at K = true K for at most
-that many epochs and report its accuracy, the share of images it moved off their k-means
-start and the start's accuracy, its stop reason and its reconstruction MSE over the
-pretrained one), with gamma, clr (its learning rate), guard (0: no ClusterGuard), growth
-(the guard's reconstruction limit) and moved (its limit on the share moved off the start)
-changing the clustering phase, and for simulation cases
-kscale (the Student t scale as a multiple of the within-cluster spread, in place of
-simulation.kernel_scale).
+min_delta, batch, lr, shift, rotate, jitter (pretraining augmentation: shifts in voxels,
+rotations in degrees, intensity jitter; lungclam.augment), and cepochs (run the
+clustering phase at K = true K for at most that many epochs and report its accuracy, the
+share of images it moved off their k-means start and the start's accuracy, its stop
+reason and its reconstruction MSE over the pretrained one), with gamma, clr (its
+learning rate), guard (0: no ClusterGuard), growth (the guard's reconstruction limit)
+and moved (its limit on the share moved off the start) changing the clustering phase,
+and for simulation cases kscale (the Student t scale as a multiple of the within-cluster
+spread, in place of simulation.kernel_scale).
 
 ``--cohort RESULTS[:TRUTH]`` runs the same on a pipeline run's model inputs
 (``downsampled/*.nii.gz``, the 3D CAE of config/config.yaml) with the true patterns from
@@ -42,6 +43,7 @@ import torch
 import yaml
 from sklearn.metrics import adjusted_rand_score
 
+from lungclam.augment import Augmentation
 from lungclam.device import seed_everything
 from lungclam.intensity import normalize_hu
 from lungclam.kmeans import kmeans
@@ -54,7 +56,7 @@ from lungclam.train import EarlyStopping, embed_images, pretrain, reconstruction
 ROOT = Path(__file__).resolve().parents[1]
 
 
-PRETRAIN_KEYS = ("epochs", "fraction", "patience", "min_delta", "batch", "lr")
+PRETRAIN_KEYS = ("epochs", "fraction", "patience", "min_delta", "batch", "lr", "shift", "rotate", "jitter")
 
 
 def pretrain_key(values: dict[str, float]) -> str:
@@ -123,6 +125,7 @@ def pretrain_and_score(
             seed,
             device,
             stopping=stopping,
+            augmentation=Augmentation(values.get("shift", 0.0), values.get("rotate", 0.0), values.get("jitter", 0.0)),
         )
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +171,7 @@ def run(
         settings.seed,
         settings.n_init,
         out,
-        f"{scenario}_k{true_k}_{pretrain_key(values)}",
+        f"{scenario}_k{true_k}_s{settings.seed}_{pretrain_key(values)}",
     )
     if "cepochs" in values:
         from lungclam.simulation.cases import _kernel_scale

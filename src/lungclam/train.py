@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from lungclam.augment import Augmentation
 from lungclam.device import autocast, batched_inference, batches, epoch_sum, keep_on_device
 from lungclam.model import ConvAutoencoder
 
@@ -110,6 +111,7 @@ def pretrain(
     mixed_precision: bool = False,
     progress: Progress | None = None,
     stopping: EarlyStopping | None = None,
+    augmentation: Augmentation | None = None,
 ) -> pd.DataFrame:
     """Train the CAE on reconstruction MSE with Adam for at most ``epochs`` epochs.
 
@@ -117,6 +119,9 @@ def pretrain(
     from ``seed``, so a run is repeatable on the CPU. With ``stopping`` holding out a share
     of the images, training uses the rest, stops after ``stopping.patience`` epochs without
     a better held-out error, and leaves ``model`` with the weights of the best epoch.
+    ``augmentation`` changes each training batch (never the held-out images) with draws
+    from its own generator, seeded from ``seed``, so the batch order is the same with or
+    without it.
 
     Returns one row per epoch run: ``epoch, loss`` (training MSE), ``val_loss`` (held-out
     MSE, NaN without a held-out share), ``best`` (True on the epoch whose weights are kept)
@@ -130,12 +135,15 @@ def pretrain(
     held_out = keep_on_device(torch.from_numpy(np.ascontiguousarray(images[val_idx])), device) if len(val_idx) else None
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
+    augment_generator = torch.Generator().manual_seed(seed + 7919)
     loss_fn = nn.MSELoss()
     rows, best_loss, best_epoch, best_state = [], float("inf"), 0, None
     for epoch in range(1, epochs + 1):
         start, total = time.perf_counter(), epoch_sum(device)
         for idx in batches(len(data), batch_size, generator, data.device):
             x = data[idx].to(device, non_blocking=True)
+            if augmentation is not None:
+                x = augmentation(x, augment_generator)
             with autocast(device, mixed_precision):
                 _, recon = model(x)
                 loss = loss_fn(recon.float(), x)

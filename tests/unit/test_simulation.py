@@ -359,3 +359,22 @@ def test_kernel_scale_settings() -> None:
     assert _kernel_scale(0.5, features, 2, settings) == 0.5
     with pytest.raises(ValueError, match="kernel_scale"):
         _kernel_scale("largest", features, 2, settings)
+
+
+def test_pretrain_case_takes_the_augmentation_from_the_settings() -> None:
+    import torch
+
+    from lungclam.simulation.cases import StudySettings, pretrain_case
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (12, 1, 16, 16)).astype(np.float32)
+    model = {"channels": [4, 8], "strides": [2, 2], "kernel": 4, "latent_dim": 4}
+
+    def losses(augment: dict) -> list[float]:
+        settings = StudySettings(pretrain_epochs=2, batch_size=4, model=model, augment=augment)
+        return pretrain_case(x, (16, 16), settings, torch.device("cpu"))[1]["loss"].tolist()
+
+    plain = losses({})
+    assert losses({"shift_voxels": 0, "rotate_degrees": 0, "intensity_jitter": 0}) == plain
+    assert losses({"shift_voxels": 1, "rotate_degrees": 5}) != plain
+    assert StudySettings.from_config({"augment": {"shift_voxels": 1}}, seed=0).augment == {"shift_voxels": 1}

@@ -91,6 +91,25 @@ def test_pretrain_without_held_out_share_runs_every_epoch_and_repeats_bit_for_bi
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
 
 
+def test_pretrain_augments_training_batches_only_and_repeats_bit_for_bit() -> None:
+    from lungclam.augment import Augmentation
+
+    images = _noisy_discs(20)
+    stopping = EarlyStopping(fraction=0.25, patience=50)
+
+    def run(augmentation):
+        model = _tiny_model()
+        history = pretrain(model, images, epochs=3, batch_size=4, seed=3, stopping=stopping, augmentation=augmentation)
+        return history.drop(columns="seconds"), [p.detach().clone() for p in model.parameters()]
+
+    plain, off = run(None), run(Augmentation())
+    pd.testing.assert_frame_equal(plain[0], off[0])  # an inactive augmentation changes nothing
+    first, again = run(Augmentation(1, 10, 0.02)), run(Augmentation(1, 10, 0.02))
+    pd.testing.assert_frame_equal(first[0], again[0])
+    assert all(torch.equal(a, b) for a, b in zip(first[1], again[1]))
+    assert not np.allclose(first[0]["loss"], plain[0]["loss"])
+
+
 def test_pretrain_stops_on_the_held_out_error_and_keeps_the_best_weights() -> None:
     images = _noisy_discs(20)
     model = _tiny_model()

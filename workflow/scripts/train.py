@@ -9,6 +9,7 @@ smk = snakemake  # noqa: F821
 
 
 def main() -> None:
+    from lungclam.augment import Augmentation
     from lungclam.device import seed_everything
     from lungclam.imageio import load_volumes
     from lungclam.model import ConvAutoencoder, resolve_device, save_checkpoint, spec_from_config
@@ -22,13 +23,15 @@ def main() -> None:
     seed_everything(smk.params.seed, device)
     model = ConvAutoencoder(spec_from_config(m, images.shape[2:]))
     stopping = EarlyStopping.from_config(t)
+    augmentation = Augmentation.from_config(t.get("augment"))
     log.info(
-        "pretraining on %d images %s on %s for at most %d epochs%s",
+        "pretraining on %d images %s on %s for at most %d epochs%s; %s",
         len(images),
         images.shape[2:],
         device,
         t["epochs"],
         f" ({stopping.fraction:.0%} held out to decide when to stop)" if stopping.fraction else "",
+        augmentation.describe(),
     )
     history = pretrain(
         model,
@@ -41,6 +44,7 @@ def main() -> None:
         mixed_precision=m["mixed_precision"],
         progress=log.info,
         stopping=stopping,
+        augmentation=augmentation,
     )
     kept = int(history.loc[history["best"], "epoch"].iloc[0])
     if stopped_before_maximum(history, stopping.patience) is False:

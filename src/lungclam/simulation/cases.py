@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+from lungclam.augment import Augmentation
 from lungclam.clam import assigned_maps, iter_clam, restrict_to_mask
 from lungclam.dec import fit_clusters, within_cluster_scale
 from lungclam.device import seed_everything
@@ -67,6 +68,7 @@ class StudySettings:
     mask_to_lungs: bool = True
     hu_window: tuple[float, float] = (-1024.0, 200.0)
     model: dict[str, Any] = field(default_factory=dict)
+    augment: dict[str, float] = field(default_factory=dict)  # pretraining augmentation (lungclam.augment)
     seed: int = 0
 
     @property
@@ -190,6 +192,7 @@ def pretrain_case(
         device,
         progress=progress,
         stopping=stopping,
+        augmentation=Augmentation.from_config(settings.augment),
     )
     return model, loss
 
