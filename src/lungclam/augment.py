@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -45,15 +45,15 @@ class Augmentation:
     intensity_jitter: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("shift_voxels", "rotate_degrees", "intensity_jitter"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"augmentation {name} must be >= 0, got {getattr(self, name)}")
+        for field in fields(self):
+            if getattr(self, field.name) < 0:
+                raise ValueError(f"augmentation {field.name} must be >= 0, got {getattr(self, field.name)}")
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> "Augmentation":
         """From a config's ``augment`` mapping (keys as the fields; absent ones are 0)."""
         section = section or {}
-        return cls(**{k: float(section.get(k, 0.0)) for k in ("shift_voxels", "rotate_degrees", "intensity_jitter")})
+        return cls(**{f.name: float(section.get(f.name, 0.0)) for f in fields(cls)})
 
     @property
     def active(self) -> bool:
