@@ -13,6 +13,11 @@ criterion's choice survives a reseeding, not one lucky draw.
     .venv/bin/python benchmarks/k_selection.py /tmp/feat_sim/*.npz results
     .venv/bin/python benchmarks/k_selection.py runs/p4/results --truth cohorts/p4/truth.tsv
     .venv/bin/python benchmarks/k_selection.py runs/*/results --seeds 0 1 2
+    .venv/bin/python benchmarks/k_selection.py /tmp/feat_sim/*.npz --resampling-only --split-statistic axis
+
+``--split-null`` and ``--split-statistic`` set the split test as ``choose_k``'s keys of
+the same names do; ``--resampling-only`` leaves out the silhouettes and the gap statistic
+(sparse k-means' permutations take most of the time on 300 subjects).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
 from lungclam.kmeans import kmeans
-from lungclam.kselect import choices_table, select_k
+from lungclam.kselect import Resampling, choices_table, resampling_table, select_k
+from lungclam.splittest import NULLS, STATISTICS
 
 
 def load(path: Path, truth_sheet: Path | None) -> tuple[str, np.ndarray, np.ndarray]:
@@ -46,11 +52,24 @@ def load(path: Path, truth_sheet: Path | None) -> tuple[str, np.ndarray, np.ndar
     )
 
 
-def score_criteria(name: str, x: np.ndarray, truth: np.ndarray, true_k: int, k_max: int, seed: int) -> list[dict]:
+def score_criteria(
+    name: str,
+    x: np.ndarray,
+    truth: np.ndarray,
+    k_max: int,
+    seed: int,
+    resampling: Resampling,
+    resampling_only: bool = False,
+) -> list[dict]:
     """One row per criterion: the K it chose on ``x`` (n, p) with resampling ``seed``, and
     the ARI of k-means at that K against ``truth`` (n,); the criteria table goes to stderr."""
+    true_k = len(np.unique(truth))
     started = time.perf_counter()
-    table = select_k(x, range(2, k_max + 1), seed=seed)
+    ks = range(2, k_max + 1)
+    if resampling_only:
+        table = resampling_table(x, ks, seed=seed, resampling=resampling)
+    else:
+        table = select_k(x, ks, seed=seed, resampling=resampling)
     seconds = time.perf_counter() - started
     rows = []
     for choice in choices_table(table, "stability").itertuples():
@@ -85,16 +104,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--k-max", type=int, default=8)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="resampling seeds (one table each)")
+    parser.add_argument("--split-null", choices=NULLS, default=Resampling().split_null)
+    parser.add_argument("--split-statistic", choices=STATISTICS, default=Resampling().split_statistic)
+    parser.add_argument("--resampling-only", action="store_true", help="no silhouettes or gap statistic")
     args = parser.parse_args(argv)
+    resampling = Resampling(split_null=args.split_null, split_statistic=args.split_statistic)
     truths = list(args.truth or [])
     rows = []
     for path in args.inputs:
         own = path.suffix == ".npz" or (path / "demo" / "truth.tsv").is_file()
         sheet = truths.pop(0) if not own and truths else None
         name, x, truth = load(path, sheet)
-        true_k = len(np.unique(truth))
         for seed in args.seeds:
-            rows.extend(score_criteria(name, x, truth, true_k, args.k_max, seed))
+            rows.extend(score_criteria(name, x, truth, args.k_max, seed, resampling, args.resampling_only))
     result = pd.DataFrame(rows)
     pd.set_option("display.width", 200)
     print(result.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -85,7 +85,9 @@ class Resampling:
     n_replicas: subsamples for the stability and PAC; fraction: share of the samples in
     each; n_splits: random halvings for the prediction strength (each used both ways);
     n_init: k-means restarts per replica; split_null: the null group of the split test
-    (``split_p``, :mod:`lungclam.splittest`), "gaussian" or "uniform".
+    (``split_p``, :mod:`lungclam.splittest`), "gaussian" or "uniform"; split_statistic:
+    the cluster index it tests, "total" (over all features), "axis" (along the split's
+    own axis) or "both" (the smaller p-value, doubled).
     """
 
     n_replicas: int = 30
@@ -93,6 +95,7 @@ class Resampling:
     n_splits: int = 10
     n_init: int = 10
     split_null: str = "uniform"
+    split_statistic: str = "both"
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -486,7 +489,7 @@ def _row_for_k(
         "prediction_strength": stable.prediction_strength,
         "prediction_strength_sd": stable.prediction_strength_sd,
         "pac": stable.pac,
-    } | _check_values(x, labels, k, seed, resampling.split_null)
+    } | _check_values(x, labels, k, seed, resampling)
 
 
 def smallest_cluster_share(labels: np.ndarray, k: int) -> float:
@@ -495,12 +498,14 @@ def smallest_cluster_share(labels: np.ndarray, k: int) -> float:
     return float(np.bincount(np.asarray(labels), minlength=k).min() / len(labels))
 
 
-def _check_values(x: np.ndarray, labels: np.ndarray, k: int, seed: int, split_null: str) -> dict[str, float]:
+def _check_values(x: np.ndarray, labels: np.ndarray, k: int, seed: int, resampling: Resampling) -> dict[str, float]:
     """The columns that decide whether the resampling rules consider ``k`` (see
     :func:`_admissible`), for the k-means ``labels`` (n,) of ``x`` (n, p)."""
     return {
         "smallest_cluster": smallest_cluster_share(labels, k),
-        "split_p": weakest_split_p(x, labels, k, seed=seed, null=split_null),
+        "split_p": weakest_split_p(
+            x, labels, k, seed=seed, null=resampling.split_null, statistic=resampling.split_statistic
+        ),
     }
 
 
@@ -527,7 +532,7 @@ def resampling_table(
             continue
         labels = _fit_kmeans(x, k, seed, n_init, None).labels_
         row = vars(_resampling_row(x, k, seed, resampling))
-        rows.append(row | _check_values(x, labels, k, seed, resampling.split_null))
+        rows.append(row | _check_values(x, labels, k, seed, resampling))
     return pd.DataFrame(rows, columns=["k", *RESAMPLING_COLUMNS, *_CHECK_COLUMNS])
 
 
@@ -605,7 +610,8 @@ def select_k(
       the resampling rules skip a k below ``min_cluster_share``, see :func:`choose`);
     - split_p (the largest p-value of :func:`lungclam.splittest.weakest_split_p` over
       that k-means' neighbouring cluster pairs: small when every split is more than one
-      group shows, ``resampling.split_null``; the resampling rules skip a k above ``max_split_p``).
+      group shows, ``resampling.split_null`` and ``split_statistic``; the resampling rules
+      skip a k above ``max_split_p``).
 
     A k below 2 has NaN silhouettes, sparse and resampling columns (the gap is still given
     for k = 1); a k >= n, or above the number of distinct samples, gives a NaN row.
@@ -831,6 +837,7 @@ def resampling_from_config(section: dict[str, Any]) -> Resampling:
         n_splits=int(section.get("n_splits", default.n_splits)),
         n_init=int(section.get("resampling_n_init", default.n_init)),
         split_null=str(section.get("split_null", default.split_null)),
+        split_statistic=str(section.get("split_statistic", default.split_statistic)),
     )
 
 

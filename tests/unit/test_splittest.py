@@ -11,9 +11,19 @@ import pandas as pd
 import pytest
 
 from lungclam.kselect import Resampling, choices_table, choose, resampling_from_config, resampling_table, skipped_ks
-from lungclam.splittest import neighbour_pairs, split_p_value, two_means_index, weakest_split_p
+from lungclam.splittest import (
+    axis_index,
+    neighbour_pairs,
+    soft_thresholded_variances,
+    split_p_value,
+    two_means_index,
+    weakest_split_p,
+)
 
 SMALL = Resampling(n_replicas=12, fraction=0.8, n_splits=4, n_init=3)
+#: The smallest p-value of 100 references, doubled when "both" statistics are tested.
+SMALLEST_P = 2 / 101 + 1e-12
+STATISTICS = ["total", "axis", "both"]
 
 
 def two_blobs(separation: float, per: int = 40, p: int = 10, seed: int = 0) -> np.ndarray:
@@ -34,11 +44,12 @@ def test_two_means_index_by_hand() -> None:
     assert two_means_index(np.ones((5, 3))) == 1.0  # nothing to split
 
 
-def test_separated_blobs_split_and_one_gaussian_does_not() -> None:
-    assert split_p_value(two_blobs(8.0), 100, 0) == pytest.approx(1 / 101)
+@pytest.mark.parametrize("statistic", STATISTICS)
+def test_separated_blobs_split_and_one_gaussian_does_not(statistic: str) -> None:
+    assert split_p_value(two_blobs(8.0), 100, 0, statistic=statistic) <= SMALLEST_P
     for seed in range(5):
         one = np.random.default_rng(seed).normal(size=(40, 5))
-        assert split_p_value(one, 100, seed) > 0.3, seed
+        assert split_p_value(one, 100, seed, statistic=statistic) > 0.1, seed
     assert split_p_value(np.zeros((2, 3))) == 1.0  # too few samples to test
 
 
@@ -51,26 +62,88 @@ def flat_spread(seed: int, gap: float = 0.0, n: int = 300) -> np.ndarray:
     return x
 
 
-def test_the_uniform_null_needs_a_gap_where_the_gaussian_splits_an_even_spread() -> None:
+@pytest.mark.parametrize("statistic", STATISTICS)
+def test_the_uniform_null_needs_a_gap_where_the_gaussian_splits_an_even_spread(statistic: str) -> None:
     for seed in range(5):
         flat = flat_spread(seed)
         # an even spread has a smaller 2-means index than any Gaussian sample of its size
-        assert split_p_value(flat, 100, seed) == pytest.approx(1 / 101), seed
-        assert split_p_value(flat, 100, seed, null="uniform") > 0.2, seed
+        assert split_p_value(flat, 100, seed, statistic=statistic) <= SMALLEST_P, seed
+        assert split_p_value(flat, 100, seed, null="uniform", statistic=statistic) > 0.2, seed
         gap = flat_spread(seed, gap=0.3)
-        assert split_p_value(gap, 100, seed, null="uniform") == pytest.approx(1 / 101), seed
+        assert split_p_value(gap, 100, seed, null="uniform", statistic=statistic) <= SMALLEST_P, seed
         one = np.random.default_rng(seed).normal(size=(40, 5))
-        assert split_p_value(one, 100, seed, null="uniform") > 0.5, seed
-    assert split_p_value(two_blobs(8.0), 100, 0, null="uniform") == pytest.approx(1 / 101)
+        assert split_p_value(one, 100, seed, null="uniform", statistic=statistic) > 0.2, seed
+    assert split_p_value(two_blobs(8.0), 100, 0, null="uniform", statistic=statistic) <= SMALLEST_P
     with pytest.raises(ValueError, match="unknown split-test null 'flat'"):
         split_p_value(flat_spread(0), null="flat")
+    with pytest.raises(ValueError, match="unknown split-test statistic 'sum'"):
+        split_p_value(flat_spread(0), statistic="sum")
+
+
+def hidden_split(seed: int, separation: float = 1.5, per: int = 50, p: int = 40) -> np.ndarray:
+    """Two groups of ``per`` points ``2 * separation`` apart on the first axis (sd 0.3
+    within), unit-sd noise on ``p - 1`` more axes: the split holds 6 % of the variance, so
+    the 2-means index over all features barely shows it (2 * per, p)."""
+    g = np.random.default_rng(seed)
+    x = g.normal(size=(2 * per, p))
+    x[:, 0] = np.repeat([-separation, separation], per) + 0.3 * g.normal(size=2 * per)
+    return x
+
+
+def test_axis_index_by_hand() -> None:
+    # one axis: the same as the 2-means index, a quarter for an even grid
+    grid = np.linspace(0, 1, 200)[:, None]
+    assert axis_index(grid) == pytest.approx(two_means_index(grid), rel=1e-9)
+    assert axis_index(np.ones((5, 3))) == 1.0
+    # two tight groups along an axis with 6 % of the variance
+    x = hidden_split(0)
+    assert axis_index(x) < 0.15 < 0.9 < two_means_index(x)
+
+
+@pytest.mark.parametrize("null", ["gaussian", "uniform"])
+def test_the_axis_statistic_finds_a_split_the_total_index_misses(null: str) -> None:
+    for seed in range(2):
+        x = hidden_split(seed)
+        assert split_p_value(x, 100, seed, null, "axis") == pytest.approx(1 / 101), seed
+        assert split_p_value(x, 100, seed, null, "both") == pytest.approx(2 / 101), seed
+        assert split_p_value(x, 100, seed, null, "total") > 0.5, seed
+        # the same features with no split: one group
+        one = hidden_split(seed, separation=0.0)
+        assert min(split_p_value(one, 100, seed, null, statistic) for statistic in ("axis", "both")) > 0.1, seed
+
+
+def test_soft_thresholded_variances_undo_the_spread_of_noise_eigenvalues() -> None:
+    noise = np.random.default_rng(0).normal(size=(20, 60))  # n < p: sample eigenvalues 0 to ~5
+    centred = noise - noise.mean(axis=0)
+    variances = soft_thresholded_variances(centred)
+    assert variances.shape == (60,)
+    assert variances.sum() == pytest.approx(float((centred**2).sum()) / 20)  # total kept
+    assert variances.max() / variances.min() < 1.2  # nearly isotropic, as the source
+    # a real direction of large variance stays above the floor
+    spiked = centred.copy()
+    spiked[:, 0] += np.repeat([-5.0, 5.0], 10)
+    spiked_variances = soft_thresholded_variances(spiked - spiked.mean(axis=0))
+    assert spiked_variances[0] > 10 * np.median(spiked_variances)
+
+
+def test_the_split_statistic_reaches_the_table_from_the_config() -> None:
+    x = np.vstack([hidden_split(0, per=30, p=20), hidden_split(1, per=30, p=20) + 6.0])  # four groups
+    split_p = {}
+    for statistic in ("total", "axis"):
+        resampling = resampling_from_config({"split_statistic": statistic, "n_replicas": 12, "n_splits": 4})
+        assert resampling.split_statistic == statistic
+        split_p[statistic] = resampling_table(x, [4], seed=0, resampling=resampling).set_index("k")["split_p"]
+    assert split_p["axis"][4] <= 0.05 < split_p["total"][4]
+    assert resampling_from_config({}).split_statistic == Resampling().split_statistic
 
 
 def test_the_split_null_reaches_the_table_from_the_config() -> None:
     x = np.vstack([flat_spread(0, n=60), flat_spread(1, n=60) + [3.0, 0, 0, 0]])  # two even spreads
     by_null = {}
     for null in ("gaussian", "uniform"):
-        resampling = resampling_from_config({"split_null": null, "n_replicas": 12, "n_splits": 4})
+        resampling = resampling_from_config(
+            {"split_null": null, "split_statistic": "total", "n_replicas": 12, "n_splits": 4}
+        )
         assert resampling.split_null == null
         by_null[null] = resampling_table(x, [2, 4], seed=0, resampling=resampling).set_index("k")["split_p"]
     # K = 2 are the two spreads; K = 4 cuts each of them in half, a cut only the Gaussian takes
@@ -91,16 +164,17 @@ def test_neighbour_pairs_are_the_nearest_centroids() -> None:
     assert neighbour_pairs(np.zeros((1, 2))) == []
 
 
-def test_weakest_split_finds_a_cut_through_one_blob() -> None:
+@pytest.mark.parametrize("statistic", STATISTICS)
+def test_weakest_split_finds_a_cut_through_one_blob(statistic: str) -> None:
     x = np.vstack([two_blobs(10.0, per=20, p=6), np.random.default_rng(1).normal(size=(20, 6)) + 20.0])
     truth = np.repeat([0, 1, 2], 20)
-    assert weakest_split_p(x, truth, 3) == pytest.approx(1 / 101)
+    assert weakest_split_p(x, truth, 3, statistic=statistic) <= SMALLEST_P
     # cut the third blob in two along its first axis: that pair is no more apart than
     # one Gaussian group
     cut = truth.copy()
     third = np.flatnonzero(truth == 2)
     cut[third[x[third, 0] > np.median(x[third, 0])]] = 3
-    assert weakest_split_p(x, cut, 4) > 0.05
+    assert weakest_split_p(x, cut, 4, statistic=statistic) > 0.05
     assert np.isnan(weakest_split_p(x, np.zeros(60, dtype=int), 1))
 
 
@@ -119,8 +193,9 @@ def blobs_and_continuum(seed: int = 6) -> np.ndarray:
 
 
 @pytest.mark.parametrize("null", ["gaussian", "uniform"])
-def test_reproducibility_rules_skip_a_cut_through_a_continuum(null: str) -> None:
-    resampling = dataclasses.replace(SMALL, split_null=null)
+@pytest.mark.parametrize("statistic", STATISTICS)
+def test_reproducibility_rules_skip_a_cut_through_a_continuum(null: str, statistic: str) -> None:
+    resampling = dataclasses.replace(SMALL, split_null=null, split_statistic=statistic)
     table = resampling_table(blobs_and_continuum(), range(2, 6), seed=6, resampling=resampling, n_init=5)
     rows = table.set_index("k")
     assert rows.loc[3, "split_p"] <= 0.05 < rows.loc[4, "split_p"]
