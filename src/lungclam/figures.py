@@ -712,7 +712,7 @@ def k_selection_figure(
             ``most_stable``'s tolerance is drawn that far below the largest stability.
             ``min_cluster_share`` and ``max_split_p`` label the grey bands of ``skipped``.
         skipped: the Ks the reproducibility rules skipped for a too small cluster or a
-            split no stronger than one group's (``choose_k.split_null``)
+            split no stronger than one group's (``choose_k.split_null``, ``split_statistic``)
             (:func:`lungclam.kselect.skipped_ks`), shaded grey; ``most_stable``'s
             tolerance is drawn below the largest stability of the other Ks.
 

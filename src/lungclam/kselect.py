@@ -87,7 +87,8 @@ class Resampling:
     n_init: k-means restarts per replica; split_null: the null group of the split test
     (``split_p``, :mod:`lungclam.splittest`), "gaussian" or "uniform"; split_statistic:
     the cluster index it tests, "total" (over all features), "axis" (along the split's
-    own axis) or "both" (the smaller p-value, doubled).
+    own axis), "both" (the smaller p-value, doubled) or "auto" (along the axis where the
+    pair has more subjects than features, else over all features).
     """
 
     n_replicas: int = 30
@@ -95,7 +96,7 @@ class Resampling:
     n_splits: int = 10
     n_init: int = 10
     split_null: str = "uniform"
-    split_statistic: str = "both"
+    split_statistic: str = "auto"
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -35,7 +35,10 @@ they have two clear modes (index 0.1, against 1/4 for an even spread). The axis 
 found by searching the data for its best cut, which also finds cuts in noise, and more
 so the more elongated the data; so its references are drawn with SigClust's
 soft-thresholded eigenvalues (:func:`soft_thresholded_variances`) instead of the sample's,
-whose spread with n near p is mostly noise.
+whose spread with n near p is mostly noise. Where the union has no more samples than
+features, a search for the best cut finds nearly as clean a cut in the references as in
+two real groups, and the axis index loses its power; "auto" (the pipeline's default) tests
+along the axis only where the samples outnumber the features, over all features otherwise.
 
 Arrays are samples x features (n, p); every random draw follows the seed.
 """
@@ -51,8 +54,9 @@ N_REFERENCES = 100
 #: The null groups :func:`split_p_value` can compare a split with (module docstring).
 NULLS = ("gaussian", "uniform")
 #: The statistics :func:`split_p_value` can test: :func:`two_means_index` ("total"),
-#: :func:`axis_index` ("axis"), or both, the smaller p-value doubled ("both").
-STATISTICS = ("total", "axis", "both")
+#: :func:`axis_index` ("axis"), both, the smaller p-value doubled ("both"), or "auto":
+#: "axis" where the samples outnumber the features, else "total".
+STATISTICS = ("total", "axis", "both", "auto")
 #: Principal axes whose signs start :func:`axis_index`'s 2-means.
 N_STARTS = 5
 _MAX_LLOYD_STEPS = 100
@@ -191,7 +195,8 @@ def split_p_value(
     the p-value is (1 + references whose index is at most ``x``'s) / (1 + n_references),
     the index being :func:`two_means_index` (``statistic="total"``) or :func:`axis_index`
     (``"axis"``, with soft-thresholded variances); ``"both"`` runs the two and returns the
-    smaller p-value doubled (at most 1). 1.0 for fewer than 3 samples (nothing to test).
+    smaller p-value doubled (at most 1); ``"auto"`` is ``"axis"`` when ``x`` has more
+    samples than features and ``"total"`` otherwise. 1.0 for fewer than 3 samples.
     ValueError for an unknown ``null`` or ``statistic``.
     """
     _check_options(null, statistic)
@@ -200,6 +205,8 @@ def split_p_value(
     if n < 3:
         return 1.0
     generator = np.random.default_rng(rng)
+    if statistic == "auto":  # the axis search overfits, and loses its power, with n <= p
+        statistic = "axis" if n > data.shape[1] else "total"
     if statistic == "both":  # Bonferroni over the two tests
         p_values = [split_p_value(data, n_references, generator, null, one) for one in ("total", "axis")]
         return min(1.0, 2 * min(p_values))

@@ -112,6 +112,14 @@ def test_the_axis_statistic_finds_a_split_the_total_index_misses(null: str) -> N
         assert min(split_p_value(one, 100, seed, null, statistic) for statistic in ("axis", "both")) > 0.1, seed
 
 
+def test_auto_tests_along_the_axis_only_where_samples_outnumber_features() -> None:
+    many = hidden_split(0)  # 100 points, 40 features
+    few = hidden_split(0, per=10, p=40)  # 20 points
+    for x, chosen in ((many, "axis"), (few, "total")):
+        assert split_p_value(x, 50, 3, "uniform", "auto") == split_p_value(x, 50, 3, "uniform", chosen)
+    assert split_p_value(many, 50, 3, "uniform", "auto") != split_p_value(many, 50, 3, "uniform", "total")
+
+
 def test_soft_thresholded_variances_undo_the_spread_of_noise_eigenvalues() -> None:
     noise = np.random.default_rng(0).normal(size=(20, 60))  # n < p: sample eigenvalues 0 to ~5
     centred = noise - noise.mean(axis=0)
