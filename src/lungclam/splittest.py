@@ -104,10 +104,9 @@ def _index_along_split(centred: np.ndarray, side: np.ndarray) -> float:
     """Within-side over total sum of squares of ``centred`` (n, p) projected on the line
     through the centroids of the split ``side`` (n,): its cluster index along that axis."""
     axis = centred[side].mean(axis=0) - centred[~side].mean(axis=0)
-    along = centred @ (axis / np.linalg.norm(axis))
+    along = (centred @ (axis / np.linalg.norm(axis)))[:, None]
     total = float(((along - along.mean()) ** 2).sum())
-    within = sum(float(((part - part.mean()) ** 2).sum()) for part in (along[side], along[~side]))
-    return within / total if total > 0 else 1.0
+    return _within_ss(along, side) / total if total > 0 else 1.0
 
 
 def axis_index(x: np.ndarray, n_starts: int = N_STARTS) -> float:
@@ -212,11 +211,9 @@ def split_p_value(
         return min(1.0, 2 * min(p_values))
     centred = data - data.mean(axis=0)
     if statistic == "total":
-        singular = np.linalg.svd(centred, compute_uv=False)
-        sd = singular[: n - 1] / np.sqrt(n)
+        cluster_index, sd = two_means_index, np.linalg.svd(centred, compute_uv=False)[: n - 1] / np.sqrt(n)
     else:
-        sd = np.sqrt(soft_thresholded_variances(centred))
-    cluster_index = two_means_index if statistic == "total" else axis_index
+        cluster_index, sd = axis_index, np.sqrt(soft_thresholded_variances(centred))
     observed = cluster_index(centred)
     references = (cluster_index(_reference(generator, n, sd, null)) for _ in range(n_references))
     as_split = sum(reference <= observed for reference in references)
@@ -256,10 +253,10 @@ def weakest_split_p(
     null: str = "gaussian",
     statistic: str = "total",
 ) -> float:
-    """The largest :func:`split_p_value` (against ``null``, of ``statistic``) over the neighbouring pairs of
-    the ``k`` clusters of ``labels`` (n,) in [0, k) on ``x`` (n, p): small when every split
-    is real. NaN for fewer than 2 non-empty clusters. Every pair's references follow
-    ``seed`` and the pair."""
+    """The largest :func:`split_p_value` (against ``null``, of ``statistic``) over the
+    neighbouring pairs of the ``k`` clusters of ``labels`` (n,) in [0, k) on ``x`` (n, p):
+    small when every split is real. NaN for fewer than 2 non-empty clusters. Every pair's
+    references follow ``seed`` and the pair."""
     _check_options(null, statistic)
     data = np.asarray(x, dtype=float)
     labels = np.asarray(labels)
