@@ -31,8 +31,13 @@ demo: setup
 	@echo "  statistics:         results/stats/        figures: results/figures/   QC: results/qc/"
 	@echo "  report:             $(CURDIR)/results/report.html"
 
+# The suite runs in TEST_WORKERS pytest-xdist processes: three on two cores, because the
+# Slurm test mostly waits for its jobs. The slow tests start first, longest first, and the
+# few that run snakemake in the shared demo run's folder stay on one worker (tests/conftest.py,
+# tests/snakemake_runs.py). TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 3
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 	@$(MAKE) --no-print-directory test-second-python
 
 # The unit tests (not slow) again under a second supported Python, in its own venv, so that
@@ -53,7 +58,7 @@ test-second-python: setup
 			exit 0; fi; fi; \
 	echo "test-second-python: unit tests under $$python in $(SECOND_VENV)"; \
 	PIP_NO_CACHE_DIR=1 $(MAKE) --no-print-directory setup VENV=$(SECOND_VENV) PYTHON=$$python && \
-	$(SECOND_VENV)/bin/python -m pytest tests/unit -m 'not slow'
+	$(SECOND_VENV)/bin/python -m pytest tests/unit -m 'not slow' -n $(TEST_WORKERS) --dist loadgroup
 
 lint: setup
 	$(BIN)/ruff check .

@@ -67,7 +67,8 @@ def study_config(overlay: str | None, quick: bool) -> tuple[dict, int]:
 
 
 def _run_one(job: tuple) -> dict:
-    scenario, true_k, section, seed, base_path, device_name, threads = job
+    scenario, true_k, section, seed, base_path, device_name, threads, features_dir = job
+    import numpy as np
     import torch
 
     torch.set_num_threads(threads)
@@ -83,6 +84,9 @@ def _run_one(job: tuple) -> dict:
     started = time.perf_counter()
     result = run_case(scenario, true_k, base, settings, resolve_device(device_name))
     seconds = time.perf_counter() - started
+    if features_dir:  # the pretrained embedding and the truth, to score other K rules on later
+        keep = {name: result.arrays[name] for name in ("features_before", "truth")}
+        np.savez_compressed(Path(features_dir) / f"{scenario}_k{true_k}_seed{seed}.npz", **keep)
     loss = result.pretrain_loss
     at_true = result.accuracy[result.accuracy["fitted_k"] == true_k].iloc[0]
     row = {
@@ -124,6 +128,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--seed", type=int, help="the study's seed (default: the config's)")
     parser.add_argument("--quick", action="store_true", help="tiny images and models: a smoke test")
     parser.add_argument("--out", type=Path, help="results directory for the tables")
+    parser.add_argument(
+        "--save-features",
+        type=Path,
+        help="write each case's pretrained embedding and true labels to DIR/<scenario>_k<K>_seed<S>.npz",
+    )
     args = parser.parse_args(argv)
     section, seed = study_config(args.overlay, args.quick)
     seed = seed if args.seed is None else args.seed
@@ -139,7 +148,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     workers = max(1, min(args.workers, len(cases)))
     threads = max(1, (os.cpu_count() or 1) // workers)
     os.environ["OMP_NUM_THREADS"] = str(threads)  # the workers' k-means, before they start
-    jobs = [(s, k, section, seed, args.base, args.device, threads) for s, k in cases]
+    if args.save_features:
+        args.save_features.mkdir(parents=True, exist_ok=True)
+    jobs = [(s, k, section, seed, args.base, args.device, threads, args.save_features) for s, k in cases]
     print(
         f"simulation study: {len(cases)} cases, {workers} side by side ({threads} CPU threads each), "
         f"seed {seed}, device {args.device}, overlay {args.overlay or 'none'}, "

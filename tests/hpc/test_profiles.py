@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import PROJECT_ROOT
+from tests.snakemake_runs import PROJECT_ROOT, snakemake_command
 
 pytestmark = pytest.mark.hpc
 
-TINY = PROJECT_ROOT / "tests" / "configs" / "tiny.yaml"
 WORKFLOW_PROFILE = yaml.safe_load((PROJECT_ROOT / "profiles" / "default" / "config.yaml").read_text())
 SLURM_PROFILE = yaml.safe_load((PROJECT_ROOT / "profiles" / "slurm" / "config.yaml").read_text())
 
@@ -36,19 +35,9 @@ def _no_slurm_env(tmp_path: Path) -> dict:
 
 
 def _snakemake(workdir: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(PROJECT_ROOT / "Snakefile"),
-        "-d",
-        str(workdir),
-        "--configfile",
-        str(TINY),
-        *args,
-    ]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=workdir, timeout=300)
+    return subprocess.run(
+        snakemake_command(workdir, *args), capture_output=True, text=True, env=env, cwd=workdir, timeout=300
+    )
 
 
 def _rules() -> list[str]:

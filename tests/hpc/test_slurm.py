@@ -4,8 +4,9 @@ tests/hpc/slurm.sh installs Debian's munge, MariaDB, slurmdbd, slurmctld and slu
 starts them on loopback and stops them by their pids afterwards. The cluster profile is
 installed the way users install it (`make slurm-profile`, into a private
 XDG_CONFIG_HOME), the run is `snakemake --profile slurm`, and its outputs must equal
-those of a local run of the same config. Skips, saying why, where there is no root, no
-apt-get or no way to install or start the daemons; a failing or differing run fails.
+those of a local run of the same config (the session's ``demo_run``). Skips, saying
+why, where there is no root, no apt-get or no way to install or start the daemons; a
+failing or differing run fails.
 """
 
 from __future__ import annotations
@@ -24,12 +25,11 @@ import pytest
 import SimpleITK as sitk
 import yaml
 
-from tests.conftest import PROJECT_ROOT
+from tests.snakemake_runs import APT_GET_LOCK, PROJECT_ROOT, exclusive, snakemake_command
 
-pytestmark = [pytest.mark.hpc, pytest.mark.slow]
+pytestmark = [pytest.mark.hpc, pytest.mark.slow(seconds=420)]
 
 SLURM_SH = PROJECT_ROOT / "tests" / "hpc" / "slurm.sh"
-TINY = PROJECT_ROOT / "tests" / "configs" / "tiny.yaml"
 DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd", "sbatch", "sacct")
 
 
@@ -51,7 +51,10 @@ def slurm(tmp_path_factory):
     if not _have_daemons():
         if not shutil.which("apt-get"):
             pytest.skip("Slurm is not installed and there is no apt-get to install it")
-        done = subprocess.run(["timeout", "-k", "10", "420", str(SLURM_SH), "install"], capture_output=True, text=True)
+        with exclusive(APT_GET_LOCK):
+            done = subprocess.run(
+                ["timeout", "-k", "10", "420", str(SLURM_SH), "install"], capture_output=True, text=True
+            )
         if done.returncode != 0 or not _have_daemons():
             pytest.skip(
                 f"could not install Slurm from Debian's packages (rc {done.returncode}):\n"
@@ -103,19 +106,6 @@ def _start(command: list[str], *, env: dict, cwd: Path, limit_s: int, log: Path)
         )
 
 
-def _snakemake(*args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(PROJECT_ROOT / "Snakefile"),
-        "--configfile",
-        str(TINY),
-        *args,
-    ]
-
-
 def _array(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
@@ -153,7 +143,7 @@ def _compare_runs(local: Path, remote: Path) -> list[str]:
     return differences
 
 
-def test_tiny_demo_through_the_slurm_profile_matches_a_local_run(slurm, tmp_path) -> None:
+def test_tiny_demo_through_the_slurm_profile_matches_a_local_run(slurm, request, tmp_path) -> None:
     env = dict(slurm["env"])
     # Install the cluster profile the way users do, into a private config folder.
     env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
@@ -161,15 +151,8 @@ def test_tiny_demo_through_the_slurm_profile_matches_a_local_run(slurm, tmp_path
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "config" / "snakemake" / "slurm" / "config.yaml").is_file()
 
-    remote, local = tmp_path / "slurm_run", tmp_path / "local_run"
+    remote = tmp_path / "slurm_run"
     remote.mkdir()
-    local.mkdir()
-    # The local reference run goes alongside: the Slurm run mostly waits (job start-up,
-    # status checks), so this costs little extra time.
-    started = time.perf_counter()
-    local_run = _start(
-        _snakemake("--cores", "2"), env=os.environ.copy(), cwd=local, limit_s=900, log=tmp_path / "local.log"
-    )
     # A job that asks for more CPUs than the node has pends forever: --cores caps every
     # rule's threads and the width of the grouped preprocessing jobs at the node's CPUs.
     # Status checks every 5 s instead of after 40 s.
@@ -185,20 +168,28 @@ def test_tiny_demo_through_the_slurm_profile_matches_a_local_run(slurm, tmp_path
         "5",
         "--slurm-keep-successful-logs",
     )
+    started = time.perf_counter()
     slurm_run = _start(
-        _snakemake(*through_slurm),
+        snakemake_command(remote, *through_slurm),
         env=env,
         cwd=remote,
         limit_s=1200,
         log=tmp_path / "slurm.log",
     )
-    local_rc = local_run.wait()
+    # The local reference run (the session's, shared with the workflow tests) is made, or
+    # waited for, while the Slurm run goes on: that run mostly waits for job start-ups and
+    # status checks.
+    try:
+        local_results = request.getfixturevalue("demo_run")
+    except BaseException:
+        slurm_run.kill()
+        slurm_run.wait()
+        raise
     local_s = time.perf_counter() - started
     slurm_rc = slurm_run.wait()
     slurm_s = time.perf_counter() - started
     slurm_log = (tmp_path / "slurm.log").read_text(errors="replace")
-    print(f"Slurm run of the tiny demo: {slurm_s:.1f} s; local run alongside: {local_s:.1f} s")
-    assert local_rc == 0, _tail((tmp_path / "local.log").read_text(errors="replace"), 6000)
+    print(f"Slurm run of the tiny demo: {slurm_s:.1f} s; the local run was ready after {local_s:.1f} s")
     assert slurm_rc == 0, f"snakemake --profile slurm failed (rc {slurm_rc}):\n{_tail(slurm_log, 8000)}"
     assert "Using profiles slurm and workflow specific profile" in slurm_log
 
@@ -219,7 +210,7 @@ def test_tiny_demo_through_the_slurm_profile_matches_a_local_run(slurm, tmp_path
     assert any("group_preprocess" in str(p) for p in slurm_logs), slurm_logs
     assert any("group_to_template" in str(p) for p in slurm_logs), slurm_logs
 
-    differences = _compare_runs(local / "results", remote / "results")
+    differences = _compare_runs(local_results, remote / "results")
     assert not differences, "\n".join(differences)
 
     # `snakemake score` through the same profile: a study scan under a new ID, scored against
@@ -231,9 +222,10 @@ def test_tiny_demo_through_the_slurm_profile_matches_a_local_run(slurm, tmp_path
         sheet, sep="\t", index=False
     )
     score_run = _start(
-        _snakemake(
+        snakemake_command(
+            scoring,
             *through_slurm,
-            "score",  # after the options: --configfile (in _snakemake) would take it for a file
+            "score",  # after the options: --configfile (in snakemake_command) would take it for a file
             "--config",
             f"study={remote / 'results'}",
             f"samples={sheet}",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import yaml
 
 from lungclam.runtime import visible_gpus
 from tests.conftest import PROJECT_ROOT
+from tests.snakemake_runs import snakemake_command
 
 GPU_RULES = ("train", "cluster", "clam")
 
@@ -41,20 +41,7 @@ def _dry_run_resources(workdir: Path, model: dict, *targets: str) -> dict[str, d
     overlay = workdir / "overlay.yaml"
     overlay.write_text(yaml.safe_dump({"model": model}))
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(PROJECT_ROOT / "Snakefile"),
-            "-d",
-            str(workdir),
-            "--configfile",
-            str(PROJECT_ROOT / "tests" / "configs" / "tiny.yaml"),
-            str(overlay),
-            "-n",
-            *targets,
-        ],
+        snakemake_command(workdir, "-n", *targets, configfiles=(overlay,)),
         capture_output=True,
         text=True,
         cwd=workdir,

@@ -14,7 +14,7 @@ import pytest
 
 from lungclam.phantom import make_chest_phantom, write_dicom_series, write_localizer
 from lungclam.sampling import sample_subjects
-from tests.workflow.conftest import planned_jobs, snakemake
+from tests.snakemake_runs import planned_jobs, snakemake
 
 pytestmark = pytest.mark.workflow
 

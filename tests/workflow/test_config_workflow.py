@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.workflow.conftest import snakemake
+from tests.snakemake_runs import snakemake
 
 pytestmark = pytest.mark.workflow
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from tests.workflow.conftest import snakemake
+from tests.snakemake_runs import snakemake
 
 pytestmark = [pytest.mark.workflow, pytest.mark.realdata]
 

@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 
 from tests.conftest import PROJECT_ROOT
-from tests.workflow.conftest import planned_jobs, snakemake
+from tests.snakemake_runs import IN_DEMO_FOLDER, planned_jobs, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -103,6 +103,7 @@ def test_downsampled_volumes_share_the_grid(demo_run: Path) -> None:
         assert -1000 < np.median(array[inside]) < -500
 
 
+@IN_DEMO_FOLDER
 def test_rerun_does_nothing(demo_run: Path) -> None:
     out = snakemake(demo_run.parent, "-n").stdout
     assert "Nothing to be done" in out, out[-2000:]
@@ -117,6 +118,7 @@ def _rewrite_one_pixel(path: Path) -> None:
     ds.save_as(path)
 
 
+@pytest.mark.slow(seconds=60)  # a whole run of its own
 def test_user_sheet_and_changed_file_reruns_only_that_subject(demo_run: Path, tmp_path: Path) -> None:
     """A cohort given by samples.tsv; a changed DICOM file re-runs that subject's jobs (and
     the cohort-level model jobs after them); a touched but unchanged file re-runs nothing,

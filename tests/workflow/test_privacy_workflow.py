@@ -9,6 +9,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from tests.snakemake_runs import IN_DEMO_FOLDER
+
 pytestmark = pytest.mark.workflow
 
 IDENTIFYING = (
@@ -66,6 +68,7 @@ def test_no_identifier_in_the_viewer_volumes(demo_run: Path) -> None:
             assert value.encode() not in data, f"{value!r} found in {page}, volume {key}"
 
 
+@IN_DEMO_FOLDER
 def test_no_identifier_in_the_split_viewer(demo_run: Path, split_viewer: Path) -> None:
     """A large cohort's viewer (index plus a page per subject): every page, searched as it
     is and with each embedded volume decoded."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PROJECT_ROOT
-from tests.workflow.conftest import snakemake
+from tests.snakemake_runs import APT_GET_LOCK, IN_DEMO_FOLDER, exclusive, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -32,16 +32,18 @@ def chromium() -> str:
         pytest.skip("chromium is not installed and cannot be installed here (needs root and apt-get)")
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
-    if done.returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=600)
+    with exclusive(APT_GET_LOCK):
         done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
+        if done.returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=600)
+            done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
     found = report_screenshot.find_chromium()
     if done.returncode != 0 or not found:
         pytest.skip(f"could not install chromium: {done.stderr[-500:]}")
     return found
 
 
+@IN_DEMO_FOLDER
 @pytest.mark.parametrize(
     "category, item", [("CLAM", "results/figures/cluster_means.png"), ("QC", "results/figures/qc_contact_sheet.png")]
 )

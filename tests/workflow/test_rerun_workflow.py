@@ -17,7 +17,7 @@ import pytest
 import SimpleITK as sitk
 
 from tests.conftest import PROJECT_ROOT
-from tests.workflow.conftest import TINY, snakemake
+from tests.snakemake_runs import TINY, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -83,6 +83,7 @@ def _unfinished(logs: list[Path], done: str) -> list[Path]:
     return [log for log in logs if done not in log.read_text()]
 
 
+@pytest.mark.slow(seconds=75)  # a whole run, killed twice
 def test_killed_twice_then_rerun_equals_an_uninterrupted_run(demo_run: Path, tmp_path: Path) -> None:
     work = tmp_path / "run"
     results = work / "results"
@@ -121,7 +122,7 @@ def test_killed_twice_then_rerun_equals_an_uninterrupted_run(demo_run: Path, tmp
     assert "Nothing to be done" in snakemake(work, "-n").stdout
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=60)
 def test_two_clean_runs_agree(demo_run: Path, tmp_path: Path) -> None:
     """Reproducibility on the CPU: a second run from scratch in a fresh folder (about 2 min)."""
     snakemake(tmp_path, "--cores", "2")

@@ -15,7 +15,7 @@ import yaml
 from sklearn.metrics import adjusted_rand_score
 
 from lungclam.study import MANIFEST, sha256
-from tests.workflow.conftest import planned_jobs, snakemake
+from tests.snakemake_runs import planned_jobs, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -75,7 +75,7 @@ def bundle_copy(demo_run: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(demo_run / "study", tmp_path / "shipped" / "study"))
 
 
-@pytest.mark.slow  # about a minute: four subjects' imaging chain, scoring and statistics
+@pytest.mark.slow(seconds=35)  # four subjects' imaging chain, scoring and statistics
 def test_study_subjects_scored_again_get_their_study_cluster_q_clam_and_statistics(
     demo_run: Path, tmp_path: Path
 ) -> None:
@@ -145,7 +145,7 @@ def test_study_subjects_scored_again_get_their_study_cluster_q_clam_and_statisti
     np.testing.assert_array_equal(beside["estimate_scored"], study_associations["estimate"])
 
 
-@pytest.mark.slow  # about a minute: one subject's imaging chain and scoring, then the statistics
+@pytest.mark.slow(seconds=20)  # one subject's imaging chain and scoring, then the statistics
 def test_a_failed_new_subject_holds_back_only_the_table_and_a_reference_cluster_left_empty_is_noted(
     demo_run: Path, tmp_path: Path
 ) -> None:
@@ -219,7 +219,7 @@ def test_a_failed_new_subject_holds_back_only_the_table_and_a_reference_cluster_
 HOLDOUT = Path(__file__).resolve().parents[1] / "configs" / "holdout.yaml"
 
 
-@pytest.mark.slow  # about four minutes: a 9-subject study on 4 mm grids, then 6 subjects scored
+@pytest.mark.slow(seconds=215)  # a 9-subject study on 4 mm grids, then 6 subjects scored
 def test_subjects_left_out_of_a_study_are_scored_into_the_cluster_of_their_pattern(tmp_path: Path) -> None:
     """A study trained on the demo with two subjects of each pattern left out (`exclude`);
     those six, scored against it, land in the study cluster that holds their pattern."""

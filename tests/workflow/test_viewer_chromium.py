@@ -20,6 +20,7 @@ import pytest
 
 from lungclam.viewer import decode_volume, read_assignments, read_page_data
 from tests.conftest import PROJECT_ROOT
+from tests.snakemake_runs import IN_DEMO_FOLDER
 from tests.workflow.test_report_chromium import chromium  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.workflow
@@ -65,6 +66,7 @@ def test_viewer_opens_offline_and_follows_the_choice(
     assert shot.read_bytes()[:4] == b"\x89PNG"
 
 
+@IN_DEMO_FOLDER
 def test_split_viewer_pages_embed_the_runs_own_maps(demo_run: Path, split_viewer: Path) -> None:
     table = read_assignments(demo_run / "clusters.tsv")
     subjects = sorted(p.stem for p in (split_viewer / "subjects").glob("*.html"))
@@ -97,6 +99,7 @@ def test_split_viewer_pages_embed_the_runs_own_maps(demo_run: Path, split_viewer
             assert np.abs(shown.get_fdata() - source.get_fdata()).max() <= tolerance + 1e-6, (row.subject, part)
 
 
+@IN_DEMO_FOLDER
 def test_split_viewer_opens_offline_and_links_its_pages(
     chromium: str,
     split_viewer: Path,  # noqa: F811
