@@ -182,7 +182,7 @@ def test_tiny_demo_through_the_slurm_profile_matches_a_local_run(slurm, request,
     try:
         local_results = request.getfixturevalue("demo_run")
     except BaseException:
-        slurm_run.kill()
+        slurm_run.terminate()  # coreutils' timeout passes the TERM on to snakemake
         slurm_run.wait()
         raise
     local_s = time.perf_counter() - started
