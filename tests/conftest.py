@@ -10,6 +10,11 @@ from pathlib import Path
 # two runs with 2 threads differed by up to 1,000 HU in a voxel). ITK reads this once, at
 # first use, so it must be set before anything imports ants or SimpleITK.
 os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+# `make test` runs three pytest-xdist workers on two cores: one OpenMP/BLAS thread per
+# process keeps their thread pools from spinning against each other. Snakemake runs
+# started by a worker inherit it, so a session's runs share one setting.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
