@@ -83,14 +83,11 @@ def planned_jobs(output: str) -> list[tuple[str, str | None]]:
 
 @contextmanager
 def exclusive(lock: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the file ``lock`` (POSIX advisory; released on exit or
-    when the holding process dies)."""
+    """Hold an exclusive lock on the file ``lock`` (POSIX advisory; closing the file on
+    exit, or the holding process dying, releases it)."""
     with open(lock, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
 
 
 def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
