@@ -91,6 +91,7 @@ def main() -> None:
                     "k_prediction_strength_before",
                     "k_pac_before",
                     "k_most_stable_before",
+                    "k_stable_split_before",
                 )
                 if column in cases
             ],

@@ -773,7 +773,10 @@ def k_selection_figure(
     _mark_chosen_k(sil, choices, ("silhouette_kmeans", "silhouette_sparse_kmeans"), ("tab:blue", "tab:orange"))
     _mark_chosen_k(gap, choices, ("gap",), ("tab:green",))
     _mark_chosen_k(
-        stab, choices, ("stability", "most_stable", "prediction_strength"), ("tab:purple", "tab:pink", "tab:brown")
+        stab,
+        choices,
+        ("stability", "most_stable", "stable_split", "prediction_strength"),
+        ("tab:purple", "tab:pink", "tab:olive", "tab:brown"),
     )
     _mark_chosen_k(pac_ax, choices, ("pac",), ("tab:red",))
     for ax in (sil, stab):

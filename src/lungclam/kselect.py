@@ -37,7 +37,7 @@ from lungclam.stability import StabilityRow, stability_criteria, subsample_indic
 SILHOUETTE_METHODS = ("silhouette_kmeans", "silhouette_sparse_kmeans")
 RESAMPLING_METHODS = ("stability", "prediction_strength", "pac")
 #: K-choice rules that read another criterion's column: the rule -> the column.
-DERIVED_METHODS = {"most_stable": "stability"}
+DERIVED_METHODS = {"most_stable": "stability", "stable_split": "stability"}
 METHODS = (*SILHOUETTE_METHODS, "gap", *RESAMPLING_METHODS, *DERIVED_METHODS)
 L1_RULES = ("one_sd", "max")
 TABLE_COLUMNS = (
@@ -713,7 +713,15 @@ def choose(table: pd.DataFrame, method: str, thresholds: dict[str, float] | None
       cohorts measured, README "Choosing K");
     - "pac": the largest k whose PAC is at most ``thresholds["pac"]`` (default 0.05).
       Senbabaoglu et al. take the smallest PAC; on well-separated data every K up to the
-      true one has PAC near 0, so the smallest is a tie, broken here towards the finest K.
+      true one has PAC near 0, so the smallest is a tie, broken here towards the finest K;
+    - "stable_split": the "stability" rule where the split test passes some K, else the
+      "most_stable" rule. The split test decides whether neighbouring clusters are
+      distinct, so stability only needs to say whether a K reproduces at all: judged
+      against the most stable K instead, two real but overlapping clusters lose to their
+      merge, which reproduces better (simulation, intensity K = 4: 0.946-0.976 against
+      0.988-1.0). Where no K passes the test, nothing vets an over-split, and the level
+      alone let one through (a 4-pattern cohort: K = 6), so the relative rule decides
+      (README "Choosing K").
 
     The resampling rules (stability, most_stable, prediction_strength, pac) consider only
     the Ks whose smallest k-means cluster (the table's ``smallest_cluster``, when it has
@@ -748,6 +756,9 @@ def choose(table: pd.DataFrame, method: str, thresholds: dict[str, float] | None
     ordered = table.dropna(subset=[column]).sort_values("k", kind="stable")
     if ordered.empty:
         raise ValueError(f"column {column} is NaN for every k")
+    if method == "stable_split":
+        inner = choose(table, "stability" if _some_split_is_real(ordered, limits) else "most_stable", thresholds)
+        return KChoice(method, inner.k, inner.runner_up, inner.margin)
     if method in CHECKED_METHODS:
         ordered = _admissible(ordered, limits)
     ks, values = ordered["k"].to_numpy(), ordered[column].to_numpy(dtype=float)
@@ -774,6 +785,16 @@ def _admissible(table: pd.DataFrame, limits: dict[str, float]) -> pd.DataFrame:
             keep = passes(table[column])
             table = table[keep] if keep.any() else table
     return table
+
+
+def _some_split_is_real(table: pd.DataFrame, limits: dict[str, float]) -> bool:
+    """Whether the split test passes some K of ``table`` that the size check keeps (see
+    :func:`_admissible`); False for a table without ``split_p`` or with the test off
+    (``max_split_p`` 1.0), where no K's split is vetted."""
+    if "split_p" not in table.columns or limits["max_split_p"] >= 1.0:
+        return False
+    sized = _admissible(table, limits | {"max_split_p": 1.0})
+    return bool(split_is_real(sized["split_p"], limits["max_split_p"]).any())
 
 
 def chosen_k(table: pd.DataFrame, method: str = "silhouette_kmeans", thresholds: dict[str, float] | None = None) -> int:

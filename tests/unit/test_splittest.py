@@ -227,3 +227,44 @@ def test_split_check_falls_back_when_no_k_passes_and_ignores_old_tables() -> Non
     assert choose(table, "most_stable").k == 2 and skipped_ks(table) == [3, 4]
     # a table written before the column existed: as before
     assert choose(pd.DataFrame(base), "most_stable").k == 4
+
+
+def three_groups_and_a_close_pair(seed: int = 1) -> np.ndarray:
+    """Four unit-sd Gaussian blobs of 60 points in 10 dimensions: three 12 apart, and a
+    fourth 4 from the third, close enough that subsamples disagree on a few points
+    between them, so their merge reproduces better than the pair: (240, 10)."""
+    rng = np.random.default_rng(seed)
+    centres = np.zeros((4, 10))
+    centres[1, 0] = 12.0
+    centres[2:, 1] = 12.0
+    centres[3, 2] = 4.0
+    return np.vstack([centre + rng.normal(size=(60, 10)) for centre in centres])
+
+
+def test_stable_split_keeps_a_real_pair_that_reproduces_less_well_than_its_merge() -> None:
+    table = resampling_table(three_groups_and_a_close_pair(), range(2, 6), seed=1, resampling=SMALL, n_init=3)
+    rows = table.set_index("k")
+    # the premise: K = 4 passes the split test and reproduces, but below most_stable's line
+    assert rows.loc[4, "split_p"] <= 0.05 < rows.loc[5, "split_p"]
+    assert 0.9 <= rows.loc[4, "stability"] < rows.loc[[2, 3], "stability"].max() - 0.03
+    assert choose(table, "most_stable").k == 3  # the merge
+    assert choose(table, "stable_split").k == choose(table, "stability").k == 4
+    choices = choices_table(table, "stable_split").set_index("method")
+    assert choices.loc["stable_split", "default"] and choices.loc["stable_split", "k"] == 4
+
+
+def test_stable_split_follows_most_stable_where_no_split_is_vetted() -> None:
+    base = {"k": [2, 3, 4, 5], "stability": [1.0, 0.99, 0.95, 0.92], "smallest_cluster": [0.5, 0.3, 0.2, 0.15]}
+    vetted = pd.DataFrame(base | {"split_p": [0.01, 0.01, 0.01, 0.3]})
+    assert choose(vetted, "stable_split").k == choose(vetted, "stability").k == 4
+    # no K passes the test: nothing vets an over-split, so the tolerance below the best decides
+    unvetted = pd.DataFrame(base | {"split_p": [0.2, 0.3, 0.4, 0.5]})
+    assert choose(unvetted, "stability").k == 5
+    assert choose(unvetted, "stable_split").k == choose(unvetted, "most_stable").k == 3
+    # the test turned off, or a table written before it existed: the same
+    assert choose(vetted, "stable_split", {"max_split_p": 1.0}).k == 3
+    assert choose(pd.DataFrame(base), "stable_split").k == 3
+    # a K the size check skips does not count as a passed split
+    sized = pd.DataFrame(base | {"smallest_cluster": [0.5, 0.3, 0.2, 0.05], "split_p": [0.2, 0.3, 0.4, 0.01]})
+    assert choose(sized, "stability").k == 4
+    assert choose(sized, "stable_split").k == choose(sized, "most_stable").k == 3

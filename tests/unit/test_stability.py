@@ -181,6 +181,7 @@ def test_choices_table_marks_the_default() -> None:
         "gap",
         "stability",
         "most_stable",
+        "stable_split",
         "prediction_strength",
         "pac",
     }

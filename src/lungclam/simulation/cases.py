@@ -25,7 +25,7 @@ from lungclam.dec import fit_clusters, within_cluster_scale
 from lungclam.device import seed_everything
 from lungclam.intensity import normalize_hu
 from lungclam.kmeans import kmeans
-from lungclam.kselect import RESAMPLING_METHODS, choose, resampling_table, silhouette
+from lungclam.kselect import DERIVED_METHODS, RESAMPLING_METHODS, choose, resampling_table, silhouette
 from lungclam.model import ConvAutoencoder, ModelSpec
 from lungclam.simulation.data import (
     BaseSlice,
@@ -144,10 +144,11 @@ def _kernel_scale(
 
 def _resampling_choices(features: np.ndarray, settings: StudySettings) -> dict[str, int]:
     """K by each resampling criterion (stability, prediction strength, PAC; default
-    thresholds) and by the pipeline's default rule (most_stable) on the pretrained
-    embedding, over the fitted Ks: ``k_<criterion>_before``."""
+    thresholds) and by the rules derived from the stability (most_stable, and stable_split,
+    the pipeline's default) on the pretrained embedding, over the fitted Ks:
+    ``k_<criterion>_before``."""
     table = resampling_table(features, settings.fitted_ks, settings.seed)
-    return {f"k_{method}_before": choose(table, method).k for method in (*RESAMPLING_METHODS, "most_stable")}
+    return {f"k_{method}_before": choose(table, method).k for method in (*RESAMPLING_METHODS, *DERIVED_METHODS)}
 
 
 def _clam_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
