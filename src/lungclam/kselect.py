@@ -718,15 +718,15 @@ def choose(table: pd.DataFrame, method: str, thresholds: dict[str, float] | None
       "most_stable" rule. The split test decides whether neighbouring clusters are
       distinct, so stability only needs to say whether a K reproduces at all: judged
       against the most stable K instead, two real but overlapping clusters lose to their
-      merge, which reproduces better (simulation, intensity K = 4: 0.946-0.976 against
-      0.988-1.0). Where no K passes the test, nothing vets an over-split, and the level
-      alone let one through (a 4-pattern cohort: K = 6), so the relative rule decides
-      (README "Choosing K").
+      merge, which reproduces better (simulation at the paper's epochs, intensity K = 4:
+      0.93-0.98 against 1.0 at K = 2). Where no K passes the test, nothing vets an
+      over-split, and the level alone let one through (a 4-pattern cohort: K = 6), so the
+      relative rule decides (README "Choosing K").
 
-    The resampling rules (stability, most_stable, prediction_strength, pac) consider only
-    the Ks whose smallest k-means cluster (the table's ``smallest_cluster``, when it has
-    one) holds at least ``thresholds["min_cluster_share"]`` of the samples (default 0.1;
-    0 turns it off): a few outlying subjects form a cluster that every subsample finds
+    The resampling rules (stability, most_stable, stable_split, prediction_strength, pac)
+    consider only the Ks whose smallest k-means cluster (the table's ``smallest_cluster``,
+    when it has one) holds at least ``thresholds["min_cluster_share"]`` of the samples
+    (default 0.1; 0 turns it off): a few outlying subjects form a cluster that every subsample finds
     again, so it reproduces as well as a true subtype (phantom seed 2: K = 5 with clusters
     of 2 subjects at stability 0.989, README "Choosing K"), but a cluster of two
     subjects is an outlier group, not a subtype. If no K is large enough, all are.
