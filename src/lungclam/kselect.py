@@ -31,7 +31,7 @@ from lungclam.kmeans import check_k as _check_k
 from lungclam.kmeans import fit_kmeans as _fit_kmeans
 from lungclam.kmeans import single_threaded as _single_threaded
 from lungclam.runtime import forked_pool
-from lungclam.splittest import split_is_real, weakest_split_p
+from lungclam.splittest import no_split_is_real, split_is_real, weakest_split_p
 from lungclam.stability import StabilityRow, stability_criteria, subsample_indices
 
 SILHOUETTE_METHODS = ("silhouette_kmeans", "silhouette_sparse_kmeans")
@@ -776,25 +776,30 @@ def _admissible(table: pd.DataFrame, limits: dict[str, float]) -> pd.DataFrame:
     ``limits["min_cluster_share"]``, and of those the rows whose ``split_p`` is at most
     ``limits["max_split_p"]``. Each check keeps every row it is given when the table has
     no such column (written before it existed) or no row passes."""
-    checks = (
-        ("smallest_cluster", lambda v: v >= limits["min_cluster_share"] - _TIE),
-        ("split_p", lambda v: split_is_real(v, limits["max_split_p"])),
-    )
-    for column, passes in checks:
-        if column in table.columns:
-            keep = passes(table[column])
-            table = table[keep] if keep.any() else table
-    return table
+    return _keep_passing(_sized(table, limits), "split_p", lambda v: split_is_real(v, limits["max_split_p"]))
+
+
+def _sized(table: pd.DataFrame, limits: dict[str, float]) -> pd.DataFrame:
+    """The size check of :func:`_admissible` alone."""
+    return _keep_passing(table, "smallest_cluster", lambda v: v >= limits["min_cluster_share"] - _TIE)
+
+
+def _keep_passing(table: pd.DataFrame, column: str, passes: Callable[[pd.Series], Any]) -> pd.DataFrame:
+    """The rows of ``table`` whose ``column`` ``passes``; all of them when the table has no
+    such column or no row passes."""
+    if column not in table.columns:
+        return table
+    keep = passes(table[column])
+    return table[keep] if keep.any() else table
 
 
 def _some_split_is_real(table: pd.DataFrame, limits: dict[str, float]) -> bool:
-    """Whether the split test passes some K of ``table`` that the size check keeps (see
-    :func:`_admissible`); False for a table without ``split_p`` or with the test off
-    (``max_split_p`` 1.0), where no K's split is vetted."""
+    """Whether the split test passes some K of ``table`` that the size check keeps; False
+    for a table without ``split_p`` or with the test off (``max_split_p`` 1.0), where no
+    K's split is vetted."""
     if "split_p" not in table.columns or limits["max_split_p"] >= 1.0:
         return False
-    sized = _admissible(table, limits | {"max_split_p": 1.0})
-    return bool(split_is_real(sized["split_p"], limits["max_split_p"]).any())
+    return not no_split_is_real(_sized(table, limits)["split_p"], limits["max_split_p"])
 
 
 def chosen_k(table: pd.DataFrame, method: str = "silhouette_kmeans", thresholds: dict[str, float] | None = None) -> int:
